@@ -1,0 +1,212 @@
+#include "config.h"
+
+#include <fmt/core.h>
+
+#include <charconv>
+#include <cmath>
+#include <string>
+
+namespace kv {
+namespace {
+
+constexpr uint64_t kMinMemoryLimit = 1ull << 20;
+
+template <typename Int>
+std::optional<Int> parse_int(std::string_view text) {
+  Int value{};
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc{} || end != text.data() + text.size() || text.empty()) return std::nullopt;
+  return value;
+}
+
+std::optional<double> parse_decimal(std::string_view text) {
+  double value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value, std::chars_format::fixed);
+  if (ec != std::errc{} || end != text.data() + text.size() || text.empty() || !std::isfinite(value)) {
+    return std::nullopt;
+  }
+  return value;
+}
+
+bool ends_with_ci(std::string_view text, std::string_view suffix) {
+  if (text.size() < suffix.size()) return false;
+  for (size_t i = 0; i < suffix.size(); ++i) {
+    char c = text[text.size() - suffix.size() + i];
+    if ((c | 0x20) != (suffix[i] | 0x20)) return false;
+  }
+  return true;
+}
+
+// A flag's setter returns an error message, or an empty string when the value is valid.
+struct Flag {
+  std::string_view name;
+  std::string_view help;
+  bool takes_value;
+  std::string (*apply)(std::string_view value, Config& config);
+};
+
+template <typename Int>
+std::string set_int(std::string_view value, Int& out, uint64_t min, uint64_t max) {
+  auto parsed = parse_int<uint64_t>(value);
+  if (!parsed || *parsed < min || *parsed > max) {
+    return fmt::format("expected an integer between {} and {}", min, max);
+  }
+  out = static_cast<Int>(*parsed);
+  return {};
+}
+
+std::string set_duration(std::string_view value, double& out) {
+  auto parsed = parse_duration(value);
+  if (!parsed || *parsed <= 0 || *parsed > 86400) return "expected a duration such as 2, 2s, 500ms (0 < d <= 86400s)";
+  out = *parsed;
+  return {};
+}
+
+const Flag kFlags[] = {
+    {"port", "TCP port to listen on (default 7171)", true,
+     [](std::string_view v, Config& c) { return set_int(v, c.port, 1, 65535); }},
+    {"bind", "address to listen on, IPv4 or IPv6 (default 0.0.0.0)", true,
+     [](std::string_view v, Config& c) {
+       if (v.empty()) return std::string("expected an IP address");
+       c.bind = std::string(v);
+       return std::string();
+     }},
+    {"threads", "worker event loops (default: CPUs available to the process)", true,
+     [](std::string_view v, Config& c) { return set_int(v, c.threads, 1, 256); }},
+    {"memory-limit", "cache memory limit: bytes with K/M/G suffix, or auto = 70% of available memory (default auto)", true,
+     [](std::string_view v, Config& c) {
+       if (v == "auto") {
+         c.memory_limit.reset();
+         return std::string();
+       }
+       auto bytes = parse_byte_size(v);
+       if (!bytes || *bytes < kMinMemoryLimit) return std::string("expected auto or a size of at least 1M such as 512M or 1G");
+       c.memory_limit = *bytes;
+       return std::string();
+     }},
+    {"shards", "independently locked store shards (default 16)", true,
+     [](std::string_view v, Config& c) { return set_int(v, c.shards, 1, 1024); }},
+    {"max-connections", "open connections allowed across all loops (default 10000)", true,
+     [](std::string_view v, Config& c) { return set_int(v, c.max_connections, 1, 1000000); }},
+    {"read-timeout", "drop a client that has not finished its request after this long (default 2s)", true,
+     [](std::string_view v, Config& c) { return set_duration(v, c.read_timeout); }},
+    {"idle-timeout", "close an idle keep-alive connection after this long (default 120s)", true,
+     [](std::string_view v, Config& c) { return set_duration(v, c.idle_timeout); }},
+    {"drain-timeout", "on SIGTERM, longest wait for in-flight requests (default 5s)", true,
+     [](std::string_view v, Config& c) { return set_duration(v, c.drain_timeout); }},
+    {"log-level", "debug, info, warn or error (default info)", true,
+     [](std::string_view v, Config& c) {
+       auto level = parse_log_level(v);
+       if (!level) return std::string("expected debug, info, warn or error");
+       c.log_level = *level;
+       return std::string();
+     }},
+    {"health-check", "query http://127.0.0.1:<port>/health and exit 0 if healthy, 1 if not", false,
+     [](std::string_view, Config& c) {
+       c.health_check = true;
+       return std::string();
+     }},
+    {"help", "print this help and exit", false,
+     [](std::string_view, Config& c) {
+       c.help = true;
+       return std::string();
+     }},
+};
+
+const Flag* find_flag(std::string_view name) {
+  for (const Flag& flag : kFlags) {
+    if (flag.name == name) return &flag;
+  }
+  return nullptr;
+}
+
+std::string env_name(std::string_view flag) {
+  std::string name = "KVCACHE_";
+  for (char c : flag) name += c == '-' ? '_' : static_cast<char>(c & ~0x20);
+  return name;
+}
+
+}  // namespace
+
+std::optional<uint64_t> parse_byte_size(std::string_view text) {
+  uint64_t multiplier = 1;
+  for (std::string_view unit : {"iB", "B"}) {
+    if (text.size() > unit.size() + 1 && ends_with_ci(text, unit) && !std::isdigit(static_cast<unsigned char>(text[text.size() - unit.size() - 1]))) {
+      text.remove_suffix(unit.size());
+      break;
+    }
+  }
+  if (!text.empty()) {
+    switch (text.back() | 0x20) {
+      case 'k': multiplier = 1ull << 10; break;
+      case 'm': multiplier = 1ull << 20; break;
+      case 'g': multiplier = 1ull << 30; break;
+      case 't': multiplier = 1ull << 40; break;
+      default: break;
+    }
+    if (multiplier != 1) text.remove_suffix(1);
+  }
+  auto number = parse_int<uint64_t>(text);
+  if (!number || *number > UINT64_MAX / multiplier) return std::nullopt;
+  return *number * multiplier;
+}
+
+std::optional<double> parse_duration(std::string_view text) {
+  double scale = 1.0;
+  if (ends_with_ci(text, "ms")) {
+    scale = 0.001;
+    text.remove_suffix(2);
+  } else if (ends_with_ci(text, "s")) {
+    text.remove_suffix(1);
+  }
+  auto value = parse_decimal(text);
+  if (!value) return std::nullopt;
+  return *value * scale;
+}
+
+ConfigResult parse_config(const std::vector<std::string_view>& args, const EnvLookup& env, Config& config) {
+  for (const Flag& flag : kFlags) {
+    if (!flag.takes_value) continue;
+    std::string name = env_name(flag.name);
+    const char* value = env ? env(name.c_str()) : nullptr;
+    if (value == nullptr) continue;
+    std::string error = flag.apply(value, config);
+    if (!error.empty()) return {false, fmt::format("invalid {}={:?}: {}", name, value, error)};
+  }
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string_view arg = args[i];
+    if (arg.substr(0, 2) != "--") return {false, fmt::format("unexpected argument {:?}", arg)};
+    arg.remove_prefix(2);
+    std::optional<std::string_view> value;
+    if (auto eq = arg.find('='); eq != std::string_view::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+    }
+    const Flag* flag = find_flag(arg);
+    if (flag == nullptr) return {false, fmt::format("unknown flag --{} (see --help)", arg)};
+    if (flag->takes_value && !value) {
+      if (i + 1 >= args.size()) return {false, fmt::format("flag --{} needs a value", arg)};
+      value = args[++i];
+    }
+    if (!flag->takes_value && value) return {false, fmt::format("flag --{} takes no value", arg)};
+    std::string error = flag->apply(value.value_or(""), config);
+    if (!error.empty()) return {false, fmt::format("invalid --{} {:?}: {}", arg, *value, error)};
+  }
+  return {};
+}
+
+std::string usage_text() {
+  std::string text =
+      "kvcache: an in-memory key-value cache over HTTP/1.1\n\n"
+      "usage: kvcache [flags]\n\n"
+      "Every flag can also be set with an environment variable, KVCACHE_ + the\n"
+      "flag name in upper case with '-' as '_' (e.g. KVCACHE_MEMORY_LIMIT=512M).\n"
+      "Flags win over the environment.\n\nflags:\n";
+  for (const Flag& flag : kFlags) {
+    std::string left = fmt::format("  --{}{}", flag.name, flag.takes_value ? " VALUE" : "");
+    text += fmt::format("{:<28}{}\n", left, flag.help);
+  }
+  return text;
+}
+
+}  // namespace kv

@@ -1,0 +1,48 @@
+// Command-line and environment configuration of the server.
+#pragma once
+
+#include "log.h"
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kv {
+
+struct Config {
+  uint16_t port = 7171;
+  std::string bind = "0.0.0.0";
+  unsigned threads = 0;            // 0: CPUs available to the process
+  std::optional<uint64_t> memory_limit;  // nullopt: auto (70% of available memory)
+  unsigned shards = 16;
+  unsigned max_connections = 10000;
+  double read_timeout = 2.0;       // seconds
+  double idle_timeout = 120.0;     // seconds
+  double drain_timeout = 5.0;      // seconds
+  LogLevel log_level = LogLevel::info;
+  bool help = false;
+  bool health_check = false;
+};
+
+// Returns the value of an environment variable, or nullptr.
+using EnvLookup = std::function<const char*(const char*)>;
+
+struct ConfigResult {
+  bool ok = true;
+  std::string error;  // set when !ok
+};
+
+// Flags win over KVCACHE_* environment variables, which win over defaults.
+ConfigResult parse_config(const std::vector<std::string_view>& args, const EnvLookup& env, Config& config);
+
+std::string usage_text();
+
+// "64M", "1G", "1048576" -> bytes; nullopt on a malformed value.
+std::optional<uint64_t> parse_byte_size(std::string_view text);
+// "2", "2s", "500ms", "0.5" -> seconds; nullopt on a malformed value.
+std::optional<double> parse_duration(std::string_view text);
+
+}  // namespace kv

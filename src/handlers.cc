@@ -1,0 +1,159 @@
+#include "handlers.h"
+
+#include "json_out.h"
+#include "url.h"
+#include "validation.h"
+
+namespace kv {
+namespace {
+
+using http::ConnectionMode;
+
+struct Route {
+  std::string_view path;
+  Endpoint endpoint;
+  http::Method method;
+};
+
+constexpr Route kRoutes[] = {
+    {"/get", Endpoint::get, http::Method::get},        {"/put", Endpoint::put, http::Method::post},
+    {"/delete", Endpoint::del, http::Method::post},    {"/mput", Endpoint::mput, http::Method::post},
+    {"/mget", Endpoint::mget, http::Method::post},     {"/health", Endpoint::health, http::Method::get},
+    {"/metrics", Endpoint::metrics, http::Method::get},
+};
+
+constexpr std::string_view kKeyNotFound = "Key not found.";
+
+}  // namespace
+
+RequestHandler::RequestHandler(Store& store, const Metrics& metrics, WorkerMetrics& counters,
+                               const http::DateHeader& date)
+    : store_(store), metrics_(metrics), counters_(counters), date_(date) {
+  scratch_.reserve(64 * 1024);
+}
+
+void RequestHandler::message(int code, std::string_view text, ConnectionMode mode, std::string& out,
+                             std::string_view extra_headers) {
+  counters_.count_request(endpoint_, code);
+  http::append_json_message(out, code, text, mode, date_, extra_headers);
+}
+
+void RequestHandler::body_response(int code, std::string_view content_type, ConnectionMode mode, std::string& out) {
+  counters_.count_request(endpoint_, code);
+  http::append_head(out, {code, scratch_.size(), mode, {}, content_type}, date_);
+  out += scratch_;
+}
+
+void RequestHandler::reject(int code, std::string_view text, std::string& out) {
+  endpoint_ = Endpoint::other;
+  message(code, text, ConnectionMode::close, out);
+}
+
+void RequestHandler::handle(const http::Request& request, std::string_view body, ConnectionMode mode,
+                            std::string& out) {
+  const Route* route = nullptr;
+  for (const Route& candidate : kRoutes) {
+    if (candidate.path == request.path) route = &candidate;
+  }
+  endpoint_ = route ? route->endpoint : Endpoint::other;
+  if (route == nullptr) return message(404, "Unknown endpoint.", mode, out);
+  if (route->method != request.method) {
+    return message(405, "Method not allowed.", mode, out,
+                   route->method == http::Method::get ? "Allow: GET\r\n" : "Allow: POST\r\n");
+  }
+  switch (route->endpoint) {
+    case Endpoint::put: return put(body, mode, out);
+    case Endpoint::get: return get(request.query, mode, out);
+    case Endpoint::del: return del(body, mode, out);
+    case Endpoint::mput: return mput(body, mode, out);
+    case Endpoint::mget: return mget(body, mode, out);
+    case Endpoint::health:
+      counters_.count_request(endpoint_, 200);
+      http::append_head(out, {200, 15, mode}, date_);
+      out += R"({"status":"OK"})";
+      return;
+    case Endpoint::metrics: return metrics(mode, out);
+    case Endpoint::other: break;
+  }
+}
+
+void RequestHandler::put(std::string_view body, ConnectionMode mode, std::string& out) {
+  PutItem item;
+  if (!decoder_.decode_put(body, item)) return message(400, decoder_.error(), mode, out);
+  if (store_.put(make_key(item.key), item.value, item.ttl_seconds) != PutStatus::ok) {
+    return message(507, "entry does not fit in the memory limit", mode, out);
+  }
+  message(200, "Key inserted/updated successfully.", mode, out);
+}
+
+void RequestHandler::get(std::string_view query, ConnectionMode mode, std::string& out) {
+  auto encoded = find_query_param(query, "key");
+  if (!encoded) return message(400, "key is required", mode, out);
+  auto decoded_size = url_decode(*encoded, key_buffer_);
+  if (!decoded_size) return message(400, "malformed percent-escape in query", mode, out);
+  std::string_view key(key_buffer_, *decoded_size);
+  if (const char* error = key_error(key)) return message(400, error, mode, out);
+
+  constexpr std::string_view kStart = R"({"status":"OK","key":")";
+  constexpr std::string_view kMiddle = R"(","value":")";
+  constexpr std::string_view kEnd = "\"}";
+  size_t key_size = json_escaped_size(key);
+  // Runs under the shard lock: the value goes straight from the store into the response.
+  bool found = store_.get(make_key(key), [&](std::string_view value) {
+    size_t body_size = kStart.size() + key_size + kMiddle.size() + json_escaped_size(value) + kEnd.size();
+    http::append_head(out, {200, body_size, mode}, date_);
+    out += kStart;
+    append_json_escaped(out, key);
+    out += kMiddle;
+    append_json_escaped(out, value);
+    out += kEnd;
+  });
+  if (found) {
+    counters_.count_request(endpoint_, 200);
+  } else {
+    message(404, kKeyNotFound, mode, out);
+  }
+}
+
+void RequestHandler::del(std::string_view body, ConnectionMode mode, std::string& out) {
+  std::string_view key;
+  if (!decoder_.decode_key(body, key)) return message(400, decoder_.error(), mode, out);
+  if (!store_.erase(make_key(key))) return message(404, kKeyNotFound, mode, out);
+  message(200, "Key deleted.", mode, out);
+}
+
+void RequestHandler::mput(std::string_view body, ConnectionMode mode, std::string& out) {
+  if (!decoder_.decode_mput(body)) return message(400, decoder_.error(), mode, out);
+  for (const PutItem& item : decoder_.items()) {
+    if (store_.put(make_key(item.key), item.value, item.ttl_seconds) != PutStatus::ok) {
+      return message(507, "entry does not fit in the memory limit", mode, out);
+    }
+  }
+  message(200, "Items inserted/updated successfully.", mode, out);
+}
+
+void RequestHandler::mget(std::string_view body, ConnectionMode mode, std::string& out) {
+  if (!decoder_.decode_mget(body)) return message(400, decoder_.error(), mode, out);
+  scratch_.assign(R"({"status":"OK","values":[)");
+  bool first = true;
+  for (std::string_view key : decoder_.keys()) {
+    if (!first) scratch_ += ',';
+    first = false;
+    bool found = store_.get(make_key(key), [&](std::string_view value) {
+      scratch_ += '"';
+      append_json_escaped(scratch_, value);
+      scratch_ += '"';
+    });
+    if (!found) scratch_ += "null";
+  }
+  scratch_ += "]}";
+  body_response(200, "application/json", mode, out);
+}
+
+void RequestHandler::metrics(ConnectionMode mode, std::string& out) {
+  scratch_.clear();
+  metrics_.render(scratch_);
+  body_response(200, "text/plain; version=0.0.4; charset=utf-8", mode, out);
+}
+
+}  // namespace kv

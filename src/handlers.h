@@ -1,0 +1,49 @@
+// The API: routes a parsed request to the store and writes the response.
+// The only code that sees both HTTP and the store.
+#pragma once
+
+#include "http_parser.h"
+#include "http_response.h"
+#include "metrics.h"
+#include "request_body.h"
+#include "store.h"
+
+#include <string>
+
+namespace kv {
+
+// One per worker thread; holds that thread's reusable scratch buffers.
+class RequestHandler {
+ public:
+  RequestHandler(Store& store, const Metrics& metrics, WorkerMetrics& counters, const http::DateHeader& date);
+
+  // Appends the full response to out. `body` is followed by
+  // RequestBodyDecoder::kPadding readable bytes.
+  void handle(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
+
+  // Answers a request the HTTP layer rejected (bad framing, timeout, overload).
+  void reject(int code, std::string_view message, std::string& out);
+
+ private:
+  void put(std::string_view body, http::ConnectionMode mode, std::string& out);
+  void get(std::string_view query, http::ConnectionMode mode, std::string& out);
+  void del(std::string_view body, http::ConnectionMode mode, std::string& out);
+  void mput(std::string_view body, http::ConnectionMode mode, std::string& out);
+  void mget(std::string_view body, http::ConnectionMode mode, std::string& out);
+  void metrics(http::ConnectionMode mode, std::string& out);
+  // Writes a {"status","message"} response and counts it.
+  void message(int code, std::string_view text, http::ConnectionMode mode, std::string& out,
+               std::string_view extra_headers = {});
+  void body_response(int code, std::string_view content_type, http::ConnectionMode mode, std::string& out);
+
+  Store& store_;
+  const Metrics& metrics_;
+  WorkerMetrics& counters_;
+  const http::DateHeader& date_;
+  RequestBodyDecoder decoder_;
+  Endpoint endpoint_ = Endpoint::other;  // of the request being handled
+  std::string scratch_;                  // bodies that are built before their head
+  char key_buffer_[http::kMaxTargetBytes];
+};
+
+}  // namespace kv

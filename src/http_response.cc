@@ -1,0 +1,67 @@
+#include "http_response.h"
+
+#include "json_out.h"
+
+#include <charconv>
+#include <ctime>
+
+namespace kv::http {
+
+std::string_view reason_phrase(int code) {
+  switch (code) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    case 507: return "Insufficient Storage";
+    default: return "Unknown";
+  }
+}
+
+void DateHeader::refresh() {
+  time_t now = time(nullptr);
+  tm utc;
+  gmtime_r(&now, &utc);
+  size_ = strftime(buffer_, sizeof buffer_, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &utc);
+}
+
+void append_head(std::string& out, const ResponseHead& head, const DateHeader& date) {
+  char number[24];
+  out += "HTTP/1.1 ";
+  out.append(number, std::to_chars(number, number + sizeof number, head.code).ptr - number);
+  out += ' ';
+  out += reason_phrase(head.code);
+  out += "\r\nContent-Type: ";
+  out += head.content_type;
+  out += "\r\nContent-Length: ";
+  out.append(number, std::to_chars(number, number + sizeof number, head.body_size).ptr - number);
+  out += "\r\n";
+  out += date.line();
+  if (head.mode == ConnectionMode::close) out += "Connection: close\r\n";
+  if (head.mode == ConnectionMode::keep_alive_explicit) out += "Connection: keep-alive\r\n";
+  out += head.extra_headers;
+  out += "\r\n";
+}
+
+void append_json_message(std::string& out, int code, std::string_view message, ConnectionMode mode,
+                         const DateHeader& date, std::string_view extra_headers) {
+  constexpr std::string_view kOk = R"({"status":"OK","message":")";
+  constexpr std::string_view kError = R"({"status":"ERROR","message":")";
+  constexpr std::string_view kEnd = "\"}";
+  std::string_view start = code < 400 ? kOk : kError;
+  append_head(out, {code, start.size() + json_escaped_size(message) + kEnd.size(), mode, extra_headers}, date);
+  out += start;
+  append_json_escaped(out, message);
+  out += kEnd;
+}
+
+}  // namespace kv::http

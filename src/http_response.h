@@ -1,0 +1,45 @@
+// Writing HTTP/1.1 responses into an output buffer.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace kv::http {
+
+enum class ConnectionMode {
+  keep_alive,           // HTTP/1.1 default: no Connection header
+  keep_alive_explicit,  // HTTP/1.0 client asked for keep-alive: echo it
+  close,                // "Connection: close", then the server closes
+};
+
+std::string_view reason_phrase(int code);
+
+// Per-thread "Date: ...\r\n" header, refreshed once a second by the caller.
+class DateHeader {
+ public:
+  DateHeader() { refresh(); }
+  void refresh();
+  std::string_view line() const { return {buffer_, size_}; }
+
+ private:
+  char buffer_[64];
+  size_t size_ = 0;
+};
+
+struct ResponseHead {
+  int code;
+  size_t body_size;
+  ConnectionMode mode;
+  std::string_view extra_headers = {};  // each ending in "\r\n"
+  std::string_view content_type = "application/json";
+};
+
+// Appends the status line and headers, up to and including the blank line.
+void append_head(std::string& out, const ResponseHead& head, const DateHeader& date);
+
+// Appends a whole {"status":..,"message":..} response.
+void append_json_message(std::string& out, int code, std::string_view message, ConnectionMode mode,
+                         const DateHeader& date, std::string_view extra_headers = {});
+
+}  // namespace kv::http

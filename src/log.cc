@@ -1,0 +1,42 @@
+#include "log.h"
+
+#include <fmt/chrono.h>
+
+#include <chrono>
+#include <cstdio>
+
+namespace kv {
+namespace {
+std::atomic<LogLevel> current_level{LogLevel::info};
+}
+
+std::optional<LogLevel> parse_log_level(std::string_view name) {
+  if (name == "debug") return LogLevel::debug;
+  if (name == "info") return LogLevel::info;
+  if (name == "warn" || name == "warning") return LogLevel::warn;
+  if (name == "error") return LogLevel::error;
+  return std::nullopt;
+}
+
+std::string_view log_level_name(LogLevel level) {
+  switch (level) {
+    case LogLevel::debug: return "debug";
+    case LogLevel::info: return "info";
+    case LogLevel::warn: return "warn";
+    case LogLevel::error: return "error";
+  }
+  return "?";
+}
+
+void set_log_level(LogLevel level) { current_level.store(level, std::memory_order_relaxed); }
+
+bool log_enabled(LogLevel level) { return level >= current_level.load(std::memory_order_relaxed); }
+
+void log_line(LogLevel level, std::string_view message) {
+  auto now = std::chrono::time_point_cast<std::chrono::milliseconds>(std::chrono::system_clock::now());
+  // One fwrite per line so lines from different threads never interleave.
+  std::string line = fmt::format("{:%Y-%m-%dT%H:%M:%S}Z {} {}\n", now, log_level_name(level), message);
+  std::fwrite(line.data(), 1, line.size(), stderr);
+}
+
+}  // namespace kv

@@ -1,0 +1,105 @@
+// kvcache: starts the worker loops and waits for SIGTERM/SIGINT.
+#include "config.h"
+#include "health_check.h"
+#include "log.h"
+#include "memory_limit.h"
+#include "metrics.h"
+#include "store.h"
+#include "version.h"
+#include "worker.h"
+
+#include <sched.h>
+#include <signal.h>
+#include <sys/resource.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <thread>
+#include <vector>
+
+namespace {
+
+unsigned available_cpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+  unsigned hardware = std::thread::hardware_concurrency();
+  return hardware > 0 ? hardware : 1;
+}
+
+// Every connection is a file descriptor: take all the kernel allows us.
+rlim_t raise_open_files_limit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 0;
+  if (limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+    getrlimit(RLIMIT_NOFILE, &limit);
+  }
+  return limit.rlim_cur;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace kv;
+  Config config;
+  std::vector<std::string_view> args(argv + 1, argv + argc);
+  ConfigResult parsed = parse_config(args, [](const char* name) { return std::getenv(name); }, config);
+  if (!parsed.ok) {
+    std::fprintf(stderr, "kvcache: %s\n", parsed.error.c_str());
+    return 2;
+  }
+  if (config.help) {
+    std::fputs(usage_text().c_str(), stdout);
+    return 0;
+  }
+  set_log_level(config.log_level);
+  if (config.health_check) return run_health_check(config.port);
+
+  if (config.threads == 0) config.threads = available_cpus();
+  AvailableMemory available = detect_available_memory();
+  uint64_t memory_limit = config.memory_limit.value_or(default_memory_limit(available));
+  rlim_t open_files = raise_open_files_limit();
+
+  // Signals go to the main thread's sigwait only; workers never see them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  MonotonicClock clock;
+  Store store(config.shards, memory_limit, clock);
+  Metrics metrics(store, config.threads);
+  std::atomic<unsigned> open_connections{0};
+  std::vector<std::unique_ptr<Worker>> workers;
+  for (unsigned i = 0; i < config.threads; ++i) {
+    workers.push_back(std::make_unique<Worker>(i, config, store, metrics, open_connections));
+    std::string error = workers.back()->listen();
+    if (!error.empty()) {
+      log(LogLevel::error, "cannot listen: {}", error);
+      return 1;
+    }
+  }
+  log(LogLevel::info,
+      "kvcache {} listening on {}:{} threads={} shards={} memory_limit={} ({}{}) max_connections={} "
+      "open_files={} read_timeout={}s idle_timeout={}s drain_timeout={}s log_level={}",
+      KVCACHE_VERSION, config.bind, config.port, config.threads, config.shards, memory_limit,
+      config.memory_limit ? "flag" : "auto: 70% of ", config.memory_limit ? "" : available.source,
+      config.max_connections, open_files, config.read_timeout, config.idle_timeout, config.drain_timeout,
+      log_level_name(config.log_level));
+
+  std::vector<std::thread> threads;
+  for (auto& worker : workers) threads.emplace_back([&worker] { worker->run(); });
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  log(LogLevel::info, "received {}: draining connections (up to {}s)", signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
+      config.drain_timeout);
+  for (auto& worker : workers) worker->stop();
+  for (auto& thread : threads) thread.join();
+  log(LogLevel::info, "stopped");
+  return 0;
+}

@@ -1,0 +1,90 @@
+#include "metrics.h"
+
+#include "version.h"
+
+#include <fmt/format.h>
+
+#include <iterator>
+
+namespace kv {
+namespace {
+
+size_t status_index(int code) {
+  for (size_t i = 0; i + 1 < kStatusCodes.size(); ++i) {
+    if (kStatusCodes[i] == code) return i;
+  }
+  return kStatusCodes.size() - 1;  // any other code
+}
+
+void family(std::string& out, std::string_view name, std::string_view type, std::string_view help) {
+  fmt::format_to(std::back_inserter(out), "# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+}
+
+void sample(std::string& out, std::string_view name, uint64_t value) {
+  fmt::format_to(std::back_inserter(out), "{} {}\n", name, value);
+}
+
+}  // namespace
+
+std::string_view endpoint_name(Endpoint endpoint) {
+  static constexpr std::string_view kNames[kEndpointCount] = {"put",    "get",    "delete",  "mput",
+                                                              "mget",   "health", "metrics", "other"};
+  return kNames[static_cast<size_t>(endpoint)];
+}
+
+void WorkerMetrics::count_request(Endpoint endpoint, int code) {
+  requests[static_cast<size_t>(endpoint)][status_index(code)].add();
+}
+
+Metrics::Metrics(const Store& store, unsigned workers) : store_(store) {
+  for (unsigned i = 0; i < workers; ++i) workers_.push_back(std::make_unique<WorkerMetrics>());
+}
+
+void Metrics::render(std::string& out) const {
+  auto sum = [&](auto member) {
+    uint64_t total = 0;
+    for (const auto& worker : workers_) total += ((*worker).*member).get();
+    return total;
+  };
+
+  family(out, "kvcache_requests_total", "counter", "HTTP requests answered, by endpoint and status code.");
+  for (size_t e = 0; e < kEndpointCount; ++e) {
+    for (size_t s = 0; s < kStatusCodes.size(); ++s) {
+      uint64_t total = 0;
+      for (const auto& worker : workers_) total += worker->requests[e][s].get();
+      if (total == 0) continue;
+      std::string code = kStatusCodes[s] == 0 ? "other" : std::to_string(kStatusCodes[s]);
+      fmt::format_to(std::back_inserter(out), "kvcache_requests_total{{endpoint=\"{}\",code=\"{}\"}} {}\n",
+                     endpoint_name(static_cast<Endpoint>(e)), code, total);
+    }
+  }
+
+  StoreStats stats = store_.stats();
+  family(out, "kvcache_hits_total", "counter", "Lookups that found a live key.");
+  sample(out, "kvcache_hits_total", stats.hits);
+  family(out, "kvcache_misses_total", "counter", "Lookups that found no live key.");
+  sample(out, "kvcache_misses_total", stats.misses);
+  family(out, "kvcache_evictions_total", "counter", "Entries evicted to stay within the memory limit.");
+  sample(out, "kvcache_evictions_total", stats.evictions);
+  family(out, "kvcache_expirations_total", "counter", "Entries removed because their TTL passed.");
+  sample(out, "kvcache_expirations_total", stats.expirations);
+  family(out, "kvcache_entries", "gauge", "Entries currently stored.");
+  sample(out, "kvcache_entries", stats.entries);
+  family(out, "kvcache_memory_used_bytes", "gauge", "Bytes charged to stored entries and their index.");
+  sample(out, "kvcache_memory_used_bytes", stats.bytes_used);
+  family(out, "kvcache_memory_limit_bytes", "gauge", "The configured memory limit.");
+  sample(out, "kvcache_memory_limit_bytes", stats.memory_limit);
+
+  uint64_t accepted = sum(&WorkerMetrics::connections_accepted);
+  uint64_t closed = sum(&WorkerMetrics::connections_closed);
+  family(out, "kvcache_connections_open", "gauge", "Client connections currently open.");
+  sample(out, "kvcache_connections_open", accepted >= closed ? accepted - closed : 0);
+  family(out, "kvcache_connections_total", "counter", "Client connections accepted.");
+  sample(out, "kvcache_connections_total", accepted);
+  family(out, "kvcache_connections_rejected_total", "counter", "Connections refused over --max-connections.");
+  sample(out, "kvcache_connections_rejected_total", sum(&WorkerMetrics::connections_rejected));
+  family(out, "kvcache_build_info", "gauge", "Build information.");
+  fmt::format_to(std::back_inserter(out), "kvcache_build_info{{version=\"{}\"}} 1\n", KVCACHE_VERSION);
+}
+
+}  // namespace kv

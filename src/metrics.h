@@ -1,0 +1,54 @@
+// Counters kept per worker thread (one writer each, no contention on the hot
+// path) and summed into the Prometheus text format on scrape.
+#pragma once
+
+#include "store.h"
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kv {
+
+enum class Endpoint : uint8_t { put, get, del, mput, mget, health, metrics, other };
+constexpr size_t kEndpointCount = 8;
+std::string_view endpoint_name(Endpoint endpoint);
+
+constexpr std::array<int, 14> kStatusCodes = {200, 400, 404, 405, 408, 413, 414, 431, 500, 501, 503, 505, 507, 0};
+
+// Written by one thread, read by the scraper: relaxed load+store, no lock prefix.
+class Counter {
+ public:
+  void add(uint64_t n = 1) { value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  uint64_t get() const { return value_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<uint64_t> value_{0};
+};
+
+struct WorkerMetrics {
+  Counter requests[kEndpointCount][kStatusCodes.size()];
+  Counter connections_accepted;
+  Counter connections_closed;
+  Counter connections_rejected;
+
+  void count_request(Endpoint endpoint, int code);
+};
+
+class Metrics {
+ public:
+  Metrics(const Store& store, unsigned workers);
+  WorkerMetrics& worker(unsigned index) { return *workers_[index]; }
+  // Appends the whole exposition (text format 0.0.4) to out.
+  void render(std::string& out) const;
+
+ private:
+  const Store& store_;
+  std::vector<std::unique_ptr<WorkerMetrics>> workers_;
+};
+
+}  // namespace kv

@@ -1,0 +1,45 @@
+#include "store.h"
+
+namespace kv {
+
+Store::Store(size_t shard_count, uint64_t memory_limit, const Clock& clock)
+    : memory_limit_(memory_limit), clock_(clock) {
+  shards_.reserve(shard_count);
+  for (size_t i = 0; i < shard_count; ++i) shards_.push_back(std::make_unique<Shard>(memory_limit / shard_count, clock));
+}
+
+PutStatus Store::put(const KeyRef& key, std::string_view value, uint32_t ttl_seconds) {
+  uint32_t expires_at = ttl_seconds == 0 ? 0 : clock_.now_seconds() + ttl_seconds;
+  if (expires_at != 0 && expires_at < ttl_seconds) expires_at = UINT32_MAX;  // far future on overflow
+  // Allocate and copy outside the shard lock.
+  Entry* entry = Entry::create(key.key, value, expires_at);
+  if (entry == nullptr) return PutStatus::too_large;
+  return shard_for(key).put(key, entry);
+}
+
+bool Store::get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value) {
+  return shard_for(key).get(key, on_value);
+}
+
+bool Store::erase(const KeyRef& key) { return shard_for(key).erase(key); }
+
+void Store::sweep_expired(size_t budget_per_shard) {
+  for (auto& shard : shards_) shard->sweep_expired(budget_per_shard);
+}
+
+StoreStats Store::stats() const {
+  StoreStats total;
+  total.memory_limit = memory_limit_;
+  for (const auto& shard : shards_) {
+    ShardStats s = shard->stats();
+    total.entries += s.entries;
+    total.bytes_used += s.bytes_used;
+    total.hits += s.hits;
+    total.misses += s.misses;
+    total.evictions += s.evictions;
+    total.expirations += s.expirations;
+  }
+  return total;
+}
+
+}  // namespace kv

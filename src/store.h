@@ -1,0 +1,41 @@
+// The cache: keys routed by hash to independently locked shards. Knows
+// nothing of HTTP.
+#pragma once
+
+#include "clock.h"
+#include "shard.h"
+
+#include <memory>
+#include <vector>
+
+namespace kv {
+
+struct StoreStats : ShardStats {
+  uint64_t memory_limit = 0;
+};
+
+class Store {
+ public:
+  Store(size_t shard_count, uint64_t memory_limit, const Clock& clock);
+
+  // ttl_seconds 0 means the entry never expires.
+  PutStatus put(const KeyRef& key, std::string_view value, uint32_t ttl_seconds);
+  bool get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value);
+  bool erase(const KeyRef& key);
+  // Bounded work: visits at most budget_per_shard entries of each shard.
+  void sweep_expired(size_t budget_per_shard);
+  StoreStats stats() const;
+  uint64_t memory_limit() const { return memory_limit_; }
+
+ private:
+  Shard& shard_for(const KeyRef& key) {
+    // The high half of the hash picks the shard; the index uses the low bits.
+    return *shards_[((key.hash >> 32) * shards_.size()) >> 32];
+  }
+
+  const uint64_t memory_limit_;
+  const Clock& clock_;
+  std::vector<std::unique_ptr<Shard>> shards_;
+};
+
+}  // namespace kv

@@ -1,0 +1,408 @@
+#include "worker.h"
+
+#include "http_parser.h"
+#include "log.h"
+#include "request_body.h"
+
+#include <arpa/inet.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+
+namespace kv {
+namespace {
+
+// Every complete request fits; the padding lets simdjson read past a body in place.
+constexpr size_t kInputCapacity = http::kMaxRequestBytes;
+constexpr size_t kInputAllocation = kInputCapacity + RequestBodyDecoder::kPadding;
+// Stop reading a connection whose unsent responses exceed this; resume once drained.
+constexpr size_t kOutputHighWater = 256 * 1024;
+constexpr int kAcceptsPerEvent = 64;
+constexpr size_t kSweepBudgetPerShard = 64;
+constexpr timeval kTickInterval = {0, 100 * 1000};
+constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+
+double now_seconds() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<double>(ts.tv_sec) + ts.tv_nsec * 1e-9;
+}
+
+timeval to_timeval(double seconds) {
+  if (seconds < 0.001) seconds = 0.001;
+  double whole = std::floor(seconds);
+  return {static_cast<time_t>(whole), static_cast<suseconds_t>((seconds - whole) * 1e6)};
+}
+
+}  // namespace
+
+struct Connection {
+  Worker* worker;
+  int fd;
+  event read_event;
+  event write_event;
+  event timer;
+  std::string input;   // unparsed bytes of a request still arriving
+  std::string output;  // response bytes the socket has not taken yet
+  // Parse state of the request at the front of `input`.
+  size_t head_scanned = 0;
+  http::ChunkedScan chunked;
+  bool continue_sent = false;
+  double request_started = 0;  // 0: no partial request
+  double last_active = 0;
+  bool closing = false;      // close as soon as output is flushed
+  bool peer_closed = false;  // the client shut down its sending side
+  bool reading = false;
+  bool writing = false;
+  Connection* prev = nullptr;
+  Connection* next = nullptr;
+
+  void reset_request() {
+    head_scanned = 0;
+    chunked = {};
+    continue_sent = false;
+  }
+};
+
+Worker::Worker(unsigned index, const Config& config, Store& store, Metrics& metrics,
+               std::atomic<unsigned>& open_connections)
+    : index_(index),
+      config_(config),
+      store_(store),
+      counters_(metrics.worker(index)),
+      open_connections_(open_connections),
+      handler_(store, metrics, metrics.worker(index), date_),
+      input_(new char[kInputAllocation]),
+      chunked_body_(new char[http::kMaxBodyBytes + RequestBodyDecoder::kPadding]) {
+  output_.reserve(kOutputHighWater * 2);
+  base_ = event_base_new();
+}
+
+Worker::~Worker() {
+  while (connections_ != nullptr) close(*connections_);
+  for (event* ev : {accept_event_, stop_event_, tick_event_}) {
+    if (ev != nullptr) event_free(ev);
+  }
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+  if (stop_fd_ >= 0) ::close(stop_fd_);
+  if (base_ != nullptr) event_base_free(base_);
+}
+
+std::string Worker::listen() {
+  if (base_ == nullptr) return "cannot create event loop";
+  sockaddr_storage address{};
+  socklen_t address_size = 0;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&address);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&address);
+  if (inet_pton(AF_INET, config_.bind.c_str(), &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    v4->sin_port = htons(config_.port);
+    address_size = sizeof *v4;
+  } else if (inet_pton(AF_INET6, config_.bind.c_str(), &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(config_.port);
+    address_size = sizeof *v6;
+  } else {
+    return fmt::format("--bind {:?} is not an IPv4 or IPv6 address", config_.bind);
+  }
+  listen_fd_ = socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (listen_fd_ < 0) return fmt::format("socket: {}", std::strerror(errno));
+  int on = 1;
+  setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+  // Each loop has its own listener on the same port; the kernel spreads connections.
+  if (setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) {
+    return fmt::format("SO_REUSEPORT: {}", std::strerror(errno));
+  }
+  if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&address), address_size) != 0) {
+    return fmt::format("bind {}:{}: {}", config_.bind, config_.port, std::strerror(errno));
+  }
+  if (::listen(listen_fd_, SOMAXCONN) != 0) return fmt::format("listen: {}", std::strerror(errno));
+
+  stop_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (stop_fd_ < 0) return fmt::format("eventfd: {}", std::strerror(errno));
+  accept_event_ = event_new(base_, listen_fd_, EV_READ | EV_PERSIST, on_accept, this);
+  stop_event_ = event_new(base_, stop_fd_, EV_READ, on_stop, this);
+  tick_event_ = event_new(base_, -1, EV_PERSIST, on_tick, this);
+  event_add(accept_event_, nullptr);
+  event_add(stop_event_, nullptr);
+  event_add(tick_event_, &kTickInterval);
+  return {};
+}
+
+void Worker::run() { event_base_dispatch(base_); }
+
+void Worker::stop() {
+  uint64_t one = 1;
+  if (write(stop_fd_, &one, sizeof one) < 0) log(LogLevel::error, "worker {}: cannot signal stop", index_);
+}
+
+void Worker::on_stop(int, short, void* arg) {
+  auto& self = *static_cast<Worker*>(arg);
+  self.draining_ = true;
+  // Take what is already queued on the listener, then stop accepting.
+  self.accept_pending();
+  event_del(self.accept_event_);
+  ::close(self.listen_fd_);
+  self.listen_fd_ = -1;
+  // Answer what each connection has sent (with "Connection: close"); drop the idle ones.
+  for (Connection* c = self.connections_; c != nullptr;) {
+    Connection* next = c->next;
+    bool open = !(c->input.empty() && c->output.empty()) || self.read_from(*c);
+    if (open && c->input.empty() && c->output.empty() && !c->closing) self.close(*c);
+    c = next;
+  }
+  timeval drain = to_timeval(self.config_.drain_timeout);
+  event_base_loopexit(self.base_, &drain);
+  if (self.connection_count_ == 0) event_base_loopexit(self.base_, nullptr);
+}
+
+void Worker::on_tick(int, short, void* arg) {
+  auto& self = *static_cast<Worker*>(arg);
+  self.date_.refresh();
+  // Bounded TTL sweep; one loop is enough to do it for the whole store.
+  if (self.index_ == 0) self.store_.sweep_expired(kSweepBudgetPerShard);
+}
+
+void Worker::on_accept(int, short, void* arg) { static_cast<Worker*>(arg)->accept_pending(); }
+
+void Worker::accept_pending() {
+  for (int i = 0; i < kAcceptsPerEvent; ++i) {
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE) log(LogLevel::warn, "accept: {} (raise the open files limit)", std::strerror(errno));
+      return;
+    }
+    if (open_connections_.fetch_add(1, std::memory_order_relaxed) >= config_.max_connections) {
+      open_connections_.fetch_sub(1, std::memory_order_relaxed);
+      counters_.connections_rejected.add();
+      output_.clear();
+      handler_.reject(503, "too many connections", output_);
+      (void)send(fd, output_.data(), output_.size(), MSG_NOSIGNAL);
+      output_.clear();
+      ::close(fd);
+      continue;
+    }
+    int on = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+    auto* c = new Connection{};
+    c->worker = this;
+    c->fd = fd;
+    c->last_active = now_seconds();
+    event_assign(&c->read_event, base_, fd, EV_READ | EV_PERSIST, on_readable, c);
+    event_assign(&c->write_event, base_, fd, EV_WRITE | EV_PERSIST, on_writable, c);
+    evtimer_assign(&c->timer, base_, on_timer, c);
+    c->next = connections_;
+    if (connections_ != nullptr) connections_->prev = c;
+    connections_ = c;
+    ++connection_count_;
+    counters_.connections_accepted.add();
+    set_reading(*c, true);
+    arm_timer(*c, config_.idle_timeout);
+  }
+}
+
+void Worker::set_reading(Connection& c, bool on) {
+  if (c.reading == on) return;
+  c.reading = on;
+  on ? event_add(&c.read_event, nullptr) : event_del(&c.read_event);
+}
+
+void Worker::set_writing(Connection& c, bool on) {
+  if (c.writing == on) return;
+  c.writing = on;
+  on ? event_add(&c.write_event, nullptr) : event_del(&c.write_event);
+}
+
+void Worker::arm_timer(Connection& c, double seconds) {
+  timeval tv = to_timeval(seconds);
+  evtimer_add(&c.timer, &tv);
+}
+
+void Worker::close(Connection& c) {
+  event_del(&c.read_event);
+  event_del(&c.write_event);
+  evtimer_del(&c.timer);
+  ::close(c.fd);
+  c.fd = -1;
+  (c.prev ? c.prev->next : connections_) = c.next;
+  if (c.next != nullptr) c.next->prev = c.prev;
+  --connection_count_;
+  open_connections_.fetch_sub(1, std::memory_order_relaxed);
+  counters_.connections_closed.add();
+  delete &c;
+  if (draining_ && connection_count_ == 0) event_base_loopexit(base_, nullptr);
+}
+
+size_t Worker::load_input(Connection& c) {
+  size_t n = c.input.size();
+  std::memcpy(input_.get(), c.input.data(), n);
+  return n;
+}
+
+void Worker::on_readable(int, short, void* arg) {
+  auto& c = *static_cast<Connection*>(arg);
+  c.worker->read_from(c);
+}
+
+bool Worker::read_from(Connection& c) {
+  size_t n = load_input(c);
+  ssize_t got = recv(c.fd, input_.get() + n, kInputCapacity - n, 0);
+  if (got < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return true;
+    close(c);
+    return false;
+  }
+  if (got == 0) {
+    // The client will send no more: answer what it sent, then close.
+    c.peer_closed = true;
+    set_reading(c, false);
+  }
+  c.last_active = now_seconds();
+  return consume(c, n + got);
+}
+
+bool Worker::consume(Connection& c, size_t n) {
+  for (;;) {
+    size_t used = process(c, n);
+    if (c.peer_closed) c.closing = true;
+    bool held_back = !c.closing && used < n && c.output.size() + output_.size() >= kOutputHighWater;
+    if (c.closing || used == n) {
+      c.input.clear();
+      if (c.input.capacity() > 4096) std::string().swap(c.input);  // idle connections hold no big buffers
+      c.request_started = 0;
+    } else {
+      c.input.assign(input_.get() + used, n - used);
+      if (used > 0 || c.request_started == 0) {
+        // A request has begun: it must be complete within the read timeout.
+        c.request_started = now_seconds();
+        arm_timer(c, config_.read_timeout);
+      }
+    }
+    if (!flush(c)) return false;
+    // Requests held back by a backlog the socket has now taken: answer them too.
+    if (!held_back || !c.output.empty()) return true;
+    n = load_input(c);
+  }
+}
+
+size_t Worker::process(Connection& c, size_t n) {
+  const char* in = input_.get();
+  size_t pos = 0;
+  while (!c.closing && pos < n && c.output.size() + output_.size() < kOutputHighWater) {
+    http::Request request;
+    http::HeadResult head = http::parse_head(in + pos, n - pos, request, c.head_scanned);
+    if (head.status == http::Status::incomplete) break;
+    if (head.status == http::Status::error) {
+      handler_.reject(head.error.code, head.error.message, output_);
+      c.closing = true;
+      break;
+    }
+    size_t body_start = pos + request.head_length;
+    std::string_view body;
+    size_t request_end = 0;
+    if (request.chunked) {
+      http::BodyResult scan = http::scan_chunked(in + body_start, n - body_start, c.chunked);
+      if (scan.status == http::Status::error) {
+        handler_.reject(scan.error.code, scan.error.message, output_);
+        c.closing = true;
+        break;
+      }
+      if (scan.status == http::Status::complete) {
+        body = {chunked_body_.get(), http::decode_chunked(in + body_start, scan.encoded_length, chunked_body_.get())};
+        request_end = body_start + scan.encoded_length;
+      }
+    } else if (n - body_start >= request.content_length) {
+      body = {in + body_start, request.content_length};
+      request_end = body_start + request.content_length;
+    }
+    if (request_end == 0) {
+      // Headers are in, the body is not: tell a waiting client to send it.
+      if (request.expect_continue && !c.continue_sent) {
+        output_ += kContinue;
+        c.continue_sent = true;
+      }
+      break;
+    }
+    bool keep_alive = request.keep_alive && !draining_;
+    http::ConnectionMode mode = !keep_alive    ? http::ConnectionMode::close
+                                : request.http10 ? http::ConnectionMode::keep_alive_explicit
+                                                 : http::ConnectionMode::keep_alive;
+    handler_.handle(request, body, mode, output_);
+    c.closing = !keep_alive;
+    c.reset_request();
+    pos = request_end;
+  }
+  return pos;
+}
+
+bool Worker::flush(Connection& c) {
+  if (!output_.empty() || !c.output.empty()) {
+    std::string& pending = c.output.empty() ? output_ : c.output.append(output_);
+    ssize_t sent = send(c.fd, pending.data(), pending.size(), MSG_NOSIGNAL);
+    if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      output_.clear();
+      close(c);
+      return false;
+    }
+    size_t done = sent > 0 ? static_cast<size_t>(sent) : 0;
+    if (done > 0) c.last_active = now_seconds();
+    if (&pending == &output_) {
+      if (done < output_.size()) c.output.assign(output_, done);
+    } else {
+      c.output.erase(0, done);
+    }
+    output_.clear();
+  }
+  bool backlog = !c.output.empty();
+  set_writing(c, backlog);
+  if (!backlog && c.closing) {
+    close(c);
+    return false;
+  }
+  // Pause reading while the client is not taking its responses.
+  set_reading(c, !c.closing && !c.peer_closed && c.output.size() < kOutputHighWater);
+  return true;
+}
+
+void Worker::on_writable(int, short, void* arg) {
+  auto& c = *static_cast<Connection*>(arg);
+  Worker& self = *c.worker;
+  if (!self.flush(c)) return;
+  // Once drained, answer requests that were already read but held back.
+  if (c.output.empty() && !c.closing && !c.input.empty()) self.consume(c, self.load_input(c));
+}
+
+void Worker::on_timer(int, short, void* arg) {
+  auto& c = *static_cast<Connection*>(arg);
+  c.worker->check_deadlines(c);
+}
+
+void Worker::check_deadlines(Connection& c) {
+  double now = now_seconds();
+  if (c.request_started != 0) {
+    double left = c.request_started + config_.read_timeout - now;
+    if (left > 0) return arm_timer(c, left);
+    handler_.reject(408, "request timeout", output_);
+    c.closing = true;
+    c.input.clear();
+    c.request_started = 0;
+    // A client that does not read even this is dropped at the idle timeout.
+    if (flush(c)) arm_timer(c, config_.idle_timeout);
+    return;
+  }
+  double left = c.last_active + config_.idle_timeout - now;
+  if (left > 0) return arm_timer(c, left);
+  output_.clear();
+  close(c);
+}
+
+}  // namespace kv
