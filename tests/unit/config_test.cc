@@ -1,1 +1,143 @@
+#include "config.h"
+#include "memory_limit.h"
+
 #include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+using namespace kv;
+
+namespace {
+
+ConfigResult parse(std::vector<std::string_view> args, Config& config,
+                   std::map<std::string, std::string> env = {}) {
+  return parse_config(args, [&](const char* name) -> const char* {
+    auto it = env.find(name);
+    return it == env.end() ? nullptr : it->second.c_str();
+  }, config);
+}
+
+}  // namespace
+
+TEST_CASE("defaults") {
+  Config config;
+  REQUIRE(parse({}, config).ok);
+  CHECK(config.port == 7171);
+  CHECK(config.bind == "0.0.0.0");
+  CHECK(config.shards == 16);
+  CHECK_FALSE(config.memory_limit);
+  CHECK(config.read_timeout == 2.0);
+  CHECK(config.idle_timeout == 120.0);
+}
+
+TEST_CASE("flags in both spellings") {
+  Config config;
+  REQUIRE(parse({"--port", "8080", "--memory-limit=64M", "--threads", "3", "--read-timeout", "500ms",
+                 "--idle-timeout=1.5", "--log-level", "debug", "--shards", "8", "--max-connections", "5"},
+                config)
+              .ok);
+  CHECK(config.port == 8080);
+  CHECK(config.memory_limit == 64ull << 20);
+  CHECK(config.threads == 3);
+  CHECK(config.read_timeout == doctest::Approx(0.5));
+  CHECK(config.idle_timeout == doctest::Approx(1.5));
+  CHECK(config.log_level == LogLevel::debug);
+  CHECK(config.shards == 8);
+  CHECK(config.max_connections == 5);
+}
+
+TEST_CASE("environment, and flags win over it") {
+  Config config;
+  REQUIRE(parse({"--port", "9000"}, config, {{"KVCACHE_PORT", "8000"}, {"KVCACHE_MEMORY_LIMIT", "1G"}}).ok);
+  CHECK(config.port == 9000);
+  CHECK(config.memory_limit == 1ull << 30);
+  Config from_env;
+  REQUIRE(parse({}, from_env, {{"KVCACHE_READ_TIMEOUT", "3s"}}).ok);
+  CHECK(from_env.read_timeout == 3.0);
+}
+
+TEST_CASE("bad values are errors that name the flag") {
+  for (std::vector<std::string_view> args : std::vector<std::vector<std::string_view>>{
+           {"--port", "abc"}, {"--port", "70000"}, {"--port", "0"}, {"--threads", "0"},
+           {"--memory-limit", "12Q"}, {"--memory-limit", "100"}, {"--log-level", "loud"},
+           {"--read-timeout", "-1"}, {"--idle-timeout", "0"}, {"--nope"}, {"--port"}, {"stray"},
+           {"--help=yes"}}) {
+    Config config;
+    ConfigResult result = parse(args, config);
+    CAPTURE(args[0]);
+    CHECK_FALSE(result.ok);
+    CHECK_FALSE(result.error.empty());
+  }
+  Config config;
+  ConfigResult result = parse({}, config, {{"KVCACHE_PORT", "x"}});
+  CHECK_FALSE(result.ok);
+  CHECK(result.error.find("KVCACHE_PORT") != std::string::npos);
+}
+
+TEST_CASE("byte sizes and durations") {
+  CHECK(parse_byte_size("1048576") == 1048576u);
+  CHECK(parse_byte_size("64k") == 65536u);
+  CHECK(parse_byte_size("2G") == 2ull << 30);
+  CHECK(parse_byte_size("512MB") == 512ull << 20);
+  CHECK(parse_byte_size("1GiB") == 1ull << 30);
+  CHECK_FALSE(parse_byte_size("G"));
+  CHECK_FALSE(parse_byte_size("-1M"));
+  CHECK_FALSE(parse_byte_size("99999999999999999999T"));
+  CHECK(parse_duration("2") == 2.0);
+  CHECK(parse_duration("250ms") == doctest::Approx(0.25));
+  CHECK_FALSE(parse_duration("soon"));
+}
+
+TEST_CASE("usage lists every flag") {
+  std::string usage = usage_text();
+  for (const char* flag : {"--port", "--bind", "--threads", "--memory-limit", "--shards", "--max-connections",
+                           "--read-timeout", "--idle-timeout", "--drain-timeout", "--log-level", "--help",
+                           "--health-check"}) {
+    CHECK(usage.find(flag) != std::string::npos);
+  }
+}
+
+TEST_CASE("memory limit sources") {
+  CHECK(parse_cgroup_limit("536870912\n") == 536870912u);
+  CHECK_FALSE(parse_cgroup_limit("max\n"));
+  CHECK_FALSE(parse_cgroup_limit("9223372036854771712\n"));  // cgroup v1 "unlimited"
+  CHECK_FALSE(parse_cgroup_limit("garbage"));
+  CHECK(parse_meminfo_total("MemTotal:        2000000 kB\nMemFree: 1 kB\n") == 2000000ull * 1024);
+  CHECK_FALSE(parse_meminfo_total("nothing here"));
+}
+
+namespace {
+
+void write(const std::filesystem::path& path, const std::string& content) {
+  std::filesystem::create_directories(path.parent_path());
+  std::ofstream(path) << content;
+}
+
+}  // namespace
+
+TEST_CASE("detect_available_memory reads cgroup v2, v1, then MemTotal") {
+  auto root = std::filesystem::temp_directory_path() / ("kvcache-memtest-" + std::to_string(getpid()));
+  std::filesystem::remove_all(root);
+  write(root / "proc/meminfo", "MemTotal:        2048000 kB\n");
+  AvailableMemory bare = detect_available_memory(root.string());
+  CHECK(bare.bytes == 2048000ull * 1024);
+  CHECK(bare.source == "MemTotal");
+  CHECK(default_memory_limit(bare) == bare.bytes / 10 * 7);
+
+  write(root / "proc/self/cgroup", "0::/system.slice/kvcache.service\n");
+  write(root / "sys/fs/cgroup/system.slice/kvcache.service/memory.max", "max\n");
+  write(root / "sys/fs/cgroup/system.slice/memory.max", "1073741824\n");
+  AvailableMemory v2 = detect_available_memory(root.string());
+  CHECK(v2.bytes == 1073741824u);
+  CHECK(v2.source == "cgroup v2");
+
+  std::filesystem::remove_all(root / "sys");
+  write(root / "proc/self/cgroup", "5:memory:/docker/abc\n0::/\n");
+  write(root / "sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes", "536870912\n");
+  AvailableMemory v1 = detect_available_memory(root.string());
+  CHECK(v1.bytes == 536870912u);
+  CHECK(v1.source == "cgroup v1");
+  std::filesystem::remove_all(root);
+}

@@ -1,1 +1,161 @@
+#include "store.h"
+
 #include <doctest/doctest.h>
+
+#include <optional>
+#include <string>
+
+using namespace kv;
+
+namespace {
+
+class FakeClock final : public Clock {
+ public:
+  uint32_t now_seconds() const override { return now; }
+  uint32_t now = 1000;
+};
+
+std::optional<std::string> lookup(Store& store, std::string_view key) {
+  std::optional<std::string> value;
+  store.get(make_key(key), [&](std::string_view v) { value = std::string(v); });
+  return value;
+}
+
+void put(Store& store, std::string_view key, std::string_view value, uint32_t ttl = 0) {
+  REQUIRE(store.put(make_key(key), value, ttl) == PutStatus::ok);
+}
+
+}  // namespace
+
+TEST_CASE("put, get, overwrite, delete") {
+  FakeClock clock;
+  Store store(16, 64 << 20, clock);
+  CHECK_FALSE(lookup(store, "a"));
+  put(store, "a", "1");
+  CHECK(lookup(store, "a") == "1");
+  put(store, "a", "a much longer value than before");
+  CHECK(lookup(store, "a") == "a much longer value than before");
+  put(store, "a", "");
+  CHECK(lookup(store, "a") == "");
+  CHECK(store.stats().entries == 1);
+  CHECK(store.erase(make_key("a")));
+  CHECK_FALSE(store.erase(make_key("a")));
+  CHECK_FALSE(lookup(store, "a"));
+  CHECK(store.stats().entries == 0);
+}
+
+TEST_CASE("hits and misses are counted") {
+  FakeClock clock;
+  Store store(4, 64 << 20, clock);
+  put(store, "a", "1");
+  lookup(store, "a");
+  lookup(store, "b");
+  lookup(store, "c");
+  StoreStats stats = store.stats();
+  CHECK(stats.hits == 1);
+  CHECK(stats.misses == 2);
+}
+
+TEST_CASE("keys with any bytes are distinct") {
+  FakeClock clock;
+  Store store(16, 64 << 20, clock);
+  put(store, std::string("a\0b", 3), "nul");
+  put(store, "a", "plain");
+  CHECK(lookup(store, std::string("a\0b", 3)) == "nul");
+  CHECK(lookup(store, "a") == "plain");
+}
+
+TEST_CASE("eviction is exact LRU within a shard") {
+  FakeClock clock;
+  const uint64_t limit = 4096;
+  Shard shard(limit, clock);
+  std::string value(100, 'v');
+  auto key_of = [](int i) { return std::to_string(i).insert(0, "k"); };
+  auto put_key = [&](int i) { shard.put(make_key(key_of(i)), Entry::create(key_of(i), value, 0)); };
+  auto present = [&](int i) { return shard.get(make_key(key_of(i)), [](std::string_view) {}); };
+  // Fill until the first eviction: k0, the least recently used, is the one to go.
+  int next = 0;
+  while (shard.stats().evictions == 0 && next < 1000) put_key(next++);
+  REQUIRE(next > 3);
+  CHECK_FALSE(present(0));
+  CHECK(present(1));  // now k2 is the least recently used
+  uint64_t evicted = shard.stats().evictions;
+  while (shard.stats().evictions == evicted) put_key(next++);
+  CHECK_FALSE(present(2));
+  CHECK(present(1));
+  CHECK(present(3));
+  CHECK(present(next - 1));
+  CHECK(shard.stats().bytes_used <= limit);
+}
+
+TEST_CASE("the store stays within its limit under churn") {
+  FakeClock clock;
+  const uint64_t limit = 4 << 20;
+  Store store(16, limit, clock);
+  for (int round = 0; round < 3; ++round) {
+    size_t value_size = round == 1 ? 256 : 8;
+    std::string value(value_size, 'x');
+    for (int i = 0; i < 100000; ++i) {
+      put(store, "key:" + std::to_string(i), value);
+      if (i % 1000 == 0) REQUIRE(store.stats().bytes_used <= limit);
+    }
+    // The newest keys are all present.
+    for (int i = 99000; i < 100000; ++i) REQUIRE(lookup(store, "key:" + std::to_string(i)) == value);
+  }
+  CHECK(store.stats().evictions > 0);
+}
+
+TEST_CASE("an entry larger than a shard's budget is refused") {
+  FakeClock clock;
+  Store store(16, 1024, clock);  // 64 bytes per shard
+  CHECK(store.put(make_key("key"), std::string(200, 'v'), 0) == PutStatus::too_large);
+  CHECK(store.stats().entries == 0);
+}
+
+TEST_CASE("TTL: expired entries are never returned and are counted") {
+  FakeClock clock;
+  Store store(16, 64 << 20, clock);
+  put(store, "short", "1", 10);
+  put(store, "forever", "2");
+  clock.now += 9;
+  CHECK(lookup(store, "short") == "1");
+  clock.now += 1;
+  CHECK_FALSE(lookup(store, "short"));
+  CHECK(store.stats().expirations == 1);
+  CHECK(lookup(store, "forever") == "2");
+  CHECK(store.stats().entries == 1);
+}
+
+TEST_CASE("TTL: overwrite replaces the ttl") {
+  FakeClock clock;
+  Store store(1, 64 << 20, clock);
+  put(store, "k", "1", 5);
+  put(store, "k", "2");
+  clock.now += 100;
+  CHECK(lookup(store, "k") == "2");
+}
+
+TEST_CASE("TTL: the bounded sweep frees expired entries nobody reads") {
+  FakeClock clock;
+  Store store(4, 64 << 20, clock);
+  for (int i = 0; i < 1000; ++i) put(store, std::to_string(i).insert(0, "k"), "v", i < 500 ? 5 : 0);
+  uint64_t bytes = store.stats().bytes_used;
+  clock.now += 6;
+  store.sweep_expired(10);
+  CHECK(store.stats().expirations <= 40);
+  for (int i = 0; i < 100; ++i) store.sweep_expired(10);
+  StoreStats stats = store.stats();
+  CHECK(stats.expirations == 500);
+  CHECK(stats.entries == 500);
+  CHECK(stats.bytes_used < bytes);
+  CHECK(lookup(store, "k999") == "v");
+}
+
+TEST_CASE("delete frees memory at once") {
+  FakeClock clock;
+  Store store(1, 64 << 20, clock);
+  put(store, "k", std::string(200, 'v'));
+  uint64_t with = store.stats().bytes_used;
+  store.erase(make_key("k"));
+  CHECK(store.stats().bytes_used == with - Shard::entry_cost(1, 200));
+}
