@@ -9,17 +9,31 @@ namespace kv {
 class Clock {
  public:
   virtual ~Clock() = default;
-  // Monotonic seconds; always >= 1 so 0 can mean "never expires".
-  virtual uint32_t now_seconds() const = 0;
+  // Monotonic milliseconds.
+  virtual uint64_t now_ms() const = 0;
 };
 
 class MonotonicClock final : public Clock {
  public:
-  uint32_t now_seconds() const override {
+  uint64_t now_ms() const override {
     timespec ts;
     clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);  // vDSO, no syscall
-    return static_cast<uint32_t>(ts.tv_sec) + 1;
+    return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
   }
 };
+
+// Entries keep their expiry in 32 bits as a count of these ticks (13 years
+// of range); 0 means "never".
+constexpr uint64_t kExpiryTickMs = 100;
+
+// The first tick at which an entry put at now_ms with this TTL is expired:
+// rounded up, so an entry never expires early (at most one tick late).
+inline uint32_t expiry_tick(uint64_t now_ms, uint32_t ttl_seconds) {
+  if (ttl_seconds == 0) return 0;
+  uint64_t tick = (now_ms + uint64_t{ttl_seconds} * 1000 + kExpiryTickMs - 1) / kExpiryTickMs;
+  return tick > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(tick);
+}
+
+inline bool is_expired(uint32_t expiry, uint64_t now_ms) { return expiry != 0 && now_ms / kExpiryTickMs >= expiry; }
 
 }  // namespace kv

@@ -12,7 +12,7 @@ namespace kv {
 struct Entry {
   Entry* newer;            // LRU links; guarded by the owning shard's lock
   Entry* older;
-  uint32_t expires_at;     // clock seconds; 0 = never
+  uint32_t expires_at;     // expiry tick (clock.h); 0 = never
   uint16_t key_size;
   uint16_t value_size;
 

@@ -43,6 +43,15 @@ rlim_t raise_open_files_limit() {
 
 int main(int argc, char** argv) {
   using namespace kv;
+  // Block the stop signals first, so one arriving during start-up waits for
+  // sigwait below instead of killing the process; workers inherit the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
   Config config;
   std::vector<std::string_view> args(argv + 1, argv + argc);
   ConfigResult parsed = parse_config(args, [](const char* name) { return std::getenv(name); }, config);
@@ -61,14 +70,6 @@ int main(int argc, char** argv) {
   AvailableMemory available = detect_available_memory();
   uint64_t memory_limit = config.memory_limit.value_or(default_memory_limit(available));
   rlim_t open_files = raise_open_files_limit();
-
-  // Signals go to the main thread's sigwait only; workers never see them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);
 
   MonotonicClock clock;
   Store store(config.shards, memory_limit, clock);

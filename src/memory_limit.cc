@@ -1,5 +1,7 @@
 #include "memory_limit.h"
 
+#include <unistd.h>
+
 #include <charconv>
 #include <fstream>
 #include <sstream>
@@ -88,6 +90,11 @@ AvailableMemory detect_available_memory(const std::string& root) {
   std::optional<uint64_t> total;
   if (auto content = read_file(base + "proc/meminfo")) total = parse_meminfo_total(*content);
   AvailableMemory result{total.value_or(0), "MemTotal"};
+  if (result.bytes == 0 && root == "/") {
+    // /proc hidden (a sandbox): ask the kernel for physical memory instead.
+    result = {static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE)),
+              "physical pages"};
+  }
   auto consider = [&](std::optional<uint64_t> limit, const char* source) {
     if (limit && (result.bytes == 0 || *limit < result.bytes)) result = {*limit, source};
   };

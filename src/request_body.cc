@@ -21,7 +21,10 @@ bool RequestBodyDecoder::fail(std::string message) {
 
 bool RequestBodyDecoder::parse_object(std::string_view body, simdjson::dom::object& object) {
   simdjson::dom::element root;
-  if (parser_.parse(body.data(), body.size(), false).get(root) != simdjson::SUCCESS) return fail("malformed JSON");
+  simdjson::error_code error = parser_.parse(body.data(), body.size(), false).get(root);
+  // Valid JSON, but an integer beyond 64 bits: no field of ours accepts one.
+  if (error == simdjson::BIGINT_ERROR) return fail("number out of range");
+  if (error != simdjson::SUCCESS) return fail("malformed JSON");
   if (root.get_object().get(object) != simdjson::SUCCESS) return fail("body must be a JSON object");
   return true;
 }
@@ -66,8 +69,9 @@ bool RequestBodyDecoder::read_batch(std::string_view body, const char* field, si
   simdjson::dom::object object;
   if (!parse_object(body, object)) return false;
   simdjson::dom::element element;
-  if (object[field].get(element) != simdjson::SUCCESS) return fail(fmt::format("{} is required", field));
-  if (element.get_array().get(array) != simdjson::SUCCESS) return fail(fmt::format("{} must be an array", field));
+  if (object[field].get(element) != simdjson::SUCCESS || element.get_array().get(array) != simdjson::SUCCESS) {
+    return fail(fmt::format("{} must be an array", field));
+  }
   if (array.size() > kMaxBatchItems) return fail(fmt::format("too many {} (max {})", field, kMaxBatchItems));
   return true;
 }

@@ -54,7 +54,7 @@ uint64_t Shard::bytes_used_locked() const {
 }
 
 bool Shard::expired_locked(const Entry* entry) const {
-  return entry->expires_at != 0 && entry->expires_at <= clock_.now_seconds();
+  return entry->expires_at != 0 && is_expired(entry->expires_at, clock_.now_ms());
 }
 
 PutStatus Shard::put(const KeyRef& key, Entry* entry) {

@@ -9,8 +9,7 @@ Store::Store(size_t shard_count, uint64_t memory_limit, const Clock& clock)
 }
 
 PutStatus Store::put(const KeyRef& key, std::string_view value, uint32_t ttl_seconds) {
-  uint32_t expires_at = ttl_seconds == 0 ? 0 : clock_.now_seconds() + ttl_seconds;
-  if (expires_at != 0 && expires_at < ttl_seconds) expires_at = UINT32_MAX;  // far future on overflow
+  uint32_t expires_at = ttl_seconds == 0 ? 0 : expiry_tick(clock_.now_ms(), ttl_seconds);
   // Allocate and copy outside the shard lock.
   Entry* entry = Entry::create(key.key, value, expires_at);
   if (entry == nullptr) return PutStatus::too_large;

@@ -1,6 +1,7 @@
 #include "store.h"
 
 #include <doctest/doctest.h>
+#include <fmt/core.h>
 
 #include <optional>
 #include <string>
@@ -11,8 +12,9 @@ namespace {
 
 class FakeClock final : public Clock {
  public:
-  uint32_t now_seconds() const override { return now; }
-  uint32_t now = 1000;
+  uint64_t now_ms() const override { return now * 1000 + extra_ms; }
+  uint64_t now = 1000;  // seconds
+  uint64_t extra_ms = 0;
 };
 
 std::optional<std::string> lookup(Store& store, std::string_view key) {
@@ -70,7 +72,7 @@ TEST_CASE("eviction is exact LRU within a shard") {
   const uint64_t limit = 4096;
   Shard shard(limit, clock);
   std::string value(100, 'v');
-  auto key_of = [](int i) { return std::to_string(i).insert(0, "k"); };
+  auto key_of = [](int i) { return fmt::format("k{}", i); };
   auto put_key = [&](int i) { shard.put(make_key(key_of(i)), Entry::create(key_of(i), value, 0)); };
   auto present = [&](int i) { return shard.get(make_key(key_of(i)), [](std::string_view) {}); };
   // Fill until the first eviction: k0, the least recently used, is the one to go.
@@ -96,11 +98,11 @@ TEST_CASE("the store stays within its limit under churn") {
     size_t value_size = round == 1 ? 256 : 8;
     std::string value(value_size, 'x');
     for (int i = 0; i < 100000; ++i) {
-      put(store, "key:" + std::to_string(i), value);
+      put(store, fmt::format("key:{}", i), value);
       if (i % 1000 == 0) REQUIRE(store.stats().bytes_used <= limit);
     }
     // The newest keys are all present.
-    for (int i = 99000; i < 100000; ++i) REQUIRE(lookup(store, "key:" + std::to_string(i)) == value);
+    for (int i = 99000; i < 100000; ++i) REQUIRE(lookup(store, fmt::format("key:{}", i)) == value);
   }
   CHECK(store.stats().evictions > 0);
 }
@@ -126,6 +128,19 @@ TEST_CASE("TTL: expired entries are never returned and are counted") {
   CHECK(store.stats().entries == 1);
 }
 
+TEST_CASE("TTL: never early, at most one tick late, whatever the phase within a second") {
+  FakeClock clock;
+  Store store(1, 64 << 20, clock);
+  for (uint64_t phase = 0; phase < 1000; phase += 7) {
+    clock.extra_ms = phase;
+    put(store, "k", "v", 1);
+    clock.extra_ms = phase + 999;
+    CHECK(lookup(store, "k") == "v");
+    clock.extra_ms = phase + 1000 + kExpiryTickMs;
+    CHECK_FALSE(lookup(store, "k"));
+  }
+}
+
 TEST_CASE("TTL: overwrite replaces the ttl") {
   FakeClock clock;
   Store store(1, 64 << 20, clock);
@@ -138,7 +153,7 @@ TEST_CASE("TTL: overwrite replaces the ttl") {
 TEST_CASE("TTL: the bounded sweep frees expired entries nobody reads") {
   FakeClock clock;
   Store store(4, 64 << 20, clock);
-  for (int i = 0; i < 1000; ++i) put(store, std::to_string(i).insert(0, "k"), "v", i < 500 ? 5 : 0);
+  for (int i = 0; i < 1000; ++i) put(store, fmt::format("k{}", i), "v", i < 500 ? 5 : 0);
   uint64_t bytes = store.stats().bytes_used;
   clock.now += 6;
   store.sweep_expired(10);

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages kvcache needs to build and test, if missing.
+# Usage: tools/install-deps.sh [build|test|bench]   (default: test)
+set -euo pipefail
+
+build=(meson ninja-build pkg-config g++ cmake libevent-dev libsimdjson-dev libfmt-dev libabsl-dev doctest-dev)
+test=(python3 python3-pytest python3-requests python3-prometheus-client systemd curl)
+bench=(wrk nginx-light redis-server memcached python3-locust python3-matplotlib valgrind)
+
+case "${1:-test}" in
+  build) wanted=("${build[@]}") ;;
+  test) wanted=("${build[@]}" "${test[@]}") ;;
+  bench) wanted=("${build[@]}" "${test[@]}" "${bench[@]}") ;;
+  *) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
+esac
+
+missing=()
+for package in "${wanted[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+echo "installing: ${missing[*]}" >&2
+$sudo apt-get update -qq
+# nginx-light and redis-server start system services on install; the benchmarks run their own.
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
