@@ -22,8 +22,8 @@ bool RequestBodyDecoder::fail(std::string message) {
 bool RequestBodyDecoder::parse_object(std::string_view body, simdjson::dom::object& object) {
   simdjson::dom::element root;
   simdjson::error_code error = parser_.parse(body.data(), body.size(), false).get(root);
-  // Valid JSON, but an integer beyond 64 bits: no field of ours accepts one.
-  if (error == simdjson::BIGINT_ERROR) return fail("number out of range");
+  // simdjson rejects numbers it cannot represent (beyond 64 bits, 1e999) as it does bad ones.
+  if (error == simdjson::NUMBER_ERROR) return fail("malformed or out-of-range number");
   if (error != simdjson::SUCCESS) return fail("malformed JSON");
   if (root.get_object().get(object) != simdjson::SUCCESS) return fail("body must be a JSON object");
   return true;

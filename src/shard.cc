@@ -1,153 +1,167 @@
 #include "shard.h"
 
 namespace kv {
-namespace {
 
-// glibc malloc: usable size rounded up to 16 bytes plus an 8-byte chunk header, 32 minimum.
-constexpr uint64_t malloc_chunk_size(uint64_t request) {
-  uint64_t chunk = (request + 8 + 15) & ~uint64_t{15};
-  return chunk < 32 ? 32 : chunk;
+size_t Shard::IndexHash::operator()(Handle handle) const {
+  return absl::Hash<std::string_view>{}(reinterpret_cast<const Entry*>(slab->at(handle))->key());
 }
 
-}  // namespace
+bool Shard::IndexEq::operator()(const KeyRef& a, Handle b) const {
+  return a.key == reinterpret_cast<const Entry*>(slab->at(b))->key();
+}
 
-Shard::Shard(uint64_t byte_limit, const Clock& clock) : byte_limit_(byte_limit), clock_(clock) {}
+Shard::Shard(uint64_t byte_limit, const Clock& clock)
+    : byte_limit_(byte_limit), clock_(clock), index_(0, IndexHash{&slab_}, IndexEq{&slab_}) {}
 
-Shard::~Shard() {
-  for (Entry* entry = newest_; entry != nullptr;) {
-    Entry* next = entry->older;
-    std::free(entry);
-    entry = next;
+uint64_t Shard::index_bytes_locked() const {
+  // One handle slot and one control byte per bucket.
+  return index_.capacity() * (sizeof(Handle) + 1);
+}
+
+void Shard::link_newest_locked(Handle handle) {
+  Entry& entry = entry_locked(handle);
+  entry.newer = kNoHandle;
+  entry.older = newest_;
+  if (newest_ != kNoHandle) entry_locked(newest_).newer = handle;
+  newest_ = handle;
+  if (oldest_ == kNoHandle) oldest_ = handle;
+}
+
+void Shard::unlink_locked(Handle handle) {
+  Entry& entry = entry_locked(handle);
+  if (sweep_cursor_ == handle) sweep_cursor_ = entry.newer;
+  (entry.newer != kNoHandle ? entry_locked(entry.newer).older : newest_) = entry.older;
+  (entry.older != kNoHandle ? entry_locked(entry.older).newer : oldest_) = entry.newer;
+}
+
+void Shard::remove_locked(Handle handle) {
+  index_.erase(make_key(entry_locked(handle).key()));
+  unlink_locked(handle);
+  slab_.release(handle);
+}
+
+void Shard::evict_oldest_locked() {
+  remove_locked(oldest_);
+  ++evictions_;
+}
+
+void Shard::moved_locked(Handle from, Handle to) {
+  Entry& entry = entry_locked(to);
+  (entry.newer != kNoHandle ? entry_locked(entry.newer).older : newest_) = to;
+  (entry.older != kNoHandle ? entry_locked(entry.older).newer : oldest_) = to;
+  if (sweep_cursor_ == from) sweep_cursor_ = to;
+  if (pinned_ == from) pinned_ = to;
+  // The old chunk still holds the same key, so the lookup finds its slot.
+  auto it = index_.find(make_key(entry.key()));
+  const_cast<Handle&>(*it) = to;
+}
+
+bool Shard::reclaim_locked(size_t wanted_class) {
+  auto evacuate = [&](size_t size_class) {
+    slab_.evacuate(slab_.sparsest_page(size_class), [&](Handle from, Handle to) { moved_locked(from, to); });
+  };
+  if (size_t size_class = slab_.evacuable_class(); size_class != Slab::kClassCount) {
+    evacuate(size_class);
+    return true;
   }
-}
-
-uint64_t Shard::entry_cost(size_t key_size, size_t value_size) {
-  return malloc_chunk_size(sizeof(Entry) + key_size + value_size);
-}
-
-void Shard::link_newest_locked(Entry* entry) {
-  entry->newer = nullptr;
-  entry->older = newest_;
-  if (newest_ != nullptr) newest_->newer = entry;
-  newest_ = entry;
-  if (oldest_ == nullptr) oldest_ = entry;
-}
-
-void Shard::unlink_locked(Entry* entry) {
-  if (sweep_cursor_ == entry) sweep_cursor_ = entry->newer;
-  (entry->newer ? entry->newer->older : newest_) = entry->older;
-  (entry->older ? entry->older->newer : oldest_) = entry->newer;
-  entry->newer = entry->older = nullptr;
-}
-
-void Shard::remove_locked(Entry* entry, Entry*& garbage) {
-  index_.erase(make_key(entry->key()));
-  unlink_locked(entry);
-  entry_bytes_ -= entry_cost(entry->key_size, entry->value_size);
-  entry->older = garbage;
-  garbage = entry;
-}
-
-uint64_t Shard::bytes_used_locked() const {
-  // The index: one pointer slot and one control byte per bucket.
-  return entry_bytes_ + index_.capacity() * (sizeof(Entry*) + 1);
-}
-
-bool Shard::expired_locked(const Entry* entry) const {
-  return entry->expires_at != 0 && is_expired(entry->expires_at, clock_.now_ms());
-}
-
-PutStatus Shard::put(const KeyRef& key, Entry* entry) {
-  uint64_t cost = entry_cost(entry->key_size, entry->value_size);
-  if (cost > byte_limit_) {
-    std::free(entry);
-    return PutStatus::too_large;
-  }
-  Entry* garbage = nullptr;
-  {
-    std::lock_guard lock(mutex_);
-    bool inserted = false;
-    auto it = index_.lazy_emplace(key, [&](const auto& construct) {
-      construct(entry);
-      inserted = true;
-    });
-    if (!inserted) {
-      Entry* old = *it;
-      // Same key, so same hash and equality: replacing the pointer in place is safe.
-      const_cast<Entry*&>(*it) = entry;
-      unlink_locked(old);
-      entry_bytes_ -= entry_cost(old->key_size, old->value_size);
-      old->older = garbage;
-      garbage = old;
-    }
-    link_newest_locked(entry);
-    entry_bytes_ += cost;
-    while (bytes_used_locked() > byte_limit_ && oldest_ != entry) {
-      remove_locked(oldest_, garbage);
-      ++evictions_;
+  // Evict in exact LRU order until the freed chunks make room: a chunk of the
+  // wanted class, an empty page, or a class with a page's worth to compact.
+  while (oldest_ != kNoHandle && oldest_ != pinned_) {
+    size_t size_class = Slab::class_for(entry_locked(oldest_).size());
+    evict_oldest_locked();
+    if (slab_.has_free_page() || (wanted_class < Slab::kClassCount && slab_.has_free_chunk(wanted_class))) return true;
+    if (slab_.can_evacuate(size_class)) {
+      evacuate(size_class);
+      return true;
     }
   }
-  Entry::destroy_chain(garbage);
+  return false;
+}
+
+Handle Shard::allocate_locked(size_t size_class) {
+  for (;;) {
+    Handle handle = slab_.take(size_class);
+    if (handle != kNoHandle) return handle;
+    if (bytes_used_locked() + Slab::kPageSize <= byte_limit_ && slab_.map_page()) continue;
+    if (!reclaim_locked(size_class)) return kNoHandle;
+  }
+}
+
+PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires_at) {
+  size_t size_class = Slab::class_for(Entry::size_for(key.key.size(), value.size()));
+  std::lock_guard lock(mutex_);
+  if (auto it = index_.find(key); it != index_.end()) {
+    Handle handle = *it;
+    Entry& entry = entry_locked(handle);
+    if (Slab::class_for(entry.size()) == size_class) {
+      // Same chunk size: rewrite in place.
+      entry.store_value(value);
+      entry.expires_at = expires_at;
+      unlink_locked(handle);
+      link_newest_locked(handle);
+      return PutStatus::ok;
+    }
+    remove_locked(handle);
+  }
+  Handle handle = allocate_locked(size_class);
+  if (handle == kNoHandle) return PutStatus::too_large;
+  entry_locked(handle).fill(key.key, value, expires_at);
+  link_newest_locked(handle);
+  index_.lazy_emplace(key, [&](const auto& construct) { construct(handle); });
+  // A grown index takes memory too: hand pages back until within the limit,
+  // never evicting the entry just written.
+  pinned_ = handle;
+  while (bytes_used_locked() > byte_limit_ && (slab_.has_free_page() || reclaim_locked(Slab::kClassCount))) {
+    slab_.unmap_free_page();
+  }
+  pinned_ = kNoHandle;
   return PutStatus::ok;
 }
 
 bool Shard::get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value) {
-  Entry* garbage = nullptr;
-  {
-    std::lock_guard lock(mutex_);
-    auto it = index_.find(key);
-    if (it != index_.end()) {
-      Entry* entry = *it;
-      if (!expired_locked(entry)) {
-        if (entry != newest_) {
-          unlink_locked(entry);
-          link_newest_locked(entry);
-        }
-        ++hits_;
-        on_value(entry->value());
-        return true;
+  std::lock_guard lock(mutex_);
+  auto it = index_.find(key);
+  if (it != index_.end()) {
+    Handle handle = *it;
+    Entry& entry = entry_locked(handle);
+    if (!expired_locked(entry)) {
+      if (handle != newest_) {
+        unlink_locked(handle);
+        link_newest_locked(handle);
       }
-      remove_locked(entry, garbage);
-      ++expirations_;
+      ++hits_;
+      on_value(entry.value());
+      return true;
     }
-    ++misses_;
+    remove_locked(handle);
+    ++expirations_;
   }
-  Entry::destroy_chain(garbage);
+  ++misses_;
   return false;
 }
 
 bool Shard::erase(const KeyRef& key) {
-  Entry* garbage = nullptr;
-  bool found = false;
-  {
-    std::lock_guard lock(mutex_);
-    auto it = index_.find(key);
-    if (it != index_.end()) {
-      Entry* entry = *it;
-      found = !expired_locked(entry);
-      if (!found) ++expirations_;
-      remove_locked(entry, garbage);
-    }
-  }
-  Entry::destroy_chain(garbage);
-  return found;
+  std::lock_guard lock(mutex_);
+  auto it = index_.find(key);
+  if (it == index_.end()) return false;
+  Handle handle = *it;
+  bool live = !expired_locked(entry_locked(handle));
+  if (!live) ++expirations_;
+  remove_locked(handle);
+  return live;
 }
 
 void Shard::sweep_expired(size_t budget) {
-  Entry* garbage = nullptr;
-  {
-    std::lock_guard lock(mutex_);
-    for (size_t visited = 0; visited < budget && newest_ != nullptr; ++visited) {
-      if (sweep_cursor_ == nullptr) sweep_cursor_ = oldest_;  // wrap around
-      Entry* entry = sweep_cursor_;
-      sweep_cursor_ = entry->newer;
-      if (expired_locked(entry)) {
-        remove_locked(entry, garbage);
-        ++expirations_;
-      }
+  std::lock_guard lock(mutex_);
+  for (size_t visited = 0; visited < budget && newest_ != kNoHandle; ++visited) {
+    if (sweep_cursor_ == kNoHandle) sweep_cursor_ = oldest_;  // wrap around
+    Handle handle = sweep_cursor_;
+    sweep_cursor_ = entry_locked(handle).newer;
+    if (expired_locked(entry_locked(handle))) {
+      remove_locked(handle);
+      ++expirations_;
     }
   }
-  Entry::destroy_chain(garbage);
 }
 
 ShardStats Shard::stats() const {

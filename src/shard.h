@@ -1,9 +1,10 @@
-// One independently locked part of the store: a hash index over entries plus
-// an exact LRU list, with its own byte budget.
+// One independently locked part of the store: a hash index of slab handles,
+// an exact LRU list through the entries, and its own byte budget.
 #pragma once
 
 #include "clock.h"
 #include "entry.h"
+#include "slab.h"
 
 #include <absl/container/flat_hash_set.h>
 #include <absl/functional/function_ref.h>
@@ -37,16 +38,12 @@ struct ShardStats {
 class Shard {
  public:
   Shard(uint64_t byte_limit, const Clock& clock);
-  ~Shard();
   Shard(const Shard&) = delete;
   Shard& operator=(const Shard&) = delete;
 
-  // What an entry of these sizes is charged: its allocation as malloc rounds it.
-  static uint64_t entry_cost(size_t key_size, size_t value_size);
-
-  // Takes ownership of `entry` (made by Entry::create for `key`). Evicts least
-  // recently used entries until the shard is within its limit again.
-  PutStatus put(const KeyRef& key, Entry* entry);
+  // Inserts or replaces. Evicts least recently used entries (after first
+  // trying to compact) until the entry and the index fit the byte limit.
+  PutStatus put(const KeyRef& key, std::string_view value, uint32_t expires_at);
   // Calls on_value with the value under the lock, so the caller copies it
   // straight into its response.
   bool get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value);
@@ -56,36 +53,51 @@ class Shard {
   ShardStats stats() const;
 
  private:
-  struct EntryHash {
+  // Index functors resolve handles through the slab; lookups use a KeyRef.
+  struct IndexHash {
     using is_transparent = void;
+    const Slab* slab;
     size_t operator()(const KeyRef& key) const { return key.hash; }
-    size_t operator()(const Entry* entry) const { return absl::Hash<std::string_view>{}(entry->key()); }
+    size_t operator()(Handle handle) const;
   };
-  struct EntryEq {
+  struct IndexEq {
     using is_transparent = void;
-    bool operator()(const Entry* a, const Entry* b) const { return a == b; }
-    bool operator()(const KeyRef& a, const Entry* b) const { return a.key == b->key(); }
-    bool operator()(const Entry* a, const KeyRef& b) const { return b.key == a->key(); }
+    const Slab* slab;
+    bool operator()(Handle a, Handle b) const { return a == b; }
+    bool operator()(const KeyRef& a, Handle b) const;
+    bool operator()(Handle a, const KeyRef& b) const { return (*this)(b, a); }
   };
-  using Index = absl::flat_hash_set<Entry*, EntryHash, EntryEq>;
+  using Index = absl::flat_hash_set<Handle, IndexHash, IndexEq>;
 
   // The *_locked functions expect mutex_ to be held.
-  void link_newest_locked(Entry* entry);
-  void unlink_locked(Entry* entry);
-  // Removes entry from index and list; chains it onto `garbage` to free after unlocking.
-  void remove_locked(Entry* entry, Entry*& garbage);
-  uint64_t bytes_used_locked() const;
-  bool expired_locked(const Entry* entry) const;
+  Entry& entry_locked(Handle handle) const { return *reinterpret_cast<Entry*>(slab_.at(handle)); }
+  void link_newest_locked(Handle handle);
+  void unlink_locked(Handle handle);
+  void remove_locked(Handle handle);
+  void evict_oldest_locked();
+  // A chunk of the size class: from a mapped page, a new page within the
+  // limit, or reclaimed memory. kNoHandle when the shard cannot hold it.
+  Handle allocate_locked(size_t size_class);
+  // Makes room without mapping: compacts a sparse page if one can be
+  // emptied, else evicts LRU entries until a chunk of wanted_class (or, for
+  // Slab::kClassCount, a whole page) is free. False when nothing is left.
+  bool reclaim_locked(size_t wanted_class);
+  // Re-points the index and LRU neighbours after the slab moved an entry.
+  void moved_locked(Handle from, Handle to);
+  uint64_t index_bytes_locked() const;
+  uint64_t bytes_used_locked() const { return slab_.mapped_bytes() + index_bytes_locked(); }
+  bool expired_locked(const Entry& entry) const { return is_expired(entry.expires_at, clock_.now_ms()); }
 
   const uint64_t byte_limit_;
   const Clock& clock_;
   mutable std::mutex mutex_;
   // Rest are protected by mutex_.
+  Slab slab_;
   Index index_;
-  Entry* newest_ = nullptr;
-  Entry* oldest_ = nullptr;
-  Entry* sweep_cursor_ = nullptr;  // next entry the TTL sweep visits, walking toward newer
-  uint64_t entry_bytes_ = 0;
+  Handle newest_ = kNoHandle;
+  Handle oldest_ = kNoHandle;
+  Handle sweep_cursor_ = kNoHandle;  // next entry the TTL sweep visits, walking toward newer
+  Handle pinned_ = kNoHandle;        // never evicted: the entry a put is completing
   uint64_t hits_ = 0, misses_ = 0, evictions_ = 0, expirations_ = 0;
 };
 

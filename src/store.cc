@@ -10,10 +10,7 @@ Store::Store(size_t shard_count, uint64_t memory_limit, const Clock& clock)
 
 PutStatus Store::put(const KeyRef& key, std::string_view value, uint32_t ttl_seconds) {
   uint32_t expires_at = ttl_seconds == 0 ? 0 : expiry_tick(clock_.now_ms(), ttl_seconds);
-  // Allocate and copy outside the shard lock.
-  Entry* entry = Entry::create(key.key, value, expires_at);
-  if (entry == nullptr) return PutStatus::too_large;
-  return shard_for(key).put(key, entry);
+  return shard_for(key).put(key, value, expires_at);
 }
 
 bool Store::get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value) {

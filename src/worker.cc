@@ -97,22 +97,54 @@ Worker::~Worker() {
   if (base_ != nullptr) event_base_free(base_);
 }
 
-std::string Worker::listen() {
-  if (base_ == nullptr) return "cannot create event loop";
-  sockaddr_storage address{};
-  socklen_t address_size = 0;
+namespace {
+
+// Parses --bind/--port into a socket address; returns false if bind is not an IP address.
+bool make_address(const Config& config, sockaddr_storage& address, socklen_t& size) {
+  address = {};
   auto* v4 = reinterpret_cast<sockaddr_in*>(&address);
   auto* v6 = reinterpret_cast<sockaddr_in6*>(&address);
-  if (inet_pton(AF_INET, config_.bind.c_str(), &v4->sin_addr) == 1) {
+  if (inet_pton(AF_INET, config.bind.c_str(), &v4->sin_addr) == 1) {
     v4->sin_family = AF_INET;
-    v4->sin_port = htons(config_.port);
-    address_size = sizeof *v4;
-  } else if (inet_pton(AF_INET6, config_.bind.c_str(), &v6->sin6_addr) == 1) {
+    v4->sin_port = htons(config.port);
+    size = sizeof *v4;
+    return true;
+  }
+  if (inet_pton(AF_INET6, config.bind.c_str(), &v6->sin6_addr) == 1) {
     v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(config_.port);
-    address_size = sizeof *v6;
-  } else {
+    v6->sin6_port = htons(config.port);
+    size = sizeof *v6;
+    return true;
+  }
+  return false;
+}
+
+// SO_REUSEPORT would let a second kvcache share the port and split the
+// clients between two caches: binding once without it fails if anyone listens.
+std::string check_port_free(const sockaddr_storage& address, socklen_t size) {
+  int probe = socket(address.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (probe < 0) return fmt::format("socket: {}", std::strerror(errno));
+  int on = 1;
+  setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+  int result = bind(probe, reinterpret_cast<const sockaddr*>(&address), size);
+  int error = errno;
+  ::close(probe);
+  return result == 0 ? std::string() : std::string(std::strerror(error));
+}
+
+}  // namespace
+
+std::string Worker::listen() {
+  if (base_ == nullptr) return "cannot create event loop";
+  sockaddr_storage address;
+  socklen_t address_size = 0;
+  if (!make_address(config_, address, address_size)) {
     return fmt::format("--bind {:?} is not an IPv4 or IPv6 address", config_.bind);
+  }
+  if (index_ == 0) {
+    if (std::string busy = check_port_free(address, address_size); !busy.empty()) {
+      return fmt::format("bind {}:{}: {}", config_.bind, config_.port, busy);
+    }
   }
   listen_fd_ = socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (listen_fd_ < 0) return fmt::format("socket: {}", std::strerror(errno));

@@ -3,7 +3,9 @@
 #include <doctest/doctest.h>
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <optional>
+#include <vector>
 #include <string>
 
 using namespace kv;
@@ -69,15 +71,15 @@ TEST_CASE("keys with any bytes are distinct") {
 
 TEST_CASE("eviction is exact LRU within a shard") {
   FakeClock clock;
-  const uint64_t limit = 4096;
+  const uint64_t limit = 3 * Slab::kPageSize;
   Shard shard(limit, clock);
   std::string value(100, 'v');
   auto key_of = [](int i) { return fmt::format("k{}", i); };
-  auto put_key = [&](int i) { shard.put(make_key(key_of(i)), Entry::create(key_of(i), value, 0)); };
+  auto put_key = [&](int i) { REQUIRE(shard.put(make_key(key_of(i)), value, 0) == PutStatus::ok); };
   auto present = [&](int i) { return shard.get(make_key(key_of(i)), [](std::string_view) {}); };
   // Fill until the first eviction: k0, the least recently used, is the one to go.
   int next = 0;
-  while (shard.stats().evictions == 0 && next < 1000) put_key(next++);
+  while (shard.stats().evictions == 0 && next < 10000) put_key(next++);
   REQUIRE(next > 3);
   CHECK_FALSE(present(0));
   CHECK(present(1));  // now k2 is the least recently used
@@ -153,24 +155,81 @@ TEST_CASE("TTL: overwrite replaces the ttl") {
 TEST_CASE("TTL: the bounded sweep frees expired entries nobody reads") {
   FakeClock clock;
   Store store(4, 64 << 20, clock);
-  for (int i = 0; i < 1000; ++i) put(store, fmt::format("k{}", i), "v", i < 500 ? 5 : 0);
+  const int n = 10000;
+  for (int i = 0; i < n; ++i) put(store, fmt::format("k{}", i), std::string(200, 'v'), i < n / 2 ? 5 : 0);
   uint64_t bytes = store.stats().bytes_used;
   clock.now += 6;
   store.sweep_expired(10);
   CHECK(store.stats().expirations <= 40);
-  for (int i = 0; i < 100; ++i) store.sweep_expired(10);
+  for (int i = 0; i < 1000; ++i) store.sweep_expired(10);
   StoreStats stats = store.stats();
-  CHECK(stats.expirations == 500);
-  CHECK(stats.entries == 500);
-  CHECK(stats.bytes_used < bytes);
-  CHECK(lookup(store, "k999") == "v");
+  CHECK(stats.expirations == n / 2);
+  CHECK(stats.entries == n / 2);
+  CHECK(stats.bytes_used < bytes * 3 / 4);
+  CHECK(lookup(store, fmt::format("k{}", n - 1)) == std::string(200, 'v'));
 }
 
 TEST_CASE("delete frees memory at once") {
   FakeClock clock;
   Store store(1, 64 << 20, clock);
-  put(store, "k", std::string(200, 'v'));
-  uint64_t with = store.stats().bytes_used;
-  store.erase(make_key("k"));
-  CHECK(store.stats().bytes_used == with - Shard::entry_cost(1, 200));
+  uint64_t empty = store.stats().bytes_used;
+  for (int i = 0; i < 5000; ++i) put(store, fmt::format("k{}", i), std::string(200, 'v'));
+  uint64_t full = store.stats().bytes_used;
+  CHECK(full >= 5000 * 200);
+  for (int i = 0; i < 5000; ++i) CHECK(store.erase(make_key(fmt::format("k{}", i))));
+  // At most one empty page stays mapped; the index keeps its capacity.
+  CHECK(store.stats().bytes_used <= empty + Slab::kPageSize + 8192 * 5 + 64);
+  CHECK(store.stats().entries == 0);
+}
+
+TEST_CASE("accounting: bytes used covers key, value and a small overhead per entry") {
+  FakeClock clock;
+  Store store(16, 1ull << 30, clock);
+  const int n = 200000;
+  for (int i = 0; i < n; ++i) put(store, fmt::format("key:{}", i), std::string(128, 'v'));
+  StoreStats stats = store.stats();
+  double payload = 128 + 10;
+  double per_entry = static_cast<double>(stats.bytes_used) / n;
+  MESSAGE("bytes per entry: " << per_entry);
+  CHECK(per_entry >= payload);
+  CHECK(per_entry - payload <= 40);
+}
+
+TEST_CASE("size changes: pages move between size classes without losing recent keys") {
+  FakeClock clock;
+  const uint64_t limit = 8 << 20;
+  Store store(4, limit, clock);
+  int key = 0;
+  for (size_t value_size : {8, 256, 8, 100, 256}) {
+    std::string value(value_size, 'x');
+    int first = key;
+    for (int i = 0; i < 300000; ++i, ++key) {
+      put(store, fmt::format("key:{}", key), value);
+      if (i % 5000 == 0) REQUIRE(store.stats().bytes_used <= limit);
+    }
+    for (int i = key - 2000; i < key; ++i) REQUIRE(lookup(store, fmt::format("key:{}", i)) == value);
+    CHECK_FALSE(lookup(store, fmt::format("key:{}", first)));
+  }
+}
+
+TEST_CASE("random key and value sizes: within the limit, newest keys kept") {
+  FakeClock clock;
+  const uint64_t limit = 4 << 20;
+  Store store(16, limit, clock);
+  uint64_t state = 42;
+  auto next_random = [&] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return state >> 33;
+  };
+  std::vector<std::pair<std::string, std::string>> recent;
+  for (int i = 0; i < 200000; ++i) {
+    std::string key = fmt::format("{}:", i);
+    key.resize(std::max<size_t>(key.size(), 1 + next_random() % 256), 'k');
+    std::string value(next_random() % 257, 'v');
+    put(store, key, value);
+    if (i >= 200000 - 200) recent.emplace_back(key, value);
+    if (i % 5000 == 0) REQUIRE(store.stats().bytes_used <= limit);
+  }
+  for (const auto& [key, value] : recent) REQUIRE(lookup(store, key) == value);
+  CHECK(store.stats().evictions > 0);
 }

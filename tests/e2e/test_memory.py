@@ -1,0 +1,78 @@
+"""Memory limit smoke test: LRU eviction under --memory-limit."""
+
+import requests
+
+from helpers import OK_MPUT, OK_PUT, get_body
+
+TOTAL = 40_000
+BATCH = 200
+VALUE = "v" * 200
+
+
+def key(i):
+    return f"mem-{i:06d}"
+
+
+def test_memory_limit_evicts_oldest_and_keeps_recent(start_server):
+    srv = start_server("--memory-limit", "8M", "--log-level", "warn")
+    with requests.Session() as s:
+        for start in range(0, TOTAL, BATCH):
+            items = [{"key": key(i), "value": VALUE} for i in range(start, start + BATCH)]
+            r = s.post(f"{srv.url}/mput", json={"items": items}, timeout=10)
+            assert r.status_code == 200 and r.content == OK_MPUT, (start, r.status_code, r.content[:200])
+
+        recent = [key(i) for i in range(TOTAL - 1000, TOTAL)]
+        r = s.post(f"{srv.url}/mget", json={"keys": recent}, timeout=10)
+        assert r.status_code == 200
+        values = r.json()["values"]
+        missing = [k for k, v in zip(recent, values) if v != VALUE]
+        assert not missing, f"{len(missing)} of the most recent 1000 keys missing, e.g. {missing[:5]}"
+
+        oldest = [key(i) for i in range(1000)]
+        r = s.post(f"{srv.url}/mget", json={"keys": oldest}, timeout=10)
+        assert r.status_code == 200
+        evicted = sum(v is None for v in r.json()["values"])
+        assert evicted > 0, "40,000 x 200-byte values fit in 8M without a single eviction"
+
+        # the server keeps working after evicting
+        r = s.post(f"{srv.url}/put", json={"key": "after", "value": "x"}, timeout=5)
+        assert r.content == OK_PUT
+        assert s.get(f"{srv.url}/get", params={"key": "after"}, timeout=5).content == get_body("after", "x")
+
+
+def test_memory_limit_reads_refresh_recency(start_server):
+    srv = start_server("--memory-limit", "8M", "--log-level", "warn")
+    with requests.Session() as s:
+        hot = [f"hot-{i}" for i in range(100)]
+        r = s.post(f"{srv.url}/mput", json={"items": [{"key": k, "value": VALUE} for k in hot]}, timeout=10)
+        assert r.status_code == 200
+        for start in range(0, TOTAL, BATCH):
+            items = [{"key": key(i), "value": VALUE} for i in range(start, start + BATCH)]
+            r = s.post(f"{srv.url}/mput", json={"items": items}, timeout=10)
+            assert r.status_code == 200
+            if start % 2000 == 0:
+                # touching the hot keys keeps them most recently used
+                assert s.post(f"{srv.url}/mget", json={"keys": hot}, timeout=10).json()["values"] == [VALUE] * 100
+        assert s.post(f"{srv.url}/mget", json={"keys": hot}, timeout=10).json()["values"] == [VALUE] * 100
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_rss_growth_stays_within_the_memory_limit(start_server):
+    limit = 32 << 20
+    srv = start_server("--memory-limit", "32M", "--log-level", "warn")
+    baseline = rss_bytes(srv.proc.pid)
+    with requests.Session() as s:
+        # about 2.5x the limit in key and value bytes alone
+        for start in range(0, 320_000, BATCH):
+            items = [{"key": f"rss-{i:07d}", "value": VALUE} for i in range(start, start + BATCH)]
+            r = s.post(f"{srv.url}/mput", json={"items": items}, timeout=10)
+            assert r.status_code == 200
+    growth = rss_bytes(srv.proc.pid) - baseline
+    assert growth <= limit * 1.10, f"RSS grew by {growth / 2**20:.1f} MiB with --memory-limit 32M"

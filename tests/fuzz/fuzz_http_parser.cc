@@ -1,0 +1,193 @@
+// Differential fuzz target for the incremental HTTP/1.1 parser.
+//
+// The input is driven through parse_head / scan_chunked / decode_chunked the
+// way Worker::process drives them (resume offset `scanned`, then a
+// Content-Length or chunked body, then the next pipelined request), once as a
+// single read and once split into several reads at points chosen by the first
+// bytes of the input. Both runs must produce exactly the same requests, the
+// same error and the same unconsumed tail; anything else traps.
+//
+// Input layout: byte 0 = number of split points (mod 8), then 2 bytes per
+// split point (little endian, taken modulo the payload size), then the payload.
+#include "http_parser.h"
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace {
+
+using namespace kv::http;
+
+void check(bool ok) {
+  if (!ok) __builtin_trap();
+}
+
+bool inside(std::string_view part, const char* begin, size_t size) {
+  return part.empty() || (part.data() >= begin && part.data() + part.size() <= begin + size);
+}
+
+struct Outcome {
+  Status status = Status::incomplete;  // complete (a request) or error (connection closed)
+  int error_code = 0;
+  size_t consumed = 0;  // bytes this request occupied in the stream
+  Method method = Method::other;
+  bool http10 = false;
+  bool keep_alive = false;
+  bool expect_continue = false;
+  std::string target, path, query, body;
+
+  bool operator==(const Outcome&) const = default;
+};
+
+// One connection, as Worker keeps it: the unparsed bytes of a request still
+// arriving plus the resume state of that request.
+class Connection {
+ public:
+  void feed(const uint8_t* data, size_t size) {
+    if (closed_) return;
+    pending_.insert(pending_.end(), data, data + size);
+    process();
+  }
+
+  const std::vector<Outcome>& outcomes() const { return outcomes_; }
+  const std::vector<char>& pending() const { return pending_; }
+  bool closed() const { return closed_; }
+
+ private:
+  void process() {
+    // An exact-size heap copy, so ASan sees any read past the received bytes.
+    const size_t n = pending_.size();
+    std::unique_ptr<char[]> in(new char[n]);
+    if (n > 0) std::memcpy(in.get(), pending_.data(), n);
+    size_t pos = 0;
+    while (!closed_ && pos < n) {
+      Request request;
+      HeadResult head = parse_head(in.get() + pos, n - pos, request, scanned_);
+      if (head.status == Status::incomplete) break;
+      if (head.status == Status::error) {
+        fail(head.error);
+        break;
+      }
+      check(head.status == Status::complete);
+      check(request.head_length > 0 && request.head_length <= n - pos);
+      check(request.head_length <= kMaxHeadBytes);
+      check(request.content_length <= kMaxBodyBytes);
+      check(request.target.size() <= kMaxTargetBytes);
+      // Absolute-form without a path ("http://host") becomes a static "/".
+      if (request.target != "/") {
+        check(inside(request.target, in.get() + pos, request.head_length));
+        check(inside(request.path, in.get() + pos, request.head_length));
+        check(inside(request.query, in.get() + pos, request.head_length));
+      }
+      size_t body_start = pos + request.head_length;
+      std::string body;
+      size_t request_end = 0;
+      if (request.chunked) {
+        check(request.content_length == 0);
+        BodyResult scan = scan_chunked(in.get() + body_start, n - body_start, chunked_);
+        if (scan.status == Status::error) {
+          fail(scan.error);
+          break;
+        }
+        if (scan.status == Status::complete) {
+          check(scan.encoded_length > 0 && scan.encoded_length <= n - body_start);
+          check(chunked_.body_size <= kMaxBodyBytes);
+          check(scan.encoded_length - chunked_.body_size <= kMaxChunkedOverhead + kMaxHeadBytes);
+          // Exactly body_size bytes of room: an overflow is an ASan report.
+          std::unique_ptr<char[]> out(new char[chunked_.body_size]);
+          size_t decoded = decode_chunked(in.get() + body_start, scan.encoded_length, out.get());
+          check(decoded == chunked_.body_size);
+          body.assign(out.get(), decoded);
+          request_end = body_start + scan.encoded_length;
+        }
+      } else if (n - body_start >= request.content_length) {
+        body.assign(in.get() + body_start, request.content_length);
+        request_end = body_start + request.content_length;
+      }
+      if (request_end == 0) break;  // the body is still arriving
+      Outcome outcome;
+      outcome.status = Status::complete;
+      outcome.consumed = request_end - pos;
+      outcome.method = request.method;
+      outcome.http10 = request.http10;
+      outcome.keep_alive = request.keep_alive;
+      outcome.expect_continue = request.expect_continue;
+      outcome.target = request.target;
+      outcome.path = request.path;
+      outcome.query = request.query;
+      outcome.body = std::move(body);
+      outcomes_.push_back(std::move(outcome));
+      if (!request.keep_alive) closed_ = true;  // the server answers, then closes
+      scanned_ = 0;
+      chunked_ = {};
+      pos = request_end;
+    }
+    pending_.erase(pending_.begin(), pending_.begin() + static_cast<ptrdiff_t>(pos));
+    // The server reads into a buffer of kMaxRequestBytes: a request still
+    // incomplete must leave room to receive more, or recv() would be asked for
+    // 0 bytes and the connection would look closed by the peer.
+    if (!closed_) check(pending_.size() < kMaxRequestBytes);
+  }
+
+  void fail(const Error& error) {
+    check(error.code >= 400 && error.code <= 599);
+    check(!error.message.empty());
+    Outcome outcome;
+    outcome.status = Status::error;
+    outcome.error_code = error.code;
+    outcomes_.push_back(std::move(outcome));
+    closed_ = true;
+  }
+
+  std::vector<char> pending_;
+  size_t scanned_ = 0;
+  ChunkedScan chunked_;
+  bool closed_ = false;
+  std::vector<Outcome> outcomes_;
+};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size < 1) return 0;
+  size_t splits = data[0] % 8;
+  if (size < 1 + 2 * splits) return 0;
+  std::vector<size_t> points;
+  const uint8_t* payload = data + 1 + 2 * splits;
+  const size_t payload_size = size - 1 - 2 * splits;
+  for (size_t i = 0; i < splits; ++i) {
+    size_t raw = data[1 + 2 * i] | (size_t{data[2 + 2 * i]} << 8);
+    points.push_back(payload_size == 0 ? 0 : raw % (payload_size + 1));
+  }
+  std::sort(points.begin(), points.end());
+  points.push_back(payload_size);
+
+  Connection whole;
+  whole.feed(payload, payload_size);
+
+  Connection split;
+  size_t at = 0;
+  for (size_t point : points) {
+    split.feed(payload + at, point - at);
+    at = point;
+  }
+
+  check(whole.closed() == split.closed());
+  check(whole.outcomes().size() == split.outcomes().size());
+  for (size_t i = 0; i < whole.outcomes().size(); ++i) check(whole.outcomes()[i] == split.outcomes()[i]);
+  if (!whole.closed()) check(whole.pending() == split.pending());
+
+  // Whatever was consumed plus what is pending is the whole stream.
+  if (!whole.closed()) {
+    size_t total = whole.pending().size();
+    for (const Outcome& outcome : whole.outcomes()) total += outcome.consumed;
+    check(total == payload_size);
+  }
+  return 0;
+}

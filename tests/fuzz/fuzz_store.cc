@@ -1,0 +1,208 @@
+// Model-based fuzz target for kv::Store.
+//
+// The input is a sequence of operations (put / get / erase / advance the fake
+// clock / sweep) over a small key space, applied to two stores and a simple
+// reference model (the last put of each key with its expiry tick, as
+// clock.h's expiry_tick / is_expired define it):
+//
+//  - `small`: a tight memory limit, so entries get evicted and presence cannot
+//    be predicted. A get may miss, but must never return anything but the
+//    most recent put of that key, and never a key the model says is erased or
+//    expired. stats().bytes_used must stay within the memory limit.
+//  - `big`: a limit so large nothing is ever evicted. It must match the model
+//    exactly (presence and value), and stats().entries must equal the model's
+//    count (exactly after a full sweep; between the live count and the count
+//    including expired-but-unswept entries otherwise).
+//
+// Layout: 3 header bytes (start time, shard count, small memory limit), then
+// operations, each one opcode byte plus argument bytes.
+#include "store.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <iterator>
+
+namespace {
+
+void check(bool ok) {
+  if (!ok) __builtin_trap();
+}
+
+class FakeClock final : public kv::Clock {
+ public:
+  uint64_t now_ms() const override { return now; }
+  uint64_t now = 0;
+};
+
+class Input {
+ public:
+  Input(const uint8_t* data, size_t size) : data_(data), size_(size) {}
+  bool empty() const { return pos_ >= size_; }
+  uint8_t byte() { return pos_ < size_ ? data_[pos_++] : 0; }
+  uint16_t u16() { return static_cast<uint16_t>(byte() | (byte() << 8)); }
+
+ private:
+  const uint8_t* data_;
+  size_t size_;
+  size_t pos_ = 0;
+};
+
+constexpr size_t kKeys = 16;
+
+std::string key_name(size_t index) {
+  if (index == kKeys - 1) return std::string(255, 'L') + "!";  // the longest valid key
+  if (index == kKeys - 2) return std::string(1, '\0');         // a NUL byte is a valid ASCII key
+  return "k" + std::to_string(index);
+}
+
+uint32_t ttl_from(uint8_t b) {
+  switch (b % 8) {
+    case 0: case 1: case 2: case 3: return 0;  // most entries never expire
+    case 4: return 1;
+    case 5: return 1 + b / 8 % 4;
+    case 6: return 2147483647;  // the API's maximum
+    default: return b / 8 * 7;  // 0..217
+  }
+}
+
+struct ModelEntry {
+  std::string value;
+  uint32_t expires_at;  // expiry tick, 0 = never
+};
+
+std::optional<std::string> lookup(kv::Store& store, const std::string& key) {
+  std::optional<std::string> value;
+  store.get(kv::make_key(key), [&](std::string_view v) { value = std::string(v); });
+  return value;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size > 4096) return 0;  // keep each run short
+  Input in(data, size);
+  FakeClock clock;
+  clock.now = uint64_t{in.byte()} * 997;  // include 0 and values off the 100 ms grid
+  const size_t shards = 1 + in.byte() % 4;
+  const uint64_t small_limit = 512 + uint64_t{in.byte()} * 64;  // 512 .. 16832 bytes
+  const uint64_t big_limit = uint64_t{1} << 40;
+  kv::Store small(shards, small_limit, clock);
+  kv::Store big(shards, big_limit, clock);
+
+  std::map<std::string, ModelEntry> model;  // includes expired entries the big store may still hold
+  // What the small store may return: like model, except that a put refused
+  // with too_large (507) leaves the previous value in place.
+  std::map<std::string, ModelEntry> small_model;
+  uint64_t serial = 0;
+
+  auto live = [&](const ModelEntry& entry) { return !kv::is_expired(entry.expires_at, clock.now); };
+  auto live_count = [&] {
+    size_t n = 0;
+    for (const auto& [key, entry] : model) n += live(entry);
+    return n;
+  };
+
+  // A hit in the small store must be the latest accepted put, live.
+  auto check_small = [&](const std::string& key) {
+    std::optional<std::string> got = lookup(small, key);
+    if (!got) return;
+    auto s = small_model.find(key);
+    check(s != small_model.end() && live(s->second) && s->second.value == *got);
+  };
+
+  while (!in.empty()) {
+    uint8_t op = in.byte();
+    std::string key = key_name(in.byte() % kKeys);
+    auto it = model.find(key);
+    switch (op % 6) {
+      case 0:
+      case 1: {  // put
+        size_t value_size = in.u16() % 257;
+        uint32_t ttl = ttl_from(in.byte());
+        // A distinct, printable value per put, so a stale one is recognised.
+        std::string value = "<" + std::to_string(++serial) + ">";
+        while (value.size() < value_size) value += static_cast<char>('a' + value.size() % 26);
+        value.resize(value_size);
+        uint32_t expires_at = kv::expiry_tick(clock.now, ttl);
+        kv::PutStatus big_status = big.put(kv::make_key(key), value, ttl);
+        check(big_status == kv::PutStatus::ok);
+        kv::PutStatus small_status = small.put(kv::make_key(key), value, ttl);
+        model[key] = {value, expires_at};
+        if (small_status == kv::PutStatus::ok) {
+          small_model[key] = {value, expires_at};
+          // Nothing evicts the newest entry, and a TTL of >= 1 s has not run out yet.
+          check(lookup(small, key) == value);
+        } else {
+          // 507: the put did not happen; the small store may still return the
+          // previous value (small_model keeps it), never this one.
+          check_small(key);
+        }
+        break;
+      }
+      case 2: {  // get
+        std::optional<std::string> expected;
+        if (it != model.end()) {
+          if (live(it->second)) {
+            expected = it->second.value;
+          } else {
+            model.erase(it);  // the store drops an expired entry it is asked for
+          }
+        }
+        check(lookup(big, key) == expected);
+        check_small(key);
+        break;
+      }
+      case 3: {  // erase
+        bool expected = it != model.end() && live(it->second);
+        if (it != model.end()) model.erase(it);
+        check(big.erase(kv::make_key(key)) == expected);
+        bool erased = small.erase(kv::make_key(key));
+        auto s = small_model.find(key);
+        if (erased) check(s != small_model.end() && live(s->second));
+        if (s != small_model.end()) small_model.erase(s);
+        check(!lookup(small, key).has_value());
+        check(!lookup(big, key).has_value());
+        break;
+      }
+      case 4: {  // advance the clock
+        uint8_t b = in.byte();
+        clock.now += (b & 0x80) ? uint64_t(b & 0x7f) * 1000 : uint64_t{b} * 13;
+        break;
+      }
+      default: {  // sweep
+        uint8_t b = in.byte();
+        bool full = b & 1;
+        size_t budget = full ? kKeys : b / 2 % 4;
+        small.sweep_expired(budget);
+        big.sweep_expired(budget);
+        if (full) {
+          for (auto m = model.begin(); m != model.end();) m = live(m->second) ? std::next(m) : model.erase(m);
+        }
+        break;
+      }
+    }
+
+    kv::StoreStats small_stats = small.stats();
+    check(small_stats.bytes_used <= small_limit);
+    check(small_stats.entries <= small_model.size());
+    check(small_stats.evictions == 0 || small_stats.bytes_used > 0 || small_stats.entries == 0);
+    kv::StoreStats big_stats = big.stats();
+    check(big_stats.evictions == 0);
+    check(big_stats.entries >= live_count() && big_stats.entries <= model.size());
+  }
+
+  // Finally every key, in both stores.
+  for (size_t i = 0; i < kKeys; ++i) {
+    std::string key = key_name(i);
+    auto it = model.find(key);
+    std::optional<std::string> expected;
+    if (it != model.end() && live(it->second)) expected = it->second.value;
+    check(lookup(big, key) == expected);
+    check_small(key);
+  }
+  return 0;
+}
