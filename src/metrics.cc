@@ -36,6 +36,13 @@ void WorkerMetrics::count_request(Endpoint endpoint, int code) {
   requests[static_cast<size_t>(endpoint)][status_index(code)].add();
 }
 
+void WorkerMetrics::observe_latency(uint64_t nanoseconds) {
+  size_t bucket = 0;
+  while (bucket < kLatencyBuckets.size() && nanoseconds > kLatencyBuckets[bucket] * 1e9) ++bucket;
+  latency_buckets[bucket].add();
+  latency_sum_ns.add(nanoseconds);
+}
+
 Metrics::Metrics(const Store& store, unsigned workers) : store_(store) {
   for (unsigned i = 0; i < workers; ++i) workers_.push_back(std::make_unique<WorkerMetrics>());
 }
@@ -58,6 +65,22 @@ void Metrics::render(std::string& out) const {
                      endpoint_name(static_cast<Endpoint>(e)), code, total);
     }
   }
+
+  family(out, "kvcache_request_duration_seconds", "histogram",
+         "Time from reading a request to its response being ready, in the server.");
+  uint64_t cumulative = 0;
+  for (size_t b = 0; b <= kLatencyBuckets.size(); ++b) {
+    for (const auto& worker : workers_) cumulative += worker->latency_buckets[b].get();
+    if (b < kLatencyBuckets.size()) {
+      fmt::format_to(std::back_inserter(out), "kvcache_request_duration_seconds_bucket{{le=\"{}\"}} {}\n",
+                     kLatencyBuckets[b], cumulative);
+    } else {
+      fmt::format_to(std::back_inserter(out), "kvcache_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", cumulative);
+    }
+  }
+  fmt::format_to(std::back_inserter(out), "kvcache_request_duration_seconds_sum {}\n",
+                 static_cast<double>(sum(&WorkerMetrics::latency_sum_ns)) / 1e9);
+  sample(out, "kvcache_request_duration_seconds_count", cumulative);
 
   StoreStats stats = store_.stats();
   family(out, "kvcache_hits_total", "counter", "Lookups that found a live key.");

@@ -18,6 +18,10 @@ enum class Endpoint : uint8_t { put, get, del, mput, mget, health, metrics, othe
 constexpr size_t kEndpointCount = 8;
 std::string_view endpoint_name(Endpoint endpoint);
 
+// Upper bounds (seconds) of the request latency histogram buckets.
+constexpr std::array<double, 12> kLatencyBuckets = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                                    0.005,   0.01,   0.025,   0.05,   0.1,   0.25};
+
 constexpr std::array<int, 14> kStatusCodes = {200, 400, 404, 405, 408, 413, 414, 431, 500, 501, 503, 505, 507, 0};
 
 // Written by one thread, read by the scraper: relaxed load+store, no lock prefix.
@@ -35,8 +39,11 @@ struct WorkerMetrics {
   Counter connections_accepted;
   Counter connections_closed;
   Counter connections_rejected;
+  Counter latency_buckets[kLatencyBuckets.size() + 1];  // the last one is +Inf
+  Counter latency_sum_ns;
 
   void count_request(Endpoint endpoint, int code);
+  void observe_latency(uint64_t nanoseconds);
 };
 
 class Metrics {

@@ -31,6 +31,12 @@ constexpr size_t kSweepBudgetPerShard = 64;
 constexpr timeval kTickInterval = {0, 100 * 1000};
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
+uint64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);  // vDSO
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000 + static_cast<uint64_t>(ts.tv_nsec);
+}
+
 double now_seconds() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
@@ -303,6 +309,7 @@ bool Worker::read_from(Connection& c) {
 }
 
 bool Worker::consume(Connection& c, size_t n) {
+  batch_started_ns_ = now_ns();
   for (;;) {
     size_t used = process(c, n);
     if (c.peer_closed) c.closing = true;
@@ -369,6 +376,7 @@ size_t Worker::process(Connection& c, size_t n) {
                                 : request.http10 ? http::ConnectionMode::keep_alive_explicit
                                                  : http::ConnectionMode::keep_alive;
     handler_.handle(request, body, mode, output_);
+    counters_.observe_latency(now_ns() - batch_started_ns_);
     c.closing = !keep_alive;
     c.reset_request();
     pos = request_end;

@@ -81,6 +81,7 @@ class Worker {
   std::string output_;                  // responses of the connection being served
   Connection* connections_ = nullptr;   // intrusive list of open connections
   size_t connection_count_ = 0;
+  uint64_t batch_started_ns_ = 0;       // when the batch being answered was read
 };
 
 }  // namespace kv

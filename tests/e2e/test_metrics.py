@@ -1,0 +1,89 @@
+"""GET /metrics: valid Prometheus text exposition (checked with
+prometheus_client's own parser) whose counters move with the traffic."""
+
+import time
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers import unique
+
+
+def scrape(server):
+    r = requests.get(f"{server.url}/metrics", timeout=5)
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    return r.text, families
+
+
+def value(families, family, sample_name=None, **labels):
+    for s in families[family].samples:
+        if s.name == (sample_name or family) and all(s.labels.get(k) == v for k, v in labels.items()):
+            return s.value
+    return 0.0
+
+
+def test_exposition_parses_and_has_every_family(start_server):
+    server = start_server("--memory-limit", "64M")
+    text, families = scrape(server)
+    # prometheus_client strips "_total" from counter family names.
+    for name, kind in [("kvcache_requests", "counter"), ("kvcache_hits", "counter"), ("kvcache_misses", "counter"),
+                       ("kvcache_evictions", "counter"), ("kvcache_expirations", "counter"),
+                       ("kvcache_entries", "gauge"), ("kvcache_memory_used_bytes", "gauge"),
+                       ("kvcache_memory_limit_bytes", "gauge"), ("kvcache_connections_open", "gauge"),
+                       ("kvcache_connections", "counter"), ("kvcache_request_duration_seconds", "histogram"),
+                       ("kvcache_build_info", "gauge")]:
+        assert name in families, f"{name} missing from:\n{text}"
+        assert families[name].type == kind, name
+    assert value(families, "kvcache_memory_limit_bytes") == 64 * 1024 * 1024
+    for line in text.splitlines():
+        if line.startswith("# TYPE") and line.endswith(" counter"):
+            assert line.split()[2].endswith("_total"), line
+
+
+def test_counters_move_with_requests(start_server):
+    server = start_server("--memory-limit", "64M")
+    _, before = scrape(server)
+    key = unique()
+    with requests.Session() as s:
+        assert s.post(f"{server.url}/put", json={"key": key, "value": "v"}, timeout=5).status_code == 200
+        for _ in range(3):
+            assert s.get(f"{server.url}/get", params={"key": key}, timeout=5).status_code == 200
+        assert s.get(f"{server.url}/get", params={"key": unique()}, timeout=5).status_code == 404
+        assert s.get(f"{server.url}/nope", timeout=5).status_code == 404
+        assert s.post(f"{server.url}/put", data=b"{", timeout=5).status_code == 400
+    _, after = scrape(server)
+
+    def delta(family, sample=None, **labels):
+        return value(after, family, sample, **labels) - value(before, family, sample, **labels)
+
+    assert delta("kvcache_requests", "kvcache_requests_total", endpoint="put", code="200") == 1
+    assert delta("kvcache_requests", "kvcache_requests_total", endpoint="put", code="400") == 1
+    assert delta("kvcache_requests", "kvcache_requests_total", endpoint="get", code="200") == 3
+    assert delta("kvcache_requests", "kvcache_requests_total", endpoint="get", code="404") == 1
+    assert delta("kvcache_requests", "kvcache_requests_total", endpoint="other", code="404") == 1
+    assert delta("kvcache_hits", "kvcache_hits_total") == 3
+    assert delta("kvcache_misses", "kvcache_misses_total") == 1
+    assert delta("kvcache_entries") == 1
+    assert delta("kvcache_memory_used_bytes") > 0
+    # The scrape itself and the 7 requests above are all in the histogram.
+    assert delta("kvcache_request_duration_seconds", "kvcache_request_duration_seconds_count") >= 7
+    assert value(after, "kvcache_connections", "kvcache_connections_total") >= 2
+    assert value(after, "kvcache_connections_open") >= 0
+
+
+def test_evictions_and_expirations_are_counted(start_server):
+    server = start_server("--memory-limit", "2M", "--shards", "1")
+    with requests.Session() as s:
+        # 200 items of ~220 bytes stay under the 64 KiB body limit; 20,000 overflow 2M.
+        for start in range(0, 20000, 200):
+            batch = [{"key": f"e{start + i}", "value": "v" * 200} for i in range(200)]
+            assert s.post(f"{server.url}/mput", json={"items": batch}, timeout=10).status_code == 200
+        assert s.post(f"{server.url}/put", json={"key": "ttl", "value": "v", "ttl": 1}, timeout=5).status_code == 200
+    time.sleep(1.3)
+    assert requests.get(f"{server.url}/get", params={"key": "ttl"}, timeout=5).status_code == 404
+    _, families = scrape(server)
+    assert value(families, "kvcache_evictions", "kvcache_evictions_total") > 0
+    assert value(families, "kvcache_expirations", "kvcache_expirations_total") >= 1
+    assert value(families, "kvcache_memory_used_bytes") <= 2 * 1024 * 1024
