@@ -35,6 +35,7 @@ void Shard::unlink_locked(Handle handle) {
 }
 
 void Shard::remove_locked(Handle handle) {
+  if (entry_locked(handle).expires_at != 0) --ttl_entries_;
   index_.erase(make_key(entry_locked(handle).key()));
   unlink_locked(handle);
   slab_.release(handle);
@@ -96,6 +97,7 @@ PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires
     if (Slab::class_for(entry.size()) == size_class) {
       // Same chunk size: rewrite in place.
       entry.store_value(value);
+      ttl_entries_ += (expires_at != 0) - (entry.expires_at != 0);
       entry.expires_at = expires_at;
       unlink_locked(handle);
       link_newest_locked(handle);
@@ -106,6 +108,7 @@ PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires
   Handle handle = allocate_locked(size_class);
   if (handle == kNoHandle) return PutStatus::too_large;
   entry_locked(handle).fill(key.key, value, expires_at);
+  if (expires_at != 0) ++ttl_entries_;
   link_newest_locked(handle);
   index_.lazy_emplace(key, [&](const auto& construct) { construct(handle); });
   // A grown index takes memory too: hand pages back until within the limit,
@@ -153,6 +156,7 @@ bool Shard::erase(const KeyRef& key) {
 
 void Shard::sweep_expired(size_t budget) {
   std::lock_guard lock(mutex_);
+  if (ttl_entries_ == 0) return;
   for (size_t visited = 0; visited < budget && newest_ != kNoHandle; ++visited) {
     if (sweep_cursor_ == kNoHandle) sweep_cursor_ = oldest_;  // wrap around
     Handle handle = sweep_cursor_;

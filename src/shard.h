@@ -98,6 +98,7 @@ class Shard {
   Handle oldest_ = kNoHandle;
   Handle sweep_cursor_ = kNoHandle;  // next entry the TTL sweep visits, walking toward newer
   Handle pinned_ = kNoHandle;        // never evicted: the entry a put is completing
+  uint64_t ttl_entries_ = 0;  // entries with an expiry: the sweep has nothing to do without them
   uint64_t hits_ = 0, misses_ = 0, evictions_ = 0, expirations_ = 0;
 };
 

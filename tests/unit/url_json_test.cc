@@ -51,3 +51,22 @@ TEST_CASE("json escaping") {
   CHECK(escaped(std::string("\x01\x1f\0", 3)) == "\\u0001\\u001f\\u0000");
   CHECK(escaped("/ and \x7f") == "/ and \x7f");
 }
+
+TEST_CASE("json escaping finds special bytes at every position of a word") {
+  for (char special : {'"', '\\', '\n', '\x01', '\x1f'}) {
+    for (size_t length = 1; length <= 20; ++length) {
+      for (size_t at = 0; at < length; ++at) {
+        std::string text(length, 'a');
+        text[at] = special;
+        std::string out = escaped(text);
+        CAPTURE(length);
+        CAPTURE(at);
+        CHECK(out.size() > text.size());
+        CHECK(out.find('\\') == at);
+      }
+    }
+  }
+  // Bytes next to the special ranges are plain.
+  std::string edges = "\x20\x21\x23\x5b\x5d\x7f!#[]~ ";
+  CHECK(escaped(edges) == edges);
+}
