@@ -100,12 +100,13 @@ void RequestHandler::get(std::string_view query, ConnectionMode mode, std::strin
   size_t key_size = json_escaped_size(key);
   // Runs under the shard lock: the value goes straight from the store into the response.
   bool found = store_.get(make_key(key), [&](std::string_view value) {
-    size_t body_size = kStart.size() + key_size + kMiddle.size() + json_escaped_size(value) + kEnd.size();
+    size_t value_size = json_escaped_size(value);
+    size_t body_size = kStart.size() + key_size + kMiddle.size() + value_size + kEnd.size();
     http::append_head(out, {200, body_size, mode}, date_);
     out += kStart;
-    append_json_escaped(out, key);
+    append_json_escaped(out, key, key_size);
     out += kMiddle;
-    append_json_escaped(out, value);
+    append_json_escaped(out, value, value_size);
     out += kEnd;
   });
   if (found) {

@@ -1,5 +1,6 @@
 #include "http_parser.h"
 
+#include <array>
 #include <cstring>
 
 namespace kv::http {
@@ -18,11 +19,17 @@ constexpr Error kBodyTooLarge{413, "request body too large"};
 constexpr Error kBadTransferEncoding{501, "unsupported Transfer-Encoding"};
 constexpr Error kBadVersion{505, "HTTP version not supported"};
 
-// RFC 9110 token characters.
-constexpr bool is_tchar(unsigned char c) {
-  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
-  return std::strchr("!#$%&'*+-.^_`|~", c) != nullptr && c != 0;
-}
+// RFC 9110 token characters, as a table: header names are checked byte by byte.
+constexpr auto kTokenTable = [] {
+  std::array<bool, 256> table{};
+  for (int c = '0'; c <= '9'; ++c) table[c] = true;
+  for (int c = 'a'; c <= 'z'; ++c) table[c] = true;
+  for (int c = 'A'; c <= 'Z'; ++c) table[c] = true;
+  for (char c : std::string_view("!#$%&'*+-.^_`|~")) table[static_cast<unsigned char>(c)] = true;
+  return table;
+}();
+
+constexpr bool is_tchar(unsigned char c) { return kTokenTable[c]; }
 
 constexpr bool is_field_value_char(unsigned char c) { return c == '\t' || (c >= 0x20 && c != 0x7f); }
 

@@ -58,9 +58,10 @@ void append_json_message(std::string& out, int code, std::string_view message, C
   constexpr std::string_view kError = R"({"status":"ERROR","message":")";
   constexpr std::string_view kEnd = "\"}";
   std::string_view start = code < 400 ? kOk : kError;
-  append_head(out, {code, start.size() + json_escaped_size(message) + kEnd.size(), mode, extra_headers}, date);
+  size_t message_size = json_escaped_size(message);
+  append_head(out, {code, start.size() + message_size + kEnd.size(), mode, extra_headers}, date);
   out += start;
-  append_json_escaped(out, message);
+  append_json_escaped(out, message, message_size);
   out += kEnd;
 }
 
