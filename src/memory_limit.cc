@@ -111,4 +111,21 @@ AvailableMemory detect_available_memory(const std::string& root) {
 
 uint64_t default_memory_limit(const AvailableMemory& available) { return available.bytes / 10 * 7; }
 
+uint64_t resident_bytes() {
+  auto statm = read_file("/proc/self/statm");
+  if (!statm) return 0;
+  std::string_view text = *statm;
+  size_t space = text.find(' ');
+  if (space == std::string_view::npos) return 0;
+  text.remove_prefix(space + 1);
+  uint64_t pages = 0;
+  std::from_chars(text.data(), text.data() + text.size(), pages);
+  return pages * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+uint64_t store_budget(uint64_t limit, uint64_t process_overhead) {
+  // A limit too small for the overhead still gets a quarter to work with.
+  return process_overhead < limit / 4 * 3 ? limit - process_overhead : limit / 4;
+}
+
 }  // namespace kv

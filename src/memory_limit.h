@@ -24,4 +24,12 @@ AvailableMemory detect_available_memory(const std::string& root = "/");
 
 uint64_t default_memory_limit(const AvailableMemory& available);
 
+// The process's resident set size now (from /proc/self/statm), 0 if unknown.
+uint64_t resident_bytes();
+
+// What the store may use of `limit`: the limit covers the whole process, so
+// the memory the process holds besides the store (code, libraries, buffers
+// each loop thread allocates) comes off the top.
+uint64_t store_budget(uint64_t limit, uint64_t process_overhead);
+
 }  // namespace kv

@@ -43,7 +43,8 @@ void WorkerMetrics::observe_latency(uint64_t nanoseconds) {
   latency_sum_ns.add(nanoseconds);
 }
 
-Metrics::Metrics(const Store& store, unsigned workers) : store_(store) {
+Metrics::Metrics(const Store& store, unsigned workers, uint64_t memory_limit)
+    : store_(store), memory_limit_(memory_limit) {
   for (unsigned i = 0; i < workers; ++i) workers_.push_back(std::make_unique<WorkerMetrics>());
 }
 
@@ -95,8 +96,11 @@ void Metrics::render(std::string& out) const {
   sample(out, "kvcache_entries", stats.entries);
   family(out, "kvcache_memory_used_bytes", "gauge", "Bytes charged to stored entries and their index.");
   sample(out, "kvcache_memory_used_bytes", stats.bytes_used);
-  family(out, "kvcache_memory_limit_bytes", "gauge", "The configured memory limit.");
-  sample(out, "kvcache_memory_limit_bytes", stats.memory_limit);
+  family(out, "kvcache_memory_limit_bytes", "gauge", "The memory limit of the whole process.");
+  sample(out, "kvcache_memory_limit_bytes", memory_limit_);
+  family(out, "kvcache_store_budget_bytes", "gauge",
+         "The part of the memory limit the store may fill (the limit less the process's own needs).");
+  sample(out, "kvcache_store_budget_bytes", stats.memory_limit);
 
   uint64_t accepted = sum(&WorkerMetrics::connections_accepted);
   uint64_t closed = sum(&WorkerMetrics::connections_closed);

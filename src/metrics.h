@@ -48,13 +48,14 @@ struct WorkerMetrics {
 
 class Metrics {
  public:
-  Metrics(const Store& store, unsigned workers);
+  Metrics(const Store& store, unsigned workers, uint64_t memory_limit);
   WorkerMetrics& worker(unsigned index) { return *workers_[index]; }
   // Appends the whole exposition (text format 0.0.4) to out.
   void render(std::string& out) const;
 
  private:
   const Store& store_;
+  const uint64_t memory_limit_;  // for the whole process; the store gets what is left of it
   std::vector<std::unique_ptr<WorkerMetrics>> workers_;
 };
 
