@@ -1,11 +1,17 @@
 #include "store.h"
 
+#include <algorithm>
+
 namespace kv {
 
 Store::Store(size_t shard_count, uint64_t memory_limit, const Clock& clock)
     : memory_limit_(memory_limit), clock_(clock) {
+  // Every shard can hold a couple of pages however small the limit, so a
+  // tiny limit split many ways still stores something (overshooting it by at
+  // most those pages).
+  uint64_t per_shard = std::max<uint64_t>(memory_limit / shard_count, 2 * Slab::kPageSize);
   shards_.reserve(shard_count);
-  for (size_t i = 0; i < shard_count; ++i) shards_.push_back(std::make_unique<Shard>(memory_limit / shard_count, clock));
+  for (size_t i = 0; i < shard_count; ++i) shards_.push_back(std::make_unique<Shard>(per_shard, clock));
 }
 
 PutStatus Store::put(const KeyRef& key, std::string_view value, uint32_t ttl_seconds) {

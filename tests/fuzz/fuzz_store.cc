@@ -51,7 +51,7 @@ class Input {
   size_t pos_ = 0;
 };
 
-constexpr size_t kKeys = 16;
+constexpr size_t kKeys = 64;  // enough small entries to overflow a small limit
 
 std::string key_name(size_t index) {
   if (index == kKeys - 1) return std::string(255, 'L') + "!";  // the longest valid key
@@ -88,7 +88,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FakeClock clock;
   clock.now = uint64_t{in.byte()} * 997;  // include 0 and values off the 100 ms grid
   const size_t shards = 1 + in.byte() % 4;
-  const uint64_t small_limit = 512 + uint64_t{in.byte()} * 64;  // 512 .. 16832 bytes
+  // Per shard 256 B .. 32.9 KiB: from "nothing fits" through a few pages of
+  // a slab-style allocator to "everything fits" for a malloc-per-entry one.
+  const uint64_t small_limit = shards * (256 + uint64_t{in.byte()} * 128);
   const uint64_t big_limit = uint64_t{1} << 40;
   kv::Store small(shards, small_limit, clock);
   kv::Store big(shards, big_limit, clock);
@@ -176,7 +178,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       default: {  // sweep
         uint8_t b = in.byte();
         bool full = b & 1;
-        size_t budget = full ? kKeys : b / 2 % 4;
+        size_t budget = full ? kKeys : b / 2 % 4;  // kKeys: every entry of every shard
         small.sweep_expired(budget);
         big.sweep_expired(budget);
         if (full) {
@@ -187,7 +189,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
 
     kv::StoreStats small_stats = small.stats();
+#ifndef FUZZ_STORE_NO_LIMIT_CHECK  // (to explore past a known overshoot: -DFUZZ_STORE_NO_LIMIT_CHECK)
     check(small_stats.bytes_used <= small_limit);
+#endif
     check(small_stats.entries <= small_model.size());
     check(small_stats.evictions == 0 || small_stats.bytes_used > 0 || small_stats.entries == 0);
     kv::StoreStats big_stats = big.stats();

@@ -109,11 +109,19 @@ TEST_CASE("the store stays within its limit under churn") {
   CHECK(store.stats().evictions > 0);
 }
 
-TEST_CASE("an entry larger than a shard's budget is refused") {
+TEST_CASE("a shard whose budget cannot hold one page refuses puts") {
   FakeClock clock;
-  Store store(16, 1024, clock);  // 64 bytes per shard
-  CHECK(store.put(make_key("key"), std::string(200, 'v'), 0) == PutStatus::too_large);
-  CHECK(store.stats().entries == 0);
+  Shard shard(1024, clock);
+  CHECK(shard.put(make_key("key"), std::string(200, 'v'), 0) == PutStatus::too_large);
+  CHECK(shard.stats().entries == 0);
+  CHECK(shard.stats().bytes_used == 0);
+}
+
+TEST_CASE("a tiny limit split across many shards still stores") {
+  FakeClock clock;
+  Store store(64, 1024, clock);
+  for (int i = 0; i < 100; ++i) put(store, fmt::format("k{}", i), "v");
+  for (int i = 0; i < 100; ++i) CHECK(lookup(store, fmt::format("k{}", i)) == "v");
 }
 
 TEST_CASE("TTL: expired entries are never returned and are counted") {

@@ -1,0 +1,798 @@
+"""Hostile clients: slowloris, pipelining without reading, 10,000 idle
+connections, --max-connections, half-closed and resetting clients, invalid
+bytes at every position of a request, and SIGTERM under wrk load.
+
+Every server here gets a short --read-timeout so the file stays fast; every
+loop is bounded by a deadline and an iteration count. Timing assertions have
+generous margins (the test box is shared and has 2 cores) and nothing asserts
+on throughput.
+"""
+
+import json
+import os
+import random
+import re
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+from helpers import OK_HEALTH, OK_PUT, RawConn, build_request, compact, error_body, get_body, unique
+
+READ_TIMEOUT = 1.0  # --read-timeout of the servers in this file (seconds)
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def rss_kb(pid):
+    """VmRSS of a process in KiB (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def raise_nofile():
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit; returns (soft, hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def abort(sock):
+    """Close with SO_LINGER 0: the kernel sends RST and keeps no TIME_WAIT."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def connect_small_rcvbuf(port, rcvbuf=4096, timeout=5.0):
+    """A client socket whose receive buffer is set before connect, so the
+    window stays small and the server's backpressure really kicks in."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.settimeout(timeout)
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+STATUS_LINE = re.compile(rb"^HTTP/1\.[01] (\d{3})(?: [^\r\n]*)?$")
+
+
+class ResponseParser:
+    """Incremental parser of a stream of responses (Content-Length framing,
+    which is all kvcache sends). feed() returns the complete responses as
+    (status, headers-dict-lowercase, body); raises AssertionError on garbage."""
+
+    MAX_HEAD = 16 * 1024
+
+    def __init__(self):
+        self.buf = b""
+
+    def feed(self, data):
+        self.buf += data
+        out = []
+        for _ in range(1_000_000):
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                assert len(self.buf) <= self.MAX_HEAD, f"response head too large: {self.buf[:200]!r}"
+                return out
+            lines = self.buf[:end].split(b"\r\n")
+            m = STATUS_LINE.match(lines[0])
+            assert m, f"bad status line {lines[0][:200]!r}"
+            headers = {}
+            for line in lines[1:]:
+                assert b":" in line, f"bad header line {line!r}"
+                k, v = line.split(b":", 1)
+                headers[k.strip().lower().decode("latin-1")] = v.strip().decode("latin-1")
+            status = int(m.group(1))
+            if 100 <= status < 200:
+                out.append((status, headers, b""))
+                self.buf = self.buf[end + 4:]
+                continue
+            assert "content-length" in headers, f"response without Content-Length: {lines!r}"
+            n = int(headers["content-length"])
+            if len(self.buf) < end + 4 + n:
+                return out
+            body = self.buf[end + 4:end + 4 + n]
+            self.buf = self.buf[end + 4 + n:]
+            out.append((status, headers, body))
+        raise AssertionError("too many responses in one feed")
+
+
+def check_well_formed(status, headers, body):
+    """A final response must be 200 or 4xx/5xx with a JSON body of the documented shape."""
+    if 100 <= status < 200:
+        return
+    assert status == 200 or 400 <= status <= 599, f"unexpected status {status}"
+    assert headers.get("content-type") == "application/json", (status, headers)
+    doc = json.loads(body)
+    assert isinstance(doc, dict), body
+    if status == 200:
+        assert doc.get("status") == "OK", body
+    else:
+        assert doc.get("status") == "ERROR" and isinstance(doc.get("message"), str) and doc["message"], body
+
+
+class PromptClient(threading.Thread):
+    """Does put/get requests in a keep-alive loop until stopped and records
+    every latency; an error or a slow answer is recorded, never raised."""
+
+    def __init__(self, port, max_requests=100_000):
+        super().__init__(daemon=True)
+        self.port = port
+        self.max_requests = max_requests
+        self.stop_event = threading.Event()
+        self.latencies = []
+        self.errors = []
+
+    def run(self):
+        key = unique("prompt")
+        conn = None
+        try:
+            conn = RawConn(self.port, timeout=5)
+            for i in range(self.max_requests):
+                if self.stop_event.is_set():
+                    break
+                start = time.monotonic()
+                if i % 2 == 0:
+                    r = conn.request("POST", "/put", compact({"key": key, "value": f"v{i}"}))
+                    ok = r.status == 200 and r.body == OK_PUT
+                else:
+                    r = conn.request("GET", f"/get?key={key}")
+                    ok = r.status == 200 and r.body == get_body(key, f"v{i - 1}")
+                self.latencies.append(time.monotonic() - start)
+                if not ok:
+                    self.errors.append(f"request {i}: {r!r}")
+                    break
+                self.stop_event.wait(0.02)
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.errors.append(f"{type(e).__name__}: {e}")
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def finish(self, timeout=10):
+        self.stop_event.set()
+        self.join(timeout)
+        assert not self.is_alive(), "prompt client thread did not stop"
+
+    def assert_prompt(self, limit=1.0, min_requests=5):
+        assert not self.errors, f"normal client failed: {self.errors[:3]}"
+        assert len(self.latencies) >= min_requests, f"normal client made only {len(self.latencies)} requests"
+        worst = max(self.latencies)
+        assert worst < limit, (
+            f"normal client waited {worst:.3f}s for an answer "
+            f"(median {sorted(self.latencies)[len(self.latencies) // 2]:.4f}s over {len(self.latencies)} requests)"
+        )
+
+
+def assert_healthy(srv):
+    assert srv.alive(), srv.describe()
+    with RawConn(srv.port, timeout=5) as c:
+        assert c.request("GET", "/health", timeout=5).body == OK_HEALTH
+        key = unique()
+        assert c.request("POST", "/put", compact({"key": key, "value": "ok"}), timeout=5).body == OK_PUT
+        assert c.request("GET", f"/get?key={key}", timeout=5).body == get_body(key, "ok")
+
+
+def metric(srv, name):
+    r = requests.get(f"{srv.url}/metrics", timeout=5)
+    m = re.search(rf"^{re.escape(name)} (\d+)$", r.text, re.M)
+    assert m, f"{name} missing from /metrics"
+    return int(m.group(1))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _nofile():
+    """Several tests here hold thousands of sockets."""
+    raise_nofile()
+
+
+# ---------------------------------------------------------------------------
+# slowloris
+
+
+def test_slowloris_connections_are_dropped_at_the_read_timeout(start_server):
+    srv = start_server("--read-timeout", "1s", "--log-level", "error")
+    n_conns = 300
+    payload = b"GET /get?key=" + b"a" * 4000  # never finishes within the dribble
+    rng = random.Random(7)
+    sel = selectors.DefaultSelector()
+    conns = []
+    prompt = PromptClient(srv.port)
+    try:
+        for i in range(n_conns):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            s.setblocking(False)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            st = {"i": i, "sock": s, "sent": 0, "first": None, "next": 0.0, "closed": None, "data": b""}
+            conns.append(st)
+            sel.register(s, selectors.EVENT_READ, st)
+        prompt.start()
+        begin = time.monotonic()
+        for st in conns:  # stagger the first bytes over ~150 ms
+            st["next"] = begin + rng.uniform(0, 0.15)
+        deadline = begin + READ_TIMEOUT + 6.0
+        open_count = n_conns
+        for _ in range(1_000_000):
+            now = time.monotonic()
+            if open_count == 0 or now > deadline:
+                break
+            for st in conns:
+                if st["closed"] is None and now >= st["next"]:
+                    try:
+                        st["sock"].send(payload[st["sent"]:st["sent"] + 1])
+                        st["sent"] += 1
+                        if st["first"] is None:
+                            st["first"] = now
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                    except OSError:  # EPIPE / ECONNRESET: the server dropped us
+                        st["closed"] = now
+                        sel.unregister(st["sock"])
+                        open_count -= 1
+                        continue
+                    st["next"] = now + rng.uniform(0.1, 0.2)
+            for key, _ in sel.select(timeout=0.01):
+                st = key.data
+                try:
+                    chunk = st["sock"].recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    chunk = b""
+                if chunk:
+                    st["data"] += chunk
+                    if len(st["data"]) < 4096:
+                        continue
+                st["closed"] = time.monotonic()
+                sel.unregister(st["sock"])
+                open_count -= 1
+        prompt.finish()
+    finally:
+        prompt.stop_event.set()
+        sel.close()
+        for st in conns:
+            abort(st["sock"])
+
+    still_open = [st["i"] for st in conns if st["closed"] is None]
+    assert not still_open, f"{len(still_open)} slowloris connections still open after {READ_TIMEOUT + 6}s"
+    lifetimes = sorted(st["closed"] - st["first"] for st in conns if st["first"] is not None)
+    assert len(lifetimes) == n_conns
+    # "About the read timeout": not before it (minus clock granularity), not far after it.
+    assert lifetimes[0] >= READ_TIMEOUT - 0.25, f"dropped after {lifetimes[0]:.2f}s, before the read timeout"
+    assert lifetimes[-1] <= READ_TIMEOUT + 3.0, f"a slowloris connection lived {lifetimes[-1]:.2f}s"
+    for st in conns:
+        if st["data"]:  # a 408 or nothing at all, then the close
+            assert st["data"].startswith(b"HTTP/1.1 408 "), st["data"][:200]
+            assert st["data"].endswith(error_body("request timeout")), st["data"][:400]
+    prompt.assert_prompt(limit=1.0)
+    assert_healthy(srv)
+
+
+# ---------------------------------------------------------------------------
+# pipelining without reading
+
+
+N_PIPELINED = 10_000
+VALUE_LEN = 256
+
+
+def pipelined_value(i):
+    return f"{i:06d}-" + "v" * (VALUE_LEN - 7)
+
+
+def prefill_pipelined_keys(srv, prefix):
+    with requests.Session() as s:
+        for start in range(0, N_PIPELINED, 200):  # bodies are limited to 64 KiB
+            items = [{"key": f"{prefix}{i}", "value": pipelined_value(i)} for i in range(start, start + 200)]
+            r = s.post(f"{srv.url}/mput", data=compact({"items": items}), timeout=10)
+            assert r.status_code == 200, r.text
+
+
+def pipeline_without_reading(srv, prefix, stall_seconds, kind):
+    """Pipelines N_PIPELINED requests without reading; stalls stall_seconds,
+    sampling the server's RSS and checking another client is served; then
+    reads everything. Returns (baseline_kb, max_kb, prompt, bodies, error)."""
+    if kind == "get":
+        reqs = [build_request("GET", f"/get?key={prefix}{i}") for i in range(N_PIPELINED)]
+    else:
+        reqs = [build_request("POST", "/put", compact({"key": f"{prefix}{i}", "value": pipelined_value(i)}))
+                for i in range(N_PIPELINED)]
+    data = b"".join(reqs)
+    baseline = rss_kb(srv.proc.pid)
+    peak = baseline
+    sock = connect_small_rcvbuf(srv.port)
+    sock.setblocking(False)
+    sent = 0
+    # 1. send until the server stops taking bytes (its buffers and ours are full)
+    stalled_since = None
+    start = time.monotonic()
+    for _ in range(1_000_000):
+        if sent == len(data) or time.monotonic() - start > 15:
+            break
+        try:
+            sent += sock.send(data[sent:sent + 65536])
+            stalled_since = None
+        except (BlockingIOError, InterruptedError):
+            now = time.monotonic()
+            stalled_since = stalled_since or now
+            if now - stalled_since > 0.5:
+                break
+            time.sleep(0.01)
+        peak = max(peak, rss_kb(srv.proc.pid))
+    # 2. stall: RSS stays flat and others are served
+    prompt = PromptClient(srv.port)
+    prompt.start()
+    stall_end = time.monotonic() + stall_seconds
+    for _ in range(10_000):
+        if time.monotonic() >= stall_end:
+            break
+        peak = max(peak, rss_kb(srv.proc.pid))
+        time.sleep(0.05)
+    prompt.finish()
+    # 3. read everything (sending the rest as the server takes it)
+    parser = ResponseParser()
+    bodies = []
+    error = None
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+    deadline = time.monotonic() + 60
+    try:
+        for _ in range(10_000_000):
+            if len(bodies) >= N_PIPELINED or time.monotonic() > deadline:
+                break
+            if sent == len(data):
+                sel.modify(sock, selectors.EVENT_READ)
+            for _key, events in sel.select(timeout=0.5):
+                if events & selectors.EVENT_WRITE and sent < len(data):
+                    try:
+                        sent += sock.send(data[sent:sent + 65536])
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                if events & selectors.EVENT_READ:
+                    try:
+                        chunk = sock.recv(262144)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    if not chunk:
+                        raise ConnectionError("server closed the connection")
+                    for status, _headers, body in parser.feed(chunk):
+                        bodies.append((status, body))
+            peak = max(peak, rss_kb(srv.proc.pid))
+    except (ConnectionError, OSError) as e:
+        error = f"{type(e).__name__}: {e} after {len(bodies)} responses (sent {sent} of {len(data)} bytes)"
+    finally:
+        sel.close()
+        abort(sock)
+    return baseline, peak, prompt, bodies, error
+
+
+def expected_pipelined(prefix, kind, i):
+    return (200, get_body(f"{prefix}{i}", pipelined_value(i)) if kind == "get" else OK_PUT)
+
+
+@pytest.mark.parametrize("kind", ["get", "put"])
+def test_pipelining_without_reading_is_bounded_and_answered_in_order(start_server, kind):
+    # The read timeout is long here: see the xfail test below for a stall
+    # longer than the read timeout.
+    srv = start_server("--read-timeout", "30s", "--memory-limit", "64M", "--log-level", "error")
+    prefix = unique("pipe") + "-"
+    prefill_pipelined_keys(srv, prefix)
+    baseline, peak, prompt, bodies, error = pipeline_without_reading(srv, prefix, 2.5, kind)
+    growth_mb = (peak - baseline) / 1024
+    assert growth_mb <= 30, f"RSS grew {growth_mb:.1f} MB (from {baseline} KiB to {peak} KiB)"
+    prompt.assert_prompt(limit=1.0)
+    assert error is None, error
+    assert len(bodies) == N_PIPELINED
+    for i, got in enumerate(bodies):
+        assert got == expected_pipelined(prefix, kind, i), f"response {i}: {got!r}"
+    assert_healthy(srv)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="server bug: a pipelining client that stops reading for longer than --read-timeout "
+    "is cut off; the read timer armed when backpressure holds requests back fires, the "
+    "server answers 408 and closes with unread input, so the kernel resets the connection "
+    "and the already-queued responses are lost",
+)
+def test_pipelining_client_stalled_longer_than_read_timeout_gets_all_responses(start_server):
+    srv = start_server("--read-timeout", "1s", "--memory-limit", "64M", "--log-level", "error")
+    prefix = unique("pipe") + "-"
+    prefill_pipelined_keys(srv, prefix)
+    _, _, _, bodies, error = pipeline_without_reading(srv, prefix, 2.5, "get")
+    assert error is None, error
+    assert [b for b in bodies] == [expected_pipelined(prefix, "get", i) for i in range(N_PIPELINED)]
+
+
+# ---------------------------------------------------------------------------
+# 10,000 idle connections
+
+
+N_IDLE = 10_000
+
+
+def test_ten_thousand_idle_connections_do_not_stop_new_clients(start_server):
+    soft, hard = raise_nofile()
+    if hard < N_IDLE + 2000:
+        pytest.skip(f"RLIMIT_NOFILE hard limit is {hard}; holding {N_IDLE} connections needs >= {N_IDLE + 2000}")
+    srv = start_server("--read-timeout", "1s", "--idle-timeout", "120s", "--max-connections", str(N_IDLE + 1000))
+    m = re.search(r"open_files=(\d+)", srv.stderr())
+    assert m, f"startup line does not log open_files: {srv.stderr()[:500]!r}"
+    assert int(m.group(1)) >= N_IDLE + 1000, f"server open files limit {m.group(1)} is too low for the test"
+    socks = []
+    try:
+        deadline = time.monotonic() + 40
+        for i in range(N_IDLE):
+            assert time.monotonic() < deadline, f"only {i} connections made in 40 s"
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            socks.append(s)
+        # wait until the server has accepted them all
+        opened = 0
+        for _ in range(100):
+            opened = metric(srv, "kvcache_connections_open")
+            if opened >= N_IDLE + 1:  # the /metrics connection itself
+                break
+            time.sleep(0.1)
+        assert opened >= N_IDLE + 1, f"server holds only {opened} connections"
+        # a new client is served promptly
+        start = time.monotonic()
+        with RawConn(srv.port, timeout=5) as c:
+            assert c.request("GET", "/health").body == OK_HEALTH
+            key = unique()
+            assert c.request("POST", "/put", compact({"key": key, "value": "x"})).body == OK_PUT
+        assert time.monotonic() - start < 2.0
+        # the idle ones are still open and still work
+        for s in random.Random(3).sample(socks, 50):
+            s.sendall(build_request("GET", "/health"))
+            parser, got = ResponseParser(), []
+            for _ in range(100):
+                chunk = s.recv(4096)
+                assert chunk, "an idle connection was closed"
+                got += parser.feed(chunk)
+                if got:
+                    break
+            assert got[0][0] == 200 and got[0][2] == OK_HEALTH
+    finally:
+        for s in socks:
+            abort(s)
+    assert "accept:" not in srv.stderr(), srv.describe()
+    assert_healthy(srv)
+
+
+# ---------------------------------------------------------------------------
+# --max-connections
+
+
+def test_max_connections_answers_503_and_recovers(start_server):
+    srv = start_server("--read-timeout", "1s", "--max-connections", "50")
+    conns = []
+    try:
+        for _ in range(50):
+            c = RawConn(srv.port, timeout=5)
+            conns.append(c)
+            assert c.request("GET", "/health").body == OK_HEALTH  # accepted and counted
+        with RawConn(srv.port, timeout=5) as extra:
+            r = extra.read_response(timeout=5)
+            assert r.status == 503, r
+            assert r.body == error_body("too many connections")
+            assert r.header("Content-Type") == "application/json"
+            assert extra.wait_closed(3), "the rejected connection was not closed"
+        for c in conns:  # the first 50 still work
+            assert c.request("GET", "/health").body == OK_HEALTH
+        for c in conns[:10]:
+            c.close()
+        del conns[:10]
+        # the server notices the closes; then new connections are accepted again
+        deadline = time.monotonic() + 5
+        for _ in range(100):
+            c = RawConn(srv.port, timeout=5)
+            r = c.request("GET", "/health")
+            if r.status == 200:
+                conns.append(c)
+                break
+            c.close()
+            assert time.monotonic() < deadline, "no new connection accepted 5 s after closing 10"
+            time.sleep(0.05)
+        for _ in range(9):
+            c = RawConn(srv.port, timeout=5)
+            conns.append(c)
+            assert c.request("GET", "/health").body == OK_HEALTH
+        assert len(conns) == 50
+        with RawConn(srv.port, timeout=5) as extra:  # full again
+            assert extra.read_response(timeout=5).status == 503
+            assert extra.wait_closed(3)
+        r = conns[0].request("GET", "/metrics")
+        rejected = re.search(rb"^kvcache_connections_rejected_total (\d+)$", r.body, re.M)
+        assert rejected and int(rejected.group(1)) >= 2, r.body[-500:]
+    finally:
+        for c in conns:
+            c.close()
+    assert_healthy(srv)
+
+
+# ---------------------------------------------------------------------------
+# half-closed and resetting clients
+
+
+def test_half_closed_client_still_gets_its_responses(start_server):
+    srv = start_server("--read-timeout", "1s")
+    key = unique()
+    with RawConn(srv.port, timeout=5) as c:
+        c.send(build_request("POST", "/put", compact({"key": key, "value": "half"})))
+        c.sock.shutdown(socket.SHUT_WR)
+        r = c.read_response(timeout=5)
+        assert r.status == 200 and r.body == OK_PUT
+        assert c.wait_closed(3)
+    with RawConn(srv.port, timeout=5) as c:  # a pipelined pair, then half-close
+        c.send(build_request("GET", f"/get?key={key}") + build_request("GET", "/health"))
+        c.sock.shutdown(socket.SHUT_WR)
+        assert c.read_response(timeout=5).body == get_body(key, "half")
+        assert c.read_response(timeout=5).body == OK_HEALTH
+        assert c.wait_closed(3)
+    assert_healthy(srv)
+
+
+def test_client_reset_during_large_mget_response_does_not_harm_the_server(start_server):
+    srv = start_server("--read-timeout", "1s", "--memory-limit", "64M")
+    prefix = unique("big") + "-"
+    keys = [f"{prefix}{i}" for i in range(1000)]
+    values = [f"{i:04d}" + "x" * 252 for i in range(1000)]
+    for start in range(0, 1000, 200):  # bodies are limited to 64 KiB
+        items = [{"key": k, "value": v} for k, v in zip(keys[start:start + 200], values[start:start + 200])]
+        r = requests.post(f"{srv.url}/mput", data=compact({"items": items}), timeout=10)
+        assert r.status_code == 200, r.text
+    mget = build_request("POST", "/mget", compact({"keys": keys}))
+    for round_ in range(6):
+        s = connect_small_rcvbuf(srv.port)
+        s.sendall(mget * 20)  # ~5 MB of responses
+        got = 0
+        for _ in range(1000):  # read some of the first response, then reset
+            chunk = s.recv(4096)
+            got += len(chunk)
+            if not chunk or got >= 2000 * (round_ + 1):
+                break
+        abort(s)
+        time.sleep(0.05)
+    # the next client gets the full answer
+    with RawConn(srv.port, timeout=10) as c:
+        r = c.request("POST", "/mget", compact({"keys": keys}), timeout=10)
+        assert r.status == 200
+        assert r.json() == {"status": "OK", "values": values}
+    assert_healthy(srv)
+
+
+# ---------------------------------------------------------------------------
+# invalid bytes
+
+
+FUZZ_BASE = build_request(
+    "POST", "/put", compact({"key": "fz", "value": "v1"}), headers=[("Host", "x"), ("Connection", "close")]
+)
+
+
+def fuzz_positions():
+    """Every position of FUZZ_BASE (it is short: ~90 bytes)."""
+    return list(range(len(FUZZ_BASE) + 1))
+
+
+PROBE = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def test_invalid_bytes_at_every_position_get_a_clean_answer(start_server):
+    """Each byte value 0x00..0xff inserted at each position of a small valid
+    request (with Connection: close), each case on its own connection, 400 at
+    a time. Every case must end, within the read timeout plus a margin, with
+    well-formed responses and a close. A case the server answers with
+    keep-alive (the Connection header itself was mutated) gets a probe
+    request with Connection: close; if the server still held a partial
+    request, the probe completes it or the read timeout ends it."""
+    srv = start_server("--read-timeout", "1s", "--log-level", "error")
+    cases = [FUZZ_BASE[:p] + bytes([b]) + FUZZ_BASE[p:] for p in fuzz_positions() for b in range(256)]
+    wait_limit = READ_TIMEOUT + 2.5  # the close must come within this
+    concurrency = 400
+    sel = selectors.DefaultSelector()
+    failures = []
+    outcomes = {}
+    pending = list(enumerate(cases))
+    pending.reverse()
+    active = 0
+    overall_deadline = time.monotonic() + 50
+
+    def finish(st, how):
+        nonlocal active
+        sel.unregister(st["sock"])
+        abort(st["sock"])
+        active -= 1
+        if st["error"]:
+            failures.append((st["i"], st["error"]))
+        elif how == "open":
+            failures.append((st["i"], f"not closed within {wait_limit}s; responses {[r[0] for r in st['resps']]}, "
+                                      f"partial {st['parser'].buf[:100]!r}"))
+        elif st["parser"].buf:
+            failures.append((st["i"], f"closed after a partial response {st['parser'].buf[:200]!r}"))
+        key = (how, st["probed"], tuple(r[0] for r in st["resps"]))
+        outcomes[key] = outcomes.get(key, 0) + 1
+
+    try:
+        for _ in range(10_000_000):
+            assert time.monotonic() < overall_deadline, f"fuzz took over 50 s ({len(pending)} cases left)"
+            while pending and active < concurrency:
+                i, data = pending.pop()
+                s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+                s.setblocking(False)
+                st = {"i": i, "sock": s, "parser": ResponseParser(), "resps": [], "error": None, "probed": False,
+                      "deadline": time.monotonic() + wait_limit}
+                try:
+                    s.send(data)  # < 100 bytes: always fits
+                except OSError as e:
+                    st["error"] = f"send: {e}"
+                sel.register(s, selectors.EVENT_READ, st)
+                active += 1
+            if not pending and active == 0:
+                break
+            for key, _ in sel.select(timeout=0.05):
+                st = key.data
+                try:
+                    chunk = st["sock"].recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except ConnectionResetError:
+                    chunk = b""
+                if not chunk:
+                    finish(st, "closed")
+                    continue
+                try:
+                    for resp in st["parser"].feed(chunk):
+                        check_well_formed(*resp)
+                        st["resps"].append(resp)
+                except (AssertionError, ValueError) as e:
+                    st["error"] = f"malformed response: {e}"
+                    finish(st, "closed")
+                    continue
+                last = st["resps"][-1] if st["resps"] else None
+                if (last and last[0] >= 200 and not st["probed"]
+                        and last[1].get("connection", "").lower() != "close"):
+                    st["probed"] = True
+                    try:
+                        st["sock"].send(PROBE)
+                    except OSError:
+                        pass
+            now = time.monotonic()
+            for key in list(sel.get_map().values()):
+                if now > key.data["deadline"]:
+                    finish(key.data, "open")
+    finally:
+        for key in list(sel.get_map().values()):
+            abort(key.data["sock"])
+        sel.close()
+
+    def show(i):
+        p, b = divmod(i, 256)
+        return f"byte 0x{b:02x} at {p}: {cases[i][:120]!r}"
+
+    assert not failures, f"{len(failures)} of {len(cases)} bad: " + "; ".join(
+        f"[{show(i)}] {why}" for i, why in failures[:10])
+    assert sum(outcomes.values()) == len(cases)
+    assert srv.alive(), srv.describe()
+    assert_healthy(srv)
+
+
+# ---------------------------------------------------------------------------
+# graceful shutdown under load
+
+
+WRK_SCRIPT = r"""
+-- puts and gets of prefilled keys; every response is checked
+local threads = {}
+function setup(thread)
+  thread:set("id", #threads)
+  table.insert(threads, thread)
+end
+function init(args)
+  n = 0; good = 0; bad = 0; example = ""
+end
+function request()
+  n = n + 1
+  local key = "w" .. id .. "-" .. (math.floor(n / 2) % 1000)
+  if n % 2 == 1 then
+    return wrk.format("POST", "/put", {["Content-Type"] = "application/json"},
+      '{"key":"' .. key .. '","value":"v-' .. key .. '"}')
+  end
+  return wrk.format("GET", "/get?key=" .. key)
+end
+function response(status, headers, body)
+  local ok = false
+  if status == 200 and headers["Content-Type"] == "application/json" then
+    if body == '{"status":"OK","message":"Key inserted/updated successfully."}' then
+      ok = true
+    else
+      local k, v = string.match(body, '^{"status":"OK","key":"([^"]+)","value":"([^"]+)"}$')
+      ok = k ~= nil and v == "v-" .. k
+    end
+  end
+  if ok then good = good + 1 else
+    bad = bad + 1
+    if example == "" then example = status .. " " .. tostring(body) end
+  end
+end
+function done(summary, latency, requests)
+  local good, bad, example = 0, 0, ""
+  for _, t in ipairs(threads) do
+    good = good + t:get("good"); bad = bad + t:get("bad")
+    if example == "" then example = t:get("example") end
+  end
+  io.write(string.format("HOSTILE good=%d bad=%d example=%q\n", good, bad, example))
+end
+"""
+
+
+def test_sigterm_under_wrk_load_drains_and_exits_zero(start_server, tmp_path):
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    drain = 2.0
+    srv = start_server("--read-timeout", "1s", "--drain-timeout", f"{drain:g}s", "--memory-limit", "64M")
+    items = [{"key": f"w{t}-{i}", "value": f"v-w{t}-{i}"} for t in range(2) for i in range(1000)]
+    for start in range(0, len(items), 500):
+        r = requests.post(f"{srv.url}/mput", data=compact({"items": items[start:start + 500]}), timeout=10)
+        assert r.status_code == 200, r.text
+    script = tmp_path / "hostile.lua"
+    script.write_text(WRK_SCRIPT)
+    out_path = tmp_path / "wrk.out"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen([wrk, "-t2", "-c50", "-d10s", "--timeout", "5s", "-s", str(script), srv.url + "/"],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(2.0)
+        assert proc.poll() is None, out_path.read_text()
+        srv.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        rc = srv.wait(timeout=drain + 1.0)
+        took = time.monotonic() - sent
+        # wrk prints its report on SIGINT; no need to wait out -d10s
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+            pytest.fail("wrk did not exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    report = out_path.read_text(errors="replace")
+    assert rc == 0, f"exit code {rc} ({took:.2f}s after SIGTERM; None = still running, killed): {srv.describe()}"
+    assert took <= drain + 1.0
+    assert "received SIGTERM" in srv.stderr() and "stopped" in srv.stderr(), srv.describe()
+    m = re.search(r"HOSTILE good=(\d+) bad=(\d+) example=(.*)", report)
+    assert m, f"wrk report without the script summary:\n{report}"
+    good, bad = int(m.group(1)), int(m.group(2))
+    assert bad == 0, f"{bad} invalid responses, e.g. {m.group(3)}\n{report}"
+    assert good > 0, report
+    assert "Non-2xx or 3xx responses" not in report, report
