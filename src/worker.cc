@@ -21,8 +21,9 @@
 namespace kv {
 namespace {
 
-// Every complete request fits; the padding lets simdjson read past a body in place.
-constexpr size_t kInputCapacity = http::kMaxRequestBytes;
+// Every request within the parser's limits fits, with room to spare for the
+// bytes that show it is over them; the padding lets simdjson read past a body in place.
+constexpr size_t kInputCapacity = http::kMaxRequestBytes + 16 * 1024;
 constexpr size_t kInputAllocation = kInputCapacity + RequestBodyDecoder::kPadding;
 // Stop reading a connection whose unsent responses exceed this; resume once drained.
 constexpr size_t kOutputHighWater = 256 * 1024;
@@ -293,6 +294,13 @@ void Worker::on_readable(int, short, void* arg) {
 
 bool Worker::read_from(Connection& c) {
   size_t n = load_input(c);
+  if (n == kInputCapacity) {
+    // Unreachable while the parser enforces its limits; never read zero bytes and call it EOF.
+    handler_.reject(413, "request too large", output_);
+    c.closing = true;
+    c.input.clear();
+    return flush(c);
+  }
   ssize_t got = recv(c.fd, input_.get() + n, kInputCapacity - n, 0);
   if (got < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return true;

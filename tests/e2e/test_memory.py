@@ -71,8 +71,39 @@ def test_rss_growth_stays_within_the_memory_limit(start_server):
     with requests.Session() as s:
         # about 2.5x the limit in key and value bytes alone
         for start in range(0, 320_000, BATCH):
-            items = [{"key": f"rss-{i:07d}", "value": VALUE} for i in range(start, start + BATCH)]
-            r = s.post(f"{srv.url}/mput", json={"items": items}, timeout=10)
+            body = mput_body((f"rss-{i:07d}" for i in range(start, start + BATCH)), VALUE)
+            r = s.post(f"{srv.url}/mput", data=body, timeout=10)
             assert r.status_code == 200
     growth = rss_bytes(srv.proc.pid) - baseline
     assert growth <= limit * 1.10, f"RSS grew by {growth / 2**20:.1f} MiB with --memory-limit 32M"
+
+
+def mput_body(keys, value):
+    """A /mput body built by hand: json.dumps is the slow part of these tests."""
+    return ('{"items":[' + ",".join(f'{{"key":"{k}","value":"{value}"}}' for k in keys) + "]}").encode()
+
+
+def test_64m_limit_written_three_times_over(start_server):
+    """The whole process stays under 1.1x --memory-limit while three times the
+    limit is written; the newest keys are all there and the oldest are gone."""
+    limit = 64 << 20
+    srv = start_server("--memory-limit", "64M", "--log-level", "warn")
+    value = "w" * 256
+    batch = 220  # ~63 KiB bodies, under the 64 KiB limit
+    total = (3 * limit) // (len(value) + 12) // batch * batch
+    max_rss = 0
+    with requests.Session() as s:
+        for start in range(0, total, batch):
+            body = mput_body((f"big-{i:08d}" for i in range(start, start + batch)), value)
+            r = s.post(f"{srv.url}/mput", data=body, timeout=10)
+            assert r.status_code == 200, r.content
+            if start % (batch * 100) == 0:
+                max_rss = max(max_rss, rss_bytes(srv.proc.pid))
+        max_rss = max(max_rss, rss_bytes(srv.proc.pid))
+        newest = [f"big-{i:08d}" for i in range(total - 1000, total)]
+        r = s.post(f"{srv.url}/mget", json={"keys": newest}, timeout=10)
+        assert r.json()["values"] == [value] * 1000
+        oldest = [f"big-{i:08d}" for i in range(1000)]
+        r = s.post(f"{srv.url}/mget", json={"keys": oldest}, timeout=10)
+        assert r.json()["values"] == [None] * 1000
+    assert max_rss < limit * 1.10, f"RSS reached {max_rss / 2**20:.1f} MiB with --memory-limit 64M"
