@@ -7,6 +7,8 @@ namespace kv::http {
 namespace {
 
 constexpr int kMaxLeadingBlankLines = 4;
+// Method + target + version: a longer request line means the target is too long.
+constexpr size_t kMaxRequestLineBytes = kMaxTargetBytes + 32;
 
 constexpr Error kMalformedRequestLine{400, "malformed request line"};
 constexpr Error kMalformedHeader{400, "malformed header"};
@@ -188,8 +190,7 @@ bool parse_headers(const char* buf, size_t pos, size_t head_end, Request& reques
 HeadResult oversized_head(const char* buf, size_t start, size_t len) {
   size_t line_end = find_newline(buf, start, len);
   size_t line_length = (line_end == std::string_view::npos ? len : line_end) - start;
-  // "GET " + target + " HTTP/1.1": anything longer than that means the target is too long.
-  if (line_length > kMaxTargetBytes + 32) return {Status::error, kTargetTooLong};
+  if (line_length > kMaxRequestLineBytes) return {Status::error, kTargetTooLong};
   if (len - start > kMaxHeadBytes) return {Status::error, kHeadTooLarge};
   return {Status::incomplete, {}};
 }
@@ -247,6 +248,9 @@ HeadResult parse_head(const char* buf, size_t len, Request& request, size_t& sca
   request = Request{};
   Error error;
   size_t line_end = find_newline(buf, start, head_end);
+  // The same verdict as oversized_head gives while the line is still arriving,
+  // so the answer does not depend on how the bytes were split.
+  if (line_end - start > kMaxRequestLineBytes) return {Status::error, kTargetTooLong};
   if (!parse_request_line(line_at(buf, start, line_end), request, error)) return {Status::error, error};
   if (!parse_headers(buf, line_end + 1, head_end, request, error)) return {Status::error, error};
   request.head_length = head_end;

@@ -15,7 +15,7 @@ enum class ConnectionMode {
 
 std::string_view reason_phrase(int code);
 
-// Per-thread "Date: ...\r\n" header, refreshed once a second by the caller.
+// Per-thread "Date: ...\r\n" header, refreshed by the caller's loop tick.
 class DateHeader {
  public:
   DateHeader() { refresh(); }

@@ -22,6 +22,8 @@ uint16_t& Slab::next_free(const Page& page, uint16_t chunk) const {
 }
 
 bool Slab::map_page() {
+  // Page numbers have 21 bits in a handle (32 GiB of pages per shard).
+  if (unmapped_slots_.empty() && pages_.size() >= (size_t{1} << (32 - kPageShift)) - 1) return false;
   void* memory = mmap(nullptr, kPageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (memory == MAP_FAILED) return false;
   uint32_t number;

@@ -30,6 +30,7 @@ constexpr size_t kOutputHighWater = 256 * 1024;
 constexpr int kAcceptsPerEvent = 64;
 constexpr size_t kSweepBudgetPerShard = 64;
 constexpr timeval kTickInterval = {0, 100 * 1000};
+constexpr timeval kAcceptPause = {0, 100 * 1000};
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
 uint64_t now_ns() {
@@ -96,7 +97,7 @@ Worker::Worker(unsigned index, const Config& config, Store& store, Metrics& metr
 
 Worker::~Worker() {
   while (connections_ != nullptr) close(*connections_);
-  for (event* ev : {accept_event_, stop_event_, tick_event_}) {
+  for (event* ev : {accept_event_, stop_event_, tick_event_, accept_pause_event_}) {
     if (ev != nullptr) event_free(ev);
   }
   if (listen_fd_ >= 0) ::close(listen_fd_);
@@ -171,6 +172,7 @@ std::string Worker::listen() {
   accept_event_ = event_new(base_, listen_fd_, EV_READ | EV_PERSIST, on_accept, this);
   stop_event_ = event_new(base_, stop_fd_, EV_READ, on_stop, this);
   tick_event_ = event_new(base_, -1, EV_PERSIST, on_tick, this);
+  accept_pause_event_ = event_new(base_, -1, 0, on_accept_pause_end, this);
   event_add(accept_event_, nullptr);
   event_add(stop_event_, nullptr);
   event_add(tick_event_, &kTickInterval);
@@ -190,6 +192,7 @@ void Worker::on_stop(int, short, void* arg) {
   // Take what is already queued on the listener, then stop accepting.
   self.accept_pending();
   event_del(self.accept_event_);
+  event_del(self.accept_pause_event_);
   ::close(self.listen_fd_);
   self.listen_fd_ = -1;
   // Answer what each connection has sent (with "Connection: close"); drop the idle ones.
@@ -213,11 +216,21 @@ void Worker::on_tick(int, short, void* arg) {
 
 void Worker::on_accept(int, short, void* arg) { static_cast<Worker*>(arg)->accept_pending(); }
 
+void Worker::on_accept_pause_end(int, short, void* arg) {
+  auto& self = *static_cast<Worker*>(arg);
+  if (!self.draining_) event_add(self.accept_event_, nullptr);
+}
+
 void Worker::accept_pending() {
   for (int i = 0; i < kAcceptsPerEvent; ++i) {
     int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno == EMFILE || errno == ENFILE) log(LogLevel::warn, "accept: {} (raise the open files limit)", std::strerror(errno));
+      if (errno == EMFILE || errno == ENFILE) {
+        // The pending connection stays queued and would wake us at once: pause accepting a while.
+        log(LogLevel::warn, "accept: {}; pausing accepts for 100 ms (raise the open files limit)", std::strerror(errno));
+        event_del(accept_event_);
+        event_add(accept_pause_event_, &kAcceptPause);
+      }
       return;
     }
     if (open_connections_.fetch_add(1, std::memory_order_relaxed) >= config_.max_connections) {
@@ -325,6 +338,11 @@ bool Worker::consume(Connection& c, size_t n) {
     if (c.closing || used == n) {
       c.input.clear();
       if (c.input.capacity() > 4096) std::string().swap(c.input);  // idle connections hold no big buffers
+      c.request_started = 0;
+    } else if (held_back) {
+      // Whole requests waiting for the client to read: the idle timeout
+      // (last_active) covers a client that never does, not the read timeout.
+      c.input.assign(input_.get() + used, n - used);
       c.request_started = 0;
     } else {
       c.input.assign(input_.get() + used, n - used);

@@ -37,6 +37,7 @@ class Worker {
  private:
   friend struct Connection;
   static void on_accept(int fd, short events, void* arg);
+  static void on_accept_pause_end(int fd, short events, void* arg);
   static void on_readable(int fd, short events, void* arg);
   static void on_writable(int fd, short events, void* arg);
   static void on_timer(int fd, short events, void* arg);
@@ -72,6 +73,7 @@ class Worker {
   event* accept_event_ = nullptr;
   event* stop_event_ = nullptr;
   event* tick_event_ = nullptr;
+  event* accept_pause_event_ = nullptr;  // re-enables accepting after EMFILE
   bool draining_ = false;
 
   http::DateHeader date_;

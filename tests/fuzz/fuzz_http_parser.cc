@@ -129,10 +129,9 @@ class Connection {
       pos = request_end;
     }
     pending_.erase(pending_.begin(), pending_.begin() + static_cast<ptrdiff_t>(pos));
-    // The server reads into a buffer of kMaxRequestBytes: a request still
-    // incomplete must leave room to receive more, or recv() would be asked for
-    // 0 bytes and the connection would look closed by the peer.
-    if (!closed_) check(pending_.size() < kMaxRequestBytes);
+    // kMaxRequestBytes is the most one request may occupy while still
+    // arriving (http_parser.h); Worker sizes its input buffer above it.
+    if (!closed_) check(pending_.size() <= kMaxRequestBytes);
   }
 
   void fail(const Error& error) {

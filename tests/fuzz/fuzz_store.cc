@@ -88,9 +88,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FakeClock clock;
   clock.now = uint64_t{in.byte()} * 997;  // include 0 and values off the 100 ms grid
   const size_t shards = 1 + in.byte() % 4;
-  // Per shard 256 B .. 32.9 KiB: from "nothing fits" through a few pages of
-  // a slab-style allocator to "everything fits" for a malloc-per-entry one.
-  const uint64_t small_limit = shards * (256 + uint64_t{in.byte()} * 128);
+  // Per shard 32 KiB .. 96 KiB: at least the two 16 KiB pages every shard is
+  // granted (smaller limits are rounded up to that by design), up to about
+  // what all keys with maximal values need, so evictions happen in between.
+  const uint64_t small_limit = shards * (32768 + uint64_t{in.byte()} * 256);
   const uint64_t big_limit = uint64_t{1} << 40;
   kv::Store small(shards, small_limit, clock);
   kv::Store big(shards, big_limit, clock);

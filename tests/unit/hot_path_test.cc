@@ -1,0 +1,106 @@
+// The request path allocates nothing once warm: every malloc in this test
+// binary is counted (glibc lets the executable interpose malloc), and a
+// stream of parsed-and-answered gets and puts must not add to the count.
+#include "handlers.h"
+#include "http_parser.h"
+#include "metrics.h"
+#include "store.h"
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
+extern "C" {
+void* __libc_malloc(size_t);
+void* __libc_calloc(size_t, size_t);
+void* __libc_realloc(void*, size_t);
+void* __libc_memalign(size_t, size_t);
+
+static std::atomic<size_t> allocations{0};
+
+void* malloc(size_t size) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_malloc(size);
+}
+void* calloc(size_t count, size_t size) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_calloc(count, size);
+}
+void* realloc(void* pointer, size_t size) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_realloc(pointer, size);
+}
+void* aligned_alloc(size_t alignment, size_t size) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  return __libc_memalign(alignment, size);
+}
+int posix_memalign(void** out, size_t alignment, size_t size) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  *out = __libc_memalign(alignment, size);
+  return *out ? 0 : 12;
+}
+}
+
+using namespace kv;
+
+namespace {
+
+class FixedClock final : public Clock {
+ public:
+  uint64_t now_ms() const override { return 1000; }
+};
+
+// Parses each request in `wire` and answers it, as Worker::process does.
+void serve(const std::string& wire, RequestHandler& handler, std::string& out) {
+  size_t pos = 0;
+  while (pos < wire.size()) {
+    http::Request request;
+    size_t scanned = 0;
+    REQUIRE(http::parse_head(wire.data() + pos, wire.size() - pos, request, scanned).status == http::Status::complete);
+    std::string_view body(wire.data() + pos + request.head_length, request.content_length);
+    handler.handle(request, body, http::ConnectionMode::keep_alive, out);
+    pos += request.head_length + request.content_length;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("gets and puts allocate nothing once warm") {
+  FixedClock clock;
+  Store store(16, 64 << 20, clock);
+  Metrics metrics(store, 1, 64 << 20);
+  http::DateHeader date;
+  RequestHandler handler(store, metrics, metrics.worker(0), date);
+
+  std::string value(128, 'v');
+  std::string wire;
+  for (int i = 0; i < 500; ++i) {
+    std::string key = "key:" + std::to_string(i);
+    std::string body = R"({"key":")" + key + R"(","value":")" + value + R"("})";
+    wire += "POST /put HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+            std::to_string(body.size()) + "\r\n\r\n" + body;
+    wire += "GET /get?key=" + key + " HTTP/1.1\r\nHost: x\r\n\r\n";
+    wire += "GET /get?key=missing" + std::to_string(i) + " HTTP/1.1\r\nHost: x\r\n\r\n";
+  }
+  wire.append(RequestBodyDecoder::kPadding, '\0');  // simdjson reads past a body in place
+  std::string_view requests(wire.data(), wire.size() - RequestBodyDecoder::kPadding);
+
+  std::string copy(requests);
+  copy.reserve(wire.size());  // keeps the padding readable past the last body
+  std::string out;
+  out.reserve(1 << 20);
+  size_t cold = allocations.load();
+  serve(copy, handler, out);  // warm: the keys exist now, the index has grown
+  CHECK(allocations.load() > cold);  // the counter does see the store's allocations
+  out.clear();
+
+  size_t before = allocations.load();
+  serve(copy, handler, out);
+  size_t after = allocations.load();
+  CHECK(after - before == 0);
+  CHECK(out.find("HTTP/1.1 200 OK") != std::string::npos);
+  CHECK(out.find("Key not found.") != std::string::npos);
+  CHECK(store.stats().entries == 500);
+}
