@@ -14,18 +14,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 targets=(fuzz_http_parser fuzz_url fuzz_request_body fuzz_store)
 
-tools/install-deps.sh build
-missing=()
-for package in clang libclang-rt-14-dev llvm; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  echo "installing: ${missing[*]}" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+tools/install-deps.sh sanitize
 
 build=build-fuzz
 if [ ! -f "$build/build.ninja" ]; then

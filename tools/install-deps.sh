@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages kvcache needs to build and test, if missing.
-# Usage: tools/install-deps.sh [build|test|bench]   (default: test)
+# Usage: tools/install-deps.sh [build|test|sanitize|bench]   (default: test)
 set -euo pipefail
 
 build=(meson ninja-build pkg-config g++ cmake libevent-dev libsimdjson-dev libfmt-dev libabsl-dev doctest-dev)
 test=(python3 python3-pytest python3-requests python3-prometheus-client systemd curl)
+sanitize=(clang libclang-rt-14-dev llvm)
 bench=(wrk nginx-light redis-server memcached python3-locust python3-matplotlib valgrind)
 
 case "${1:-test}" in
   build) wanted=("${build[@]}") ;;
   test) wanted=("${build[@]}" "${test[@]}") ;;
+  sanitize) wanted=("${build[@]}" "${test[@]}" "${sanitize[@]}") ;;
   bench) wanted=("${build[@]}" "${test[@]}" "${bench[@]}") ;;
-  *) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
+  *) echo "usage: $0 [build|test|sanitize|bench]" >&2; exit 2 ;;
 esac
 
 missing=()
