@@ -1,10 +1,10 @@
 #include "metrics.h"
 
-#include "version.h"
-
 #include <fmt/format.h>
 
 #include <iterator>
+
+#include "version.h"
 
 namespace kv {
 namespace {
@@ -24,11 +24,17 @@ void sample(std::string& out, std::string_view name, uint64_t value) {
   fmt::format_to(std::back_inserter(out), "{} {}\n", name, value);
 }
 
+// A family with one unlabelled sample.
+void single(std::string& out, std::string_view name, std::string_view type, std::string_view help, uint64_t value) {
+  family(out, name, type, help);
+  sample(out, name, value);
+}
+
 }  // namespace
 
 std::string_view endpoint_name(Endpoint endpoint) {
-  static constexpr std::string_view kNames[kEndpointCount] = {"put",    "get",    "delete",  "mput",
-                                                              "mget",   "health", "metrics", "other"};
+  static constexpr std::string_view kNames[kEndpointCount] = {"put",  "get",    "delete",  "mput",
+                                                              "mget", "health", "metrics", "other"};
   return kNames[static_cast<size_t>(endpoint)];
 }
 
@@ -76,7 +82,8 @@ void Metrics::render(std::string& out) const {
       fmt::format_to(std::back_inserter(out), "kvcache_request_duration_seconds_bucket{{le=\"{}\"}} {}\n",
                      kLatencyBuckets[b], cumulative);
     } else {
-      fmt::format_to(std::back_inserter(out), "kvcache_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n", cumulative);
+      fmt::format_to(std::back_inserter(out), "kvcache_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n",
+                     cumulative);
     }
   }
   fmt::format_to(std::back_inserter(out), "kvcache_request_duration_seconds_sum {}\n",
@@ -84,32 +91,26 @@ void Metrics::render(std::string& out) const {
   sample(out, "kvcache_request_duration_seconds_count", cumulative);
 
   StoreStats stats = store_.stats();
-  family(out, "kvcache_hits_total", "counter", "Lookups that found a live key.");
-  sample(out, "kvcache_hits_total", stats.hits);
-  family(out, "kvcache_misses_total", "counter", "Lookups that found no live key.");
-  sample(out, "kvcache_misses_total", stats.misses);
-  family(out, "kvcache_evictions_total", "counter", "Entries evicted to stay within the memory limit.");
-  sample(out, "kvcache_evictions_total", stats.evictions);
-  family(out, "kvcache_expirations_total", "counter", "Entries removed because their TTL passed.");
-  sample(out, "kvcache_expirations_total", stats.expirations);
-  family(out, "kvcache_entries", "gauge", "Entries currently stored.");
-  sample(out, "kvcache_entries", stats.entries);
-  family(out, "kvcache_memory_used_bytes", "gauge", "Bytes charged to stored entries and their index.");
-  sample(out, "kvcache_memory_used_bytes", stats.bytes_used);
-  family(out, "kvcache_memory_limit_bytes", "gauge", "The memory limit of the whole process.");
-  sample(out, "kvcache_memory_limit_bytes", memory_limit_);
-  family(out, "kvcache_store_budget_bytes", "gauge",
-         "The part of the memory limit the store may fill (the limit less the process's own needs).");
-  sample(out, "kvcache_store_budget_bytes", stats.memory_limit);
+  single(out, "kvcache_hits_total", "counter", "Lookups that found a live key.", stats.hits);
+  single(out, "kvcache_misses_total", "counter", "Lookups that found no live key.", stats.misses);
+  single(out, "kvcache_evictions_total", "counter", "Entries evicted to stay within the memory limit.",
+         stats.evictions);
+  single(out, "kvcache_expirations_total", "counter", "Entries removed because their TTL passed.", stats.expirations);
+  single(out, "kvcache_entries", "gauge", "Entries currently stored.", stats.entries);
+  single(out, "kvcache_memory_used_bytes", "gauge", "Bytes charged to stored entries and their index.",
+         stats.bytes_used);
+  single(out, "kvcache_memory_limit_bytes", "gauge", "The memory limit of the whole process.", memory_limit_);
+  single(out, "kvcache_store_budget_bytes", "gauge",
+         "The part of the memory limit the store may fill (the limit less the process's own needs).",
+         stats.memory_limit);
 
   uint64_t accepted = sum(&WorkerMetrics::connections_accepted);
   uint64_t closed = sum(&WorkerMetrics::connections_closed);
-  family(out, "kvcache_connections_open", "gauge", "Client connections currently open.");
-  sample(out, "kvcache_connections_open", accepted >= closed ? accepted - closed : 0);
-  family(out, "kvcache_connections_total", "counter", "Client connections accepted.");
-  sample(out, "kvcache_connections_total", accepted);
-  family(out, "kvcache_connections_rejected_total", "counter", "Connections refused over --max-connections.");
-  sample(out, "kvcache_connections_rejected_total", sum(&WorkerMetrics::connections_rejected));
+  single(out, "kvcache_connections_open", "gauge", "Client connections currently open.",
+         accepted >= closed ? accepted - closed : 0);
+  single(out, "kvcache_connections_total", "counter", "Client connections accepted.", accepted);
+  single(out, "kvcache_connections_rejected_total", "counter", "Connections refused over --max-connections.",
+         sum(&WorkerMetrics::connections_rejected));
   family(out, "kvcache_build_info", "gauge", "Build information.");
   fmt::format_to(std::back_inserter(out), "kvcache_build_info{{version=\"{}\"}} 1\n", KVCACHE_VERSION);
 }
