@@ -389,3 +389,13 @@ class RawConn:
         return not self.wait_closed(wait) and len(self.buf) == before
 
 
+def rss_kb(pid):
+    """VmRSS of a process in KiB (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0

@@ -37,6 +37,7 @@ from helpers import (
     free_port,
     get_body,
     require_binary,
+    rss_kb,
     unique,
     wait_healthy,
 )
@@ -46,18 +47,6 @@ READ_TIMEOUT = 1.0  # --read-timeout of the servers in this file (seconds)
 
 # ---------------------------------------------------------------------------
 # helpers
-
-
-def rss_kb(pid):
-    """VmRSS of a process in KiB (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def raise_nofile():

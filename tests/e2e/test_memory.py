@@ -2,7 +2,7 @@
 
 import requests
 
-from helpers import OK_MPUT, OK_PUT, get_body
+from helpers import OK_MPUT, OK_PUT, get_body, rss_kb
 
 TOTAL = 40_000
 BATCH = 200
@@ -57,11 +57,7 @@ def test_memory_limit_reads_refresh_recency(start_server):
 
 
 def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
+    return rss_kb(pid) * 1024
 
 
 def test_rss_growth_stays_within_the_memory_limit(start_server):
