@@ -91,22 +91,28 @@ Handle Shard::allocate_locked(size_t size_class) {
 PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires_at) {
   size_t size_class = Slab::class_for(Entry::size_for(key.key.size(), value.size()));
   std::lock_guard lock(mutex_);
+  Handle previous = kNoHandle;
   if (auto it = index_.find(key); it != index_.end()) {
-    Handle handle = *it;
-    Entry& entry = entry_locked(handle);
+    previous = *it;
+    Entry& entry = entry_locked(previous);
+    unlink_locked(previous);
+    link_newest_locked(previous);
     if (Slab::class_for(entry.size()) == size_class) {
       // Same chunk size: rewrite in place.
       entry.store_value(value);
       ttl_entries_ += (expires_at != 0) - (entry.expires_at != 0);
       entry.expires_at = expires_at;
-      unlink_locked(handle);
-      link_newest_locked(handle);
       return PutStatus::ok;
     }
-    remove_locked(handle);
   }
+  // A new size: the old entry (now the newest, and pinned) stays until the
+  // new one has a chunk, so a put that cannot be stored loses nothing.
+  pinned_ = previous;
   Handle handle = allocate_locked(size_class);
+  previous = pinned_;  // allocation may have moved it
+  pinned_ = kNoHandle;
   if (handle == kNoHandle) return PutStatus::too_large;
+  if (previous != kNoHandle) remove_locked(previous);
   entry_locked(handle).fill(key.key, value, expires_at);
   if (expires_at != 0) ++ttl_entries_;
   link_newest_locked(handle);

@@ -243,3 +243,25 @@ TEST_CASE("random key and value sizes: within the limit, newest keys kept") {
   for (const auto& [key, value] : recent) REQUIRE(lookup(store, key) == value);
   CHECK(store.stats().evictions > 0);
 }
+
+TEST_CASE("a put that cannot be stored keeps the previous value") {
+  FakeClock clock;
+  Shard shard(Slab::kPageSize + 64, clock);  // one page, no room for a second size class
+  REQUIRE(shard.put(make_key("k"), "small", 0) == PutStatus::ok);
+  CHECK(shard.put(make_key("k"), std::string(256, 'v'), 0) == PutStatus::too_large);
+  std::optional<std::string> value;
+  CHECK(shard.get(make_key("k"), [&](std::string_view v) { value = std::string(v); }));
+  CHECK(value == "small");
+}
+
+TEST_CASE("overwriting with a new size class moves the key, keeping one entry") {
+  FakeClock clock;
+  Store store(1, 64 << 20, clock);
+  for (size_t size : {1, 40, 256, 0, 100}) {
+    put(store, "k", std::string(size, 'x'), size == 40 ? 30 : 0);
+    CHECK(lookup(store, "k") == std::string(size, 'x'));
+    CHECK(store.stats().entries == 1);
+  }
+  clock.now += 100;
+  CHECK(lookup(store, "k") == std::string(100, 'x'));  // the ttl went with the overwrite
+}
