@@ -28,7 +28,7 @@ constexpr size_t kInputAllocation = kInputCapacity + RequestBodyDecoder::kPaddin
 // Stop reading a connection whose unsent responses exceed this; resume once drained.
 constexpr size_t kOutputHighWater = 256 * 1024;
 constexpr int kAcceptsPerEvent = 64;
-constexpr size_t kSweepBudgetPerShard = 64;
+constexpr size_t kSweepBudgetPerShard = 256;  // per 100 ms tick: 2,560 entries/s per shard
 constexpr timeval kTickInterval = {0, 100 * 1000};
 constexpr timeval kAcceptPause = {0, 100 * 1000};
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -425,6 +425,8 @@ bool Worker::flush(Connection& c) {
       if (done < output_.size()) c.output.assign(output_, done);
     } else {
       c.output.erase(0, done);
+      // A drained backlog gives its memory back: idle connections hold no buffers.
+      if (c.output.empty()) std::string().swap(c.output);
     }
     output_.clear();
   }
