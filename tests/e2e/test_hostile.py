@@ -896,3 +896,33 @@ def test_running_out_of_file_descriptors_neither_spins_nor_stops_serving(tmp_pat
                 proc.kill()
                 proc.wait(timeout=5)
     assert proc.returncode == 0, f"exit code {proc.returncode}: {log_path.read_text()[-2000:]}"
+
+
+# ---------------------------------------------------------------------------
+# error responses survive a client that is still sending
+
+
+def test_413_reaches_a_client_still_sending_its_body(server):
+    """The server answers 413 and closes while the body is still arriving:
+    closing with unread input would make the kernel reset the connection and
+    the client lose the 413. The server must shut down its side and drain."""
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(b"POST /put HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\n\r\n")
+            time.sleep(0.05)  # the 413 is sent and the server closes meanwhile
+            try:
+                s.sendall(b"x" * 70000)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            data = b""
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    chunk = s.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 413 "), data[:200]
+            assert data.endswith(error_body("request body too large")), data[-200:]
