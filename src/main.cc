@@ -93,7 +93,7 @@ int main(int argc, char** argv) {
       "open_files={} read_timeout={}s idle_timeout={}s drain_timeout={}s log_level={}",
       KVCACHE_VERSION, config.bind, config.port, config.threads, config.shards, memory_limit,
       config.memory_limit ? "flag" : "auto: 70% of ", config.memory_limit ? "" : available.source,
-      store.memory_limit(), config.max_connections, open_files, config.read_timeout, config.idle_timeout, config.drain_timeout,
+      store.byte_budget(), config.max_connections, open_files, config.read_timeout, config.idle_timeout, config.drain_timeout,
       log_level_name(config.log_level));
 
   std::vector<std::thread> threads;

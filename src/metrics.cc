@@ -102,7 +102,7 @@ void Metrics::render(std::string& out) const {
   single(out, "kvcache_memory_limit_bytes", "gauge", "The memory limit of the whole process.", memory_limit_);
   single(out, "kvcache_store_budget_bytes", "gauge",
          "The part of the memory limit the store may fill (the limit less the process's own needs).",
-         stats.memory_limit);
+         stats.byte_budget);
 
   uint64_t accepted = sum(&WorkerMetrics::connections_accepted);
   uint64_t closed = sum(&WorkerMetrics::connections_closed);

@@ -34,9 +34,11 @@ void Shard::unlink_locked(Handle handle) {
   (entry.older != kNoHandle ? entry_locked(entry.older).newer : oldest_) = entry.newer;
 }
 
-void Shard::remove_locked(Handle handle) {
+void Shard::remove_locked(Handle handle) { remove_locked(handle, make_key(entry_locked(handle).key())); }
+
+void Shard::remove_locked(Handle handle, const KeyRef& key) {
   if (entry_locked(handle).expires_at != 0) --ttl_entries_;
-  index_.erase(make_key(entry_locked(handle).key()));
+  index_.erase(key);
   unlink_locked(handle);
   slab_.release(handle);
 }
@@ -112,7 +114,7 @@ PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires
   previous = pinned_;  // allocation may have moved it
   pinned_ = kNoHandle;
   if (handle == kNoHandle) return PutStatus::too_large;
-  if (previous != kNoHandle) remove_locked(previous);
+  if (previous != kNoHandle) remove_locked(previous, key);
   entry_locked(handle).fill(key.key, value, expires_at);
   if (expires_at != 0) ++ttl_entries_;
   link_newest_locked(handle);
@@ -142,7 +144,7 @@ bool Shard::get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_
       on_value(entry.value());
       return true;
     }
-    remove_locked(handle);
+    remove_locked(handle, key);
     ++expirations_;
   }
   ++misses_;
@@ -156,7 +158,7 @@ bool Shard::erase(const KeyRef& key) {
   Handle handle = *it;
   bool live = !expired_locked(entry_locked(handle));
   if (!live) ++expirations_;
-  remove_locked(handle);
+  remove_locked(handle, key);
   return live;
 }
 

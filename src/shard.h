@@ -74,6 +74,8 @@ class Shard {
   void link_newest_locked(Handle handle);
   void unlink_locked(Handle handle);
   void remove_locked(Handle handle);
+  // The same, given the entry's key with its hash (saves hashing it again).
+  void remove_locked(Handle handle, const KeyRef& key);
   void evict_oldest_locked();
   // A chunk of the size class: from a mapped page, a new page within the
   // limit, or reclaimed memory. kNoHandle when the shard cannot hold it.

@@ -4,12 +4,12 @@
 
 namespace kv {
 
-Store::Store(size_t shard_count, uint64_t memory_limit, const Clock& clock)
-    : memory_limit_(memory_limit), clock_(clock) {
+Store::Store(size_t shard_count, uint64_t byte_budget, const Clock& clock)
+    : byte_budget_(byte_budget), clock_(clock) {
   // Every shard can hold a couple of pages however small the limit, so a
   // tiny limit split many ways still stores something (overshooting it by at
   // most those pages).
-  uint64_t per_shard = std::max<uint64_t>(memory_limit / shard_count, 2 * Slab::kPageSize);
+  uint64_t per_shard = std::max<uint64_t>(byte_budget / shard_count, 2 * Slab::kPageSize);
   shards_.reserve(shard_count);
   for (size_t i = 0; i < shard_count; ++i) shards_.push_back(std::make_unique<Shard>(per_shard, clock));
 }
@@ -31,7 +31,7 @@ void Store::sweep_expired(size_t budget_per_shard) {
 
 StoreStats Store::stats() const {
   StoreStats total;
-  total.memory_limit = memory_limit_;
+  total.byte_budget = byte_budget_;
   for (const auto& shard : shards_) {
     ShardStats s = shard->stats();
     total.entries += s.entries;

@@ -11,12 +11,12 @@
 namespace kv {
 
 struct StoreStats : ShardStats {
-  uint64_t memory_limit = 0;
+  uint64_t byte_budget = 0;  // what the store may fill: the process limit less its own needs
 };
 
 class Store {
  public:
-  Store(size_t shard_count, uint64_t memory_limit, const Clock& clock);
+  Store(size_t shard_count, uint64_t byte_budget, const Clock& clock);
 
   // ttl_seconds 0 means the entry never expires.
   PutStatus put(const KeyRef& key, std::string_view value, uint32_t ttl_seconds);
@@ -25,7 +25,7 @@ class Store {
   // Bounded work: visits at most budget_per_shard entries of each shard.
   void sweep_expired(size_t budget_per_shard);
   StoreStats stats() const;
-  uint64_t memory_limit() const { return memory_limit_; }
+  uint64_t byte_budget() const { return byte_budget_; }
 
  private:
   Shard& shard_for(const KeyRef& key) {
@@ -33,7 +33,7 @@ class Store {
     return *shards_[((key.hash >> 32) * shards_.size()) >> 32];
   }
 
-  const uint64_t memory_limit_;
+  const uint64_t byte_budget_;
   const Clock& clock_;
   std::vector<std::unique_ptr<Shard>> shards_;
 };
