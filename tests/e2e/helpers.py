@@ -23,6 +23,29 @@ KVCACHE_BIN = os.environ.get("KVCACHE_BIN", str(REPO / "build" / "kvcache"))
 STARTUP_TIMEOUT = 10.0  # seconds to wait for /health to answer 200
 STOP_TIMEOUT = 10.0  # seconds to wait for exit after SIGTERM
 
+
+
+def sanitizer_of(binary):
+    """The sanitizer a binary was built with ("asan", "tsan") or None: clang
+    links the sanitizer runtime in statically, so its init symbol is in the file."""
+    try:
+        data = Path(binary).read_bytes()
+    except OSError:
+        return None
+    for name in ("asan", "tsan", "msan"):
+        if f"__{name}_init".encode() in data:
+            return name
+    return None
+
+
+SANITIZER = sanitizer_of(KVCACHE_BIN)
+# RSS bounds are a promise of the release build: a sanitizer's shadow memory,
+# quarantine and allocator metadata are not the cache's memory.
+memory_bound = pytest.mark.skipif(
+    SANITIZER is not None,
+    reason=f"RSS bound skipped under {SANITIZER}: its shadow memory and quarantine are not the cache's",
+)
+
 # Flags every harness-started server gets unless the test overrides them.
 DEFAULT_FLAGS = ["--threads", "2", "--drain-timeout", "2"]
 

@@ -31,6 +31,7 @@ from helpers import (
     OK_HEALTH,
     OK_PUT,
     RawConn,
+    SANITIZER,
     build_request,
     compact,
     error_body,
@@ -427,7 +428,8 @@ def test_pipelining_without_reading_is_bounded_and_answered_in_order(start_serve
     reqs, expected, endpoint = pipelined_case(prefix, kind)
     res = pipeline_without_reading(srv, reqs, endpoint, 2.5)
     growth_mb = (res["peak_kb"] - res["baseline_kb"]) / 1024
-    assert growth_mb <= 30, f"RSS grew {growth_mb:.1f} MB (from {res['baseline_kb']} to {res['peak_kb']} KiB)"
+    # RSS is only the cache's own memory in the release build (see helpers.memory_bound)
+    assert SANITIZER or growth_mb <= 30, f"RSS grew {growth_mb:.1f} MB (from {res['baseline_kb']} to {res['peak_kb']} KiB)"
     if kind == "mget":  # responses far beyond kernel buffers: the server must have paused
         assert res["answered"] < len(reqs), f"all {len(reqs)} mgets answered while the client read nothing"
     res["prompt"].assert_prompt(limit=1.0)

@@ -2,7 +2,7 @@
 
 import requests
 
-from helpers import OK_MPUT, OK_PUT, get_body, rss_kb
+from helpers import OK_MPUT, OK_PUT, get_body, memory_bound, rss_kb
 
 TOTAL = 40_000
 BATCH = 200
@@ -60,6 +60,7 @@ def rss_bytes(pid):
     return rss_kb(pid) * 1024
 
 
+@memory_bound
 def test_rss_growth_stays_within_the_memory_limit(start_server):
     limit = 32 << 20
     srv = start_server("--memory-limit", "32M", "--log-level", "warn")
@@ -79,6 +80,7 @@ def mput_body(keys, value):
     return ('{"items":[' + ",".join(f'{{"key":"{k}","value":"{value}"}}' for k in keys) + "]}").encode()
 
 
+@memory_bound
 def test_64m_limit_written_three_times_over(start_server):
     """The whole process stays under 1.1x --memory-limit while three times the
     limit is written; the newest keys are all there and the oldest are gone."""
