@@ -4,7 +4,7 @@
 set -euo pipefail
 
 build=(meson ninja-build pkg-config g++ cmake libevent-dev libsimdjson-dev libfmt-dev libabsl-dev doctest-dev)
-test=(python3 python3-pytest python3-requests python3-prometheus-client systemd curl)
+test=(python3 python3-pytest python3-requests python3-prometheus-client python3-yaml systemd curl haproxy)
 sanitize=(clang libclang-rt-14-dev llvm)
 bench=(wrk nginx-light redis-server memcached python3-locust python3-matplotlib valgrind)
 
@@ -26,5 +26,6 @@ sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
 echo "installing: ${missing[*]}" >&2
 $sudo apt-get update -qq
-# nginx-light and redis-server start system services on install; the benchmarks run their own.
+# nginx-light, redis-server and haproxy start system services on install (Debian's haproxy.cfg
+# listens nowhere); the benchmarks and the cluster tests run their own.
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
