@@ -44,22 +44,33 @@ void RequestHandler::body_response(int code, std::string_view content_type, Conn
   out += scratch_;
 }
 
-void RequestHandler::reject(int code, std::string_view text, std::string& out) {
+void RequestHandler::reject(int code, std::string_view text, std::string& out, http::Method method) {
   endpoint_ = Endpoint::other;
+  size_t start = out.size();
   message(code, text, ConnectionMode::close, out);
+  if (method == http::Method::head) http::drop_body(out, start);
 }
 
 void RequestHandler::handle(const http::Request& request, std::string_view body, ConnectionMode mode,
                             std::string& out) {
+  size_t start = out.size();
+  route(request, body, mode, out);
+  // No response to HEAD carries a body; the rest is GET's (RFC 9110 9.3.2).
+  if (request.method == http::Method::head) http::drop_body(out, start);
+}
+
+void RequestHandler::route(const http::Request& request, std::string_view body, ConnectionMode mode,
+                           std::string& out) {
   const Route* route = nullptr;
   for (const Route& candidate : kRoutes) {
     if (candidate.path == request.path) route = &candidate;
   }
   endpoint_ = route ? route->endpoint : Endpoint::other;
   if (route == nullptr) return message(404, "Unknown endpoint.", mode, out);
-  if (route->method != request.method) {
+  bool head_of_get = route->method == http::Method::get && request.method == http::Method::head;
+  if (route->method != request.method && !head_of_get) {
     return message(405, "Method not allowed.", mode, out,
-                   route->method == http::Method::get ? "Allow: GET\r\n" : "Allow: POST\r\n");
+                   route->method == http::Method::get ? "Allow: GET, HEAD\r\n" : "Allow: POST\r\n");
   }
   switch (route->endpoint) {
     case Endpoint::put: return put(body, mode, out);

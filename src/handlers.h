@@ -17,14 +17,16 @@ class RequestHandler {
  public:
   RequestHandler(Store& store, const Metrics& metrics, WorkerMetrics& counters, const http::DateHeader& date);
 
-  // Appends the full response to out. `body` is followed by
-  // RequestBodyDecoder::kPadding readable bytes.
+  // Appends the full response to out (its head alone for HEAD). `body` is
+  // followed by RequestBodyDecoder::kPadding readable bytes.
   void handle(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
 
-  // Answers a request the HTTP layer rejected (bad framing, timeout, overload).
-  void reject(int code, std::string_view message, std::string& out);
+  // Answers a request the HTTP layer rejected (bad framing, timeout, overload),
+  // with "Connection: close". `method`: of the rejected request, if known.
+  void reject(int code, std::string_view message, std::string& out, http::Method method = http::Method::other);
 
  private:
+  void route(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
   void put(std::string_view body, http::ConnectionMode mode, std::string& out);
   void get(std::string_view query, http::ConnectionMode mode, std::string& out);
   void del(std::string_view body, http::ConnectionMode mode, std::string& out);

@@ -20,6 +20,7 @@ constexpr Error kHeadTooLarge{431, "request headers too large"};
 constexpr Error kBodyTooLarge{413, "request body too large"};
 constexpr Error kBadTransferEncoding{501, "unsupported Transfer-Encoding"};
 constexpr Error kBadVersion{505, "HTTP version not supported"};
+constexpr Error kUnknownMethod{501, "method not implemented"};
 
 // RFC 9110 token characters, as a table: header names are checked byte by byte.
 constexpr auto kTokenTable = [] {
@@ -86,6 +87,33 @@ size_t find_head_end(const char* buf, size_t len, size_t& scanned) {
   return 0;
 }
 
+// RFC 9110 section 9 (and PATCH): known, though only GET, HEAD and POST are served.
+constexpr std::string_view kOtherMethods[] = {"PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"};
+
+// Judges the method at buf[start..end) (end: the line's end, or the data's):
+// an unknown one is a 501 whatever follows it, so this runs before any other
+// check on the request line, and gives the same verdict however the bytes were split.
+bool check_method(const char* buf, size_t start, size_t end, Request& request, Error& error) {
+  size_t i = start;
+  while (i < end && i - start <= kMaxMethodBytes && is_tchar(static_cast<unsigned char>(buf[i]))) ++i;
+  std::string_view method(buf + start, i - start);
+  if (method.size() > kMaxMethodBytes) return error = kUnknownMethod, false;
+  if (i == end || buf[i] != ' ' || method.empty()) return true;  // malformed, or not all here yet
+  if (method == "GET") {
+    request.method = Method::get;
+  } else if (method == "HEAD") {
+    request.method = Method::head;
+  } else if (method == "POST") {
+    request.method = Method::post;
+  } else {
+    bool known = false;
+    for (std::string_view other : kOtherMethods) known = known || method == other;
+    if (!known) return error = kUnknownMethod, false;
+    request.method = Method::other;
+  }
+  return true;
+}
+
 bool parse_request_line(std::string_view line, Request& request, Error& error) {
   size_t sp1 = line.find(' ');
   if (sp1 == 0 || sp1 == std::string_view::npos) return error = kMalformedRequestLine, false;
@@ -118,7 +146,6 @@ bool parse_request_line(std::string_view line, Request& request, Error& error) {
     size_t path_start = target.find('/', scheme_end + 3);
     target = path_start == std::string_view::npos ? std::string_view("/") : target.substr(path_start);
   }
-  request.method = method == "GET" ? Method::get : method == "POST" ? Method::post : Method::other;
   request.target = target;
   size_t question = target.find('?');
   request.path = target.substr(0, question);
@@ -183,14 +210,18 @@ bool parse_headers(const char* buf, size_t pos, size_t head_end, Request& reques
   }
   if (seen_length && seen_encoding) return error = kBothLengths, false;
   if (request.content_length > kMaxBodyBytes) return error = kBodyTooLarge, false;
+  // RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing;
+  // answer it, then close.
+  if (request.http10 && seen_encoding) request.keep_alive = false;
   return true;
 }
 
 // Diagnoses a head that has no end yet but already exceeds the limits.
-HeadResult oversized_head(const char* buf, size_t start, size_t len) {
+HeadResult oversized_head(const char* buf, size_t start, size_t len, Request& request) {
   size_t line_end = find_newline(buf, start, len);
-  size_t line_length = (line_end == std::string_view::npos ? len : line_end) - start;
-  if (line_length > kMaxRequestLineBytes) return {Status::error, kTargetTooLong};
+  if (line_end == std::string_view::npos) line_end = len;
+  if (Error error; !check_method(buf, start, line_end, request, error)) return {Status::error, error};
+  if (line_end - start > kMaxRequestLineBytes) return {Status::error, kTargetTooLong};
   if (len - start > kMaxHeadBytes) return {Status::error, kHeadTooLarge};
   return {Status::incomplete, {}};
 }
@@ -239,17 +270,20 @@ HeadResult parse_head(const char* buf, size_t len, Request& request, size_t& sca
     start += brk;
   }
   if (scanned < start) scanned = start;
+  request = Request{};
   size_t head_end = find_head_end(buf, len, scanned);
-  if (head_end == 0) return len > kMaxTargetBytes ? oversized_head(buf, start, len) : HeadResult{Status::incomplete, {}};
+  if (head_end == 0) {
+    return len > kMaxTargetBytes ? oversized_head(buf, start, len, request) : HeadResult{Status::incomplete, {}};
+  }
   if (head_end > kMaxHeadBytes) {
-    HeadResult diagnosis = oversized_head(buf, start, head_end);
+    HeadResult diagnosis = oversized_head(buf, start, head_end, request);
     return diagnosis.status == Status::error ? diagnosis : HeadResult{Status::error, kHeadTooLarge};
   }
-  request = Request{};
   Error error;
   size_t line_end = find_newline(buf, start, head_end);
-  // The same verdict as oversized_head gives while the line is still arriving,
-  // so the answer does not depend on how the bytes were split.
+  // The same verdicts, in the same order, as oversized_head gives while the
+  // line is still arriving, so the answer does not depend on how the bytes were split.
+  if (!check_method(buf, start, line_end, request, error)) return {Status::error, error};
   if (line_end - start > kMaxRequestLineBytes) return {Status::error, kTargetTooLong};
   if (!parse_request_line(line_at(buf, start, line_end), request, error)) return {Status::error, error};
   if (!parse_headers(buf, line_end + 1, head_end, request, error)) return {Status::error, error};

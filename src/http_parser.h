@@ -23,7 +23,11 @@ constexpr size_t kMaxChunkLine = 1024;  // chunk size + extensions
 // arriving: a buffer this big always holds one whole request.
 constexpr size_t kMaxRequestBytes = kMaxHeadBytes + kMaxBodyBytes + kMaxChunkedOverhead + kMaxHeadBytes;
 
-enum class Method : uint8_t { get, post, other };
+constexpr size_t kMaxMethodBytes = 7;     // the longest method we know: "OPTIONS", "CONNECT"
+
+// A method this parser does not know gets 501 before anything else is judged;
+// `other` is a standard method no endpoint allows (405).
+enum class Method : uint8_t { get, head, post, other };
 
 struct Request {
   Method method = Method::other;
@@ -31,7 +35,7 @@ struct Request {
   std::string_view path;    // target up to '?'
   std::string_view query;   // after '?', without it
   bool http10 = false;
-  bool keep_alive = true;
+  bool keep_alive = true;  // false also for an HTTP/1.0 request with Transfer-Encoding
   bool expect_continue = false;
   bool chunked = false;
   size_t content_length = 0;  // when !chunked

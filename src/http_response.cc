@@ -18,7 +18,6 @@ std::string_view reason_phrase(int code) {
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
     case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
     case 501: return "Not Implemented";
     case 503: return "Service Unavailable";
     case 505: return "HTTP Version Not Supported";
@@ -50,6 +49,12 @@ void append_head(std::string& out, const ResponseHead& head, const DateHeader& d
   if (head.mode == ConnectionMode::keep_alive_explicit) out += "Connection: keep-alive\r\n";
   out += head.extra_headers;
   out += "\r\n";
+}
+
+void drop_body(std::string& out, size_t start) {
+  // A response head holds no blank line before its end.
+  size_t head_end = out.find("\r\n\r\n", start);
+  if (head_end != std::string::npos) out.resize(head_end + 4);
 }
 
 void append_json_message(std::string& out, int code, std::string_view message, ConnectionMode mode,

@@ -13,6 +13,9 @@ enum class ConnectionMode {
   close,                // "Connection: close", then the server closes
 };
 
+// The interim answer to "Expect: 100-continue" once the head is accepted.
+constexpr std::string_view kContinueResponse = "HTTP/1.1 100 Continue\r\n\r\n";
+
 std::string_view reason_phrase(int code);
 
 // Per-thread "Date: ...\r\n" header, refreshed by the caller's loop tick.
@@ -37,6 +40,10 @@ struct ResponseHead {
 
 // Appends the status line and headers, up to and including the blank line.
 void append_head(std::string& out, const ResponseHead& head, const DateHeader& date);
+
+// Cuts the body off the response that starts at out[start]: a response to
+// HEAD keeps the status and headers of GET, Content-Length included (RFC 9110 9.3.2).
+void drop_body(std::string& out, size_t start);
 
 // Appends a whole {"status":..,"message":..} response.
 void append_json_message(std::string& out, int code, std::string_view message, ConnectionMode mode,

@@ -22,7 +22,7 @@ std::string_view endpoint_name(Endpoint endpoint);
 constexpr std::array<double, 12> kLatencyBuckets = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                                                     0.005,   0.01,   0.025,   0.05,   0.1,   0.25};
 
-constexpr std::array<int, 14> kStatusCodes = {200, 400, 404, 405, 408, 413, 414, 431, 500, 501, 503, 505, 507, 0};
+constexpr std::array<int, 13> kStatusCodes = {200, 400, 404, 405, 408, 413, 414, 431, 501, 503, 505, 507, 0};
 
 // Written by one thread, read by the scraper: relaxed load+store, no lock prefix.
 class Counter {

@@ -1,6 +1,6 @@
 #include "worker.h"
 
-#include "http_parser.h"
+#include "http_framing.h"
 #include "log.h"
 #include "request_body.h"
 
@@ -31,7 +31,6 @@ constexpr int kAcceptsPerEvent = 64;
 constexpr size_t kSweepBudgetPerShard = 256;  // per 100 ms tick: 2,560 entries/s per shard
 constexpr timeval kTickInterval = {0, 100 * 1000};
 constexpr timeval kAcceptPause = {0, 100 * 1000};
-constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
 uint64_t now_ns() {
   timespec ts;
@@ -61,10 +60,7 @@ struct Connection {
   event timer;
   std::string input;   // unparsed bytes of a request still arriving
   std::string output;  // response bytes the socket has not taken yet
-  // Parse state of the request at the front of `input`.
-  size_t head_scanned = 0;
-  http::ChunkedScan chunked;
-  bool continue_sent = false;
+  http::FrameState framing;  // of the request at the front of `input`
   double request_started = 0;  // 0: no partial request
   double last_active = 0;
   bool closing = false;      // close as soon as output is flushed
@@ -73,12 +69,6 @@ struct Connection {
   bool writing = false;
   Connection* prev = nullptr;
   Connection* next = nullptr;
-
-  void reset_request() {
-    head_scanned = 0;
-    chunked = {};
-    continue_sent = false;
-  }
 };
 
 Worker::Worker(unsigned index, const Config& config, Store& store, Metrics& metrics,
@@ -364,48 +354,24 @@ size_t Worker::process(Connection& c, size_t n) {
   size_t pos = 0;
   while (!c.closing && pos < n && c.output.size() + output_.size() < kOutputHighWater) {
     http::Request request;
-    http::HeadResult head = http::parse_head(in + pos, n - pos, request, c.head_scanned);
-    if (head.status == http::Status::incomplete) break;
-    if (head.status == http::Status::error) {
-      handler_.reject(head.error.code, head.error.message, output_);
-      c.closing = true;
+    http::Frame frame = http::frame_request(in + pos, n - pos, c.framing, request, chunked_body_.get());
+    if (frame.status == http::Status::incomplete) {
+      if (frame.send_continue) output_ += http::kContinueResponse;
       break;
     }
-    size_t body_start = pos + request.head_length;
-    std::string_view body;
-    size_t request_end = 0;
-    if (request.chunked) {
-      http::BodyResult scan = http::scan_chunked(in + body_start, n - body_start, c.chunked);
-      if (scan.status == http::Status::error) {
-        handler_.reject(scan.error.code, scan.error.message, output_);
-        c.closing = true;
-        break;
-      }
-      if (scan.status == http::Status::complete) {
-        body = {chunked_body_.get(), http::decode_chunked(in + body_start, scan.encoded_length, chunked_body_.get())};
-        request_end = body_start + scan.encoded_length;
-      }
-    } else if (n - body_start >= request.content_length) {
-      body = {in + body_start, request.content_length};
-      request_end = body_start + request.content_length;
-    }
-    if (request_end == 0) {
-      // Headers are in, the body is not: tell a waiting client to send it.
-      if (request.expect_continue && !c.continue_sent) {
-        output_ += kContinue;
-        c.continue_sent = true;
-      }
+    if (frame.status == http::Status::error) {
+      handler_.reject(frame.error.code, frame.error.message, output_, request.method);
+      c.closing = true;
       break;
     }
     bool keep_alive = request.keep_alive && !draining_;
     http::ConnectionMode mode = !keep_alive    ? http::ConnectionMode::close
                                 : request.http10 ? http::ConnectionMode::keep_alive_explicit
                                                  : http::ConnectionMode::keep_alive;
-    handler_.handle(request, body, mode, output_);
+    handler_.handle(request, frame.body, mode, output_);
     counters_.observe_latency(now_ns() - batch_started_ns_);
     c.closing = !keep_alive;
-    c.reset_request();
-    pos = request_end;
+    pos += frame.consumed;
   }
   return pos;
 }

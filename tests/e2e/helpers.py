@@ -312,8 +312,9 @@ class RawConn:
         self.buf += chunk
         return True
 
-    def read_response(self, timeout=None):
-        """Read one full response (status line, headers, body)."""
+    def read_response(self, timeout=None, head_only=False):
+        """Read one full response (status line, headers, body); head_only:
+        the answer to HEAD, whose Content-Length describes a body never sent."""
         deadline = time.monotonic() + (timeout or self.timeout)
         for _ in range(100000):
             if b"\r\n\r\n" in self.buf:
@@ -338,7 +339,7 @@ class RawConn:
             k, v = line.split(":", 1)
             headers.append((k.strip(), v.strip()))
         resp = Response(version, status, reason, headers, b"", head)
-        if 100 <= status < 200 or status in (204, 304):
+        if 100 <= status < 200 or status in (204, 304) or head_only:
             return resp
         cl = resp.header("Content-Length")
         te = resp.header("Transfer-Encoding")

@@ -169,11 +169,11 @@ def test_unknown_path_returns_404_json(session, server):
         ("GET", "/delete", "POST"),
         ("GET", "/mput", "POST"),
         ("GET", "/mget", "POST"),
-        ("POST", "/get", "GET"),
-        ("POST", "/health", "GET"),
-        ("POST", "/metrics", "GET"),
+        ("POST", "/get", "GET, HEAD"),
+        ("POST", "/health", "GET, HEAD"),
+        ("POST", "/metrics", "GET, HEAD"),
         ("PUT", "/put", "POST"),
-        ("DELETE", "/get", "GET"),
+        ("DELETE", "/get", "GET, HEAD"),
     ],
 )
 def test_wrong_method_returns_405_with_allow_header(session, server, method, path, allow):

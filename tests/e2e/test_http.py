@@ -233,6 +233,65 @@ def test_connection_close_in_pipeline_stops_after_that_request(raw):
     assert c.buf == b"", "a response was sent after Connection: close"
 
 
+def test_http10_with_transfer_encoding_is_answered_then_closed(raw):
+    # RFC 9112 6.1: that framing is faulty in HTTP/1.0; close after the response.
+    c = raw()
+    key = unique()
+    body = compact({"key": key, "value": "te10"})
+    c.send(b"POST /put HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+           + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+           + b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    r = c.read_response()
+    assert r.status == 200 and r.body == OK_PUT
+    assert (r.header("Connection") or "").lower() == "close"
+    assert c.wait_closed(3)
+    assert c.buf == b"", "a response was sent after the faulty framing"
+
+
+# ---------------------------------------------------------------------------
+# HEAD
+
+
+@pytest.mark.parametrize("target", ["/get?key={key}", "/get?key=missing-{key}", "/health", "/metrics"])
+def test_head_gets_the_status_and_headers_of_get_and_no_body(raw, target):
+    c = raw()
+    key = unique()
+    c.send(put_req(key, "headvalue"))
+    assert c.read_response().body == OK_PUT
+    target = target.format(key=key)
+    get = c.request("GET", target)
+    # HEAD then GET on one connection: a stray body would be read as the next response.
+    c.send(build_request("HEAD", target) + build_request("GET", "/health"))
+    head = c.read_response(head_only=True)
+    assert head.status == get.status
+    assert head.header("Content-Type") == get.header("Content-Type")
+    if target != "/metrics":  # the metrics text changes between two scrapes
+        assert head.header("Content-Length") == get.header("Content-Length")
+    assert int(head.header("Content-Length")) > 0
+    after = c.read_response()
+    assert after.status == 200 and after.body == OK_HEALTH, "HEAD's response carried a body"
+    assert c.buf == b""
+
+
+@pytest.mark.parametrize("target", ["/put", "/nowhere"])
+def test_head_of_other_endpoints_gets_an_error_status_without_a_body(raw, target):
+    c = raw()
+    c.send(build_request("HEAD", target) + build_request("GET", "/health"))
+    head = c.read_response(head_only=True)
+    assert head.status == (405 if target == "/put" else 404)
+    after = c.read_response()
+    assert after.status == 200 and after.body == OK_HEALTH, "HEAD's response carried a body"
+
+
+def test_head_with_a_framing_error_gets_no_body(raw):
+    c = raw()
+    c.send(b"HEAD /health HTTP/1.1\r\nContent-Length: x\r\n\r\n")
+    r = c.read_response(head_only=True)
+    assert r.status == 400
+    assert c.wait_closed(3)
+    assert c.buf == b"", "HEAD's error response carried a body"
+
+
 # ---------------------------------------------------------------------------
 # request bodies
 
@@ -419,6 +478,15 @@ def test_malformed_request_line_gets_400(raw, line):
     c = raw()
     c.send(line + b"\r\nHost: x\r\n\r\n")
     assert_error_then_closed(c, 400, "malformed request line")
+
+
+@pytest.mark.parametrize("line", [b"BREW /health HTTP/1.1", b"M" * 100 + b" /" + b"a" * 5000 + b" HTTP/1.1",
+                                  b"M" * 100 + b" /health HTTP/1.1"],
+                         ids=["short", "long-method-long-target", "long-method"])
+def test_unknown_method_gets_501(raw, line):
+    c = raw()
+    c.send(line + b"\r\nHost: x\r\n\r\n")
+    assert_error_then_closed(c, 501, "method not implemented")
 
 
 @pytest.mark.parametrize("header", [b"Host localhost", b": empty-name", b"Bad Name: x", b"X-A\x00: y"],

@@ -1,15 +1,12 @@
-// Differential fuzz target for the incremental HTTP/1.1 parser.
-//
-// The input is driven through parse_head / scan_chunked / decode_chunked the
-// way Worker::process drives them (resume offset `scanned`, then a
-// Content-Length or chunked body, then the next pipelined request), once as a
-// single read and once split into several reads at points chosen by the first
-// bytes of the input. Both runs must produce exactly the same requests, the
+// Differential fuzz target for request framing (http_framing.h), the code
+// Worker::process runs: frame_request with its resume state, request after
+// pipelined request, once as a single read and once split into several reads
+// at points chosen by the first bytes of the input. Both runs must produce exactly the same requests, the
 // same error and the same unconsumed tail; anything else traps.
 //
 // Input layout: byte 0 = number of split points (mod 8), then 2 bytes per
 // split point (little endian, taken modulo the payload size), then the payload.
-#include "http_parser.h"
+#include "http_framing.h"
 
 #include <algorithm>
 #include <cstddef>
@@ -57,6 +54,7 @@ class Connection {
 
   const std::vector<Outcome>& outcomes() const { return outcomes_; }
   const std::vector<char>& pending() const { return pending_; }
+  int continues() const { return continues_; }
   bool closed() const { return closed_; }
 
  private:
@@ -68,52 +66,39 @@ class Connection {
     size_t pos = 0;
     while (!closed_ && pos < n) {
       Request request;
-      HeadResult head = parse_head(in.get() + pos, n - pos, request, scanned_);
-      if (head.status == Status::incomplete) break;
-      if (head.status == Status::error) {
-        fail(head.error);
+      // Exactly kMaxBodyBytes of room: an overflow is an ASan report.
+      std::unique_ptr<char[]> body_buffer(new char[kMaxBodyBytes]);
+      Frame frame = frame_request(in.get() + pos, n - pos, state_, request, body_buffer.get());
+      continues_ += frame.send_continue;
+      if (frame.status == Status::incomplete) break;
+      if (frame.status == Status::error) {
+        fail(frame.error);
         break;
       }
-      check(head.status == Status::complete);
-      check(request.head_length > 0 && request.head_length <= n - pos);
+      check(frame.status == Status::complete);
+      check(request.head_length > 0 && request.head_length <= frame.consumed && frame.consumed <= n - pos);
       check(request.head_length <= kMaxHeadBytes);
       check(request.content_length <= kMaxBodyBytes);
       check(request.target.size() <= kMaxTargetBytes);
+      check(frame.body.size() <= kMaxBodyBytes);
       // Absolute-form without a path ("http://host") becomes a static "/".
       if (request.target != "/") {
         check(inside(request.target, in.get() + pos, request.head_length));
         check(inside(request.path, in.get() + pos, request.head_length));
         check(inside(request.query, in.get() + pos, request.head_length));
       }
-      size_t body_start = pos + request.head_length;
-      std::string body;
-      size_t request_end = 0;
       if (request.chunked) {
         check(request.content_length == 0);
-        BodyResult scan = scan_chunked(in.get() + body_start, n - body_start, chunked_);
-        if (scan.status == Status::error) {
-          fail(scan.error);
-          break;
-        }
-        if (scan.status == Status::complete) {
-          check(scan.encoded_length > 0 && scan.encoded_length <= n - body_start);
-          check(chunked_.body_size <= kMaxBodyBytes);
-          check(scan.encoded_length - chunked_.body_size <= kMaxChunkedOverhead + kMaxHeadBytes);
-          // Exactly body_size bytes of room: an overflow is an ASan report.
-          std::unique_ptr<char[]> out(new char[chunked_.body_size]);
-          size_t decoded = decode_chunked(in.get() + body_start, scan.encoded_length, out.get());
-          check(decoded == chunked_.body_size);
-          body.assign(out.get(), decoded);
-          request_end = body_start + scan.encoded_length;
-        }
-      } else if (n - body_start >= request.content_length) {
-        body.assign(in.get() + body_start, request.content_length);
-        request_end = body_start + request.content_length;
+        check(inside(frame.body, body_buffer.get(), kMaxBodyBytes));
+        check(frame.consumed - request.head_length - frame.body.size() <= kMaxChunkedOverhead + kMaxHeadBytes);
+      } else {
+        check(frame.body.size() == request.content_length);
+        check(inside(frame.body, in.get() + pos + request.head_length, request.content_length));
       }
-      if (request_end == 0) break;  // the body is still arriving
+      if (request.http10 && request.chunked) check(!request.keep_alive);
       Outcome outcome;
       outcome.status = Status::complete;
-      outcome.consumed = request_end - pos;
+      outcome.consumed = frame.consumed;
       outcome.method = request.method;
       outcome.http10 = request.http10;
       outcome.keep_alive = request.keep_alive;
@@ -121,12 +106,10 @@ class Connection {
       outcome.target = request.target;
       outcome.path = request.path;
       outcome.query = request.query;
-      outcome.body = std::move(body);
+      outcome.body = frame.body;
       outcomes_.push_back(std::move(outcome));
       if (!request.keep_alive) closed_ = true;  // the server answers, then closes
-      scanned_ = 0;
-      chunked_ = {};
-      pos = request_end;
+      pos += frame.consumed;
     }
     pending_.erase(pending_.begin(), pending_.begin() + static_cast<ptrdiff_t>(pos));
     // kMaxRequestBytes is the most one request may occupy while still
@@ -145,8 +128,8 @@ class Connection {
   }
 
   std::vector<char> pending_;
-  size_t scanned_ = 0;
-  ChunkedScan chunked_;
+  FrameState state_;
+  int continues_ = 0;  // "100 Continue" answers asked for
   bool closed_ = false;
   std::vector<Outcome> outcomes_;
 };
@@ -178,6 +161,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
 
   check(whole.closed() == split.closed());
+  // At most one "100 Continue" per request, however the bytes were split.
+  check(split.continues() <= static_cast<int>(split.outcomes().size()) + 1);
   check(whole.outcomes().size() == split.outcomes().size());
   for (size_t i = 0; i < whole.outcomes().size(); ++i) check(whole.outcomes()[i] == split.outcomes()[i]);
   if (!whole.closed()) check(whole.pending() == split.pending());

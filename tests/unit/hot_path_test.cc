@@ -2,11 +2,13 @@
 // binary is counted (glibc lets the executable interpose malloc), and a
 // stream of parsed-and-answered gets and puts must not add to the count.
 #include "handlers.h"
-#include "http_parser.h"
+#include "http_framing.h"
 #include "metrics.h"
 #include "store.h"
 
 #include <doctest/doctest.h>
+
+#include <fmt/format.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -52,16 +54,17 @@ class FixedClock final : public Clock {
   uint64_t now_ms() const override { return 1000; }
 };
 
-// Parses each request in `wire` and answers it, as Worker::process does.
+// Frames each request in `wire` and answers it, through the functions Worker::process calls.
 void serve(const std::string& wire, RequestHandler& handler, std::string& out) {
+  static char body_buffer[http::kMaxBodyBytes + RequestBodyDecoder::kPadding];
+  http::FrameState state;
   size_t pos = 0;
   while (pos < wire.size()) {
     http::Request request;
-    size_t scanned = 0;
-    REQUIRE(http::parse_head(wire.data() + pos, wire.size() - pos, request, scanned).status == http::Status::complete);
-    std::string_view body(wire.data() + pos + request.head_length, request.content_length);
-    handler.handle(request, body, http::ConnectionMode::keep_alive, out);
-    pos += request.head_length + request.content_length;
+    http::Frame frame = http::frame_request(wire.data() + pos, wire.size() - pos, state, request, body_buffer);
+    REQUIRE(frame.status == http::Status::complete);
+    handler.handle(request, frame.body, http::ConnectionMode::keep_alive, out);
+    pos += frame.consumed;
   }
 }
 
@@ -82,6 +85,9 @@ TEST_CASE("gets and puts allocate nothing once warm") {
     wire += "POST /put HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
             std::to_string(body.size()) + "\r\n\r\n" + body;
     wire += "GET /get?key=" + key + " HTTP/1.1\r\nHost: x\r\n\r\n";
+    wire += "HEAD /get?key=" + key + " HTTP/1.1\r\nHost: x\r\n\r\n";
+    wire += fmt::format("POST /put HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+                        body.size(), body);
     wire += "GET /get?key=missing" + std::to_string(i) + " HTTP/1.1\r\nHost: x\r\n\r\n";
   }
   wire.append(RequestBodyDecoder::kPadding, '\0');  // simdjson reads past a body in place
