@@ -39,7 +39,7 @@ die() {
 is_number() { [[ $1 =~ ^[0-9]+$ ]]; }
 
 setup_port() {  # setup_port PORT: the per-cluster paths and ports
-  is_number "$1" && (($1 >= 1 && $1 + MAX_NODES <= 65535)) || die "bad PORT '$1'"
+  if ! is_number "$1" || (($1 < 1 || $1 + MAX_NODES > 65535)); then die "bad PORT '$1'"; fi
   port=$1
   run_dir=${RUN_DIR:-/tmp/kvcache-cluster-$port}
   stats_port=${STATS_PORT:-$((port + 100))}
@@ -64,17 +64,17 @@ owned_pid() {  # owned_pid PIDFILE MARKER -> prints the pid or nothing
   return 0
 }
 
+running() { [[ -d /proc/$1 ]] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
+
 stop_pid() {  # stop_pid PID NAME: SIGTERM, up to 10 s, then SIGKILL
   local pid=$1 i
   kill -TERM "$pid" 2>/dev/null || return 0
   for ((i = 0; i < 100; i++)); do
-    [[ -d /proc/$pid ]] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null || break
+    running "$pid" || return 0
     sleep 0.1
   done
-  if [[ -d /proc/$pid ]] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; then
-    echo "$2 pid $pid ignored SIGTERM for 10 s: SIGKILL" >&2
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
+  echo "$2 pid $pid ignored SIGTERM for 10 s: SIGKILL" >&2
+  kill -KILL "$pid" 2>/dev/null || true
 }
 
 node_count() {  # nodes recorded in the run directory
@@ -131,24 +131,14 @@ wait_nodes_up() {  # wait_nodes_up N: HAProxy sees node1..nodeN UP, within 10 s
   die "HAProxy does not see all $n nodes UP within 10 s (log: $run_dir/haproxy.log)"
 }
 
-children() {  # children PID: its child pids, one line
-  local d out=""
-  for d in /proc/[0-9]*; do
-    [[ $(awk '/^PPid:/ { print $2 }' "$d/status" 2>/dev/null) == "$1" ]] && out+="${d#/proc/} "
-  done
-  echo "${out% }"
-}
-
 haproxy_line() {
-  local master=$1 workers
-  workers=$(children "$master")
-  echo "haproxy pid $master 127.0.0.1:$port (workers: ${workers:-none}; stats and /metrics: 127.0.0.1:$stats_port; config $config)"
+  echo "haproxy pid $1 127.0.0.1:$port (master; stats and /metrics on 127.0.0.1:$stats_port; config $config)"
 }
 
 cmd_up() {
   local n=$1 i pid k
   up_done=0
-  is_number "$n" && ((n >= 1 && n <= MAX_NODES)) || die "N must be 1..$MAX_NODES"
+  if ! is_number "$n" || ((n < 1 || n > MAX_NODES)); then die "N must be 1..$MAX_NODES"; fi
   command -v "$HAPROXY" >/dev/null || die "haproxy not found (tools/install-deps.sh test installs it)"
   if [[ ! -x $KVCACHE ]]; then
     "$repo/tools/build.sh" >&2 || die "build failed"

@@ -5,6 +5,8 @@
   report.py summary ROUNDS_CSV SUMMARY_CSV                         print the table, write summary
   report.py evictions METRICS_BEFORE METRICS_AFTER ROUNDS_CSV SCENARIO
                                           evictions during the kvcache rounds vs puts answered
+  report.py cluster ROUNDS_CSV CPU_CSV    the cluster scenario: through HAProxy to 2 nodes vs
+                                          direct to one node, and CPU time per request of each
 
 Per scenario and target, the summary takes the MEDIAN over rounds of req/s, p50 and p99, and
 the SUM of socket errors, unexpected statuses and 404 misses. Ratios are kvcache / nginx
@@ -169,6 +171,42 @@ def cmd_evictions(before, after, rounds_csv, scenario):
           f"({d / puts if puts else 0:.3f} evictions/put; ~1 expected with unique keys at the limit)")
 
 
+def cmd_cluster(rounds_csv, cpu_csv):
+    rows = [r for r in csv.DictReader(open(rounds_csv)) if r["scenario"] == "cluster"]
+    requests = {(r["round"], r["target"]): num(r["requests"]) for r in rows}
+    # CPU ticks of each process group while wrk ran against each target
+    ticks = {}
+    for line in open(cpu_csv) if os.path.exists(cpu_csv) else []:
+        sc, rnd, target, group, n = line.strip().split(",")
+        if sc == "cluster":
+            ticks[(rnd, target, group)] = int(n)
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+
+    def us_per_request(target, group):
+        return median([ticks[(rnd, t, g)] * tick_us / requests[(rnd, t)]
+                       for (rnd, t, g) in ticks if t == target and g == group and requests.get((rnd, t))])
+
+    med = {t: {k: median([num(r[k]) for r in rows if r["target"] == t]) for k in ("rps", "p50_us", "p99_us")}
+           for t in ("cluster", "kvcache", "nginx")}
+    errors = sum(int(num(r["socket_errors"]) or 0) + int(num(r["unexpected"]) or 0)
+                 for r in rows if r["target"] == "cluster")
+
+    def f2(v):
+        return "-" if v is None else f"{v:.2f}x"
+
+    def f1(v):
+        return "-" if v is None else f"{v:.1f} us"
+    c, k = med["cluster"], med["kvcache"]
+    print(f"cluster: through HAProxy to 2 nodes {c['rps'] or 0:,.0f} req/s vs direct to 1 node "
+          f"{k['rps'] or 0:,.0f} req/s = {f2(ratio(c['rps'], k['rps']))} (nginx {med['nginx']['rps'] or 0:,.0f}); "
+          f"p50 {fmt_us(c['p50_us'])} vs {fmt_us(k['p50_us'])} ({f2(ratio(c['p50_us'], k['p50_us']))}), "
+          f"p99 {fmt_us(c['p99_us'])} vs {fmt_us(k['p99_us'])} ({f2(ratio(c['p99_us'], k['p99_us']))}); "
+          f"socket errors + unexpected statuses through HAProxy: {errors}")
+    print(f"cluster: CPU per request: HAProxy {f1(us_per_request('cluster', 'haproxy'))}, "
+          f"its 2 nodes {f1(us_per_request('cluster', 'nodes'))} (together), "
+          f"direct node {f1(us_per_request('kvcache', 'kvcache'))}, nginx {f1(us_per_request('nginx', 'nginx'))}")
+
+
 if __name__ == "__main__":
     a = sys.argv[1:]
     if a[:1] == ["row"] and len(a) in (6, 7):
@@ -177,5 +215,7 @@ if __name__ == "__main__":
         cmd_summary(*a[1:])
     elif a[:1] == ["evictions"] and len(a) == 5:
         cmd_evictions(*a[1:])
+    elif a[:1] == ["cluster"] and len(a) == 3:
+        cmd_cluster(*a[1:])
     else:
         sys.exit(__doc__)

@@ -13,6 +13,9 @@
 #   evict      kvcache --memory-limit 32M, pre-filled past the limit, then put.lua with
 #              KEY_MODE=unique (never-seen keys): every put evicts
 #   conns1000  mixed.lua with -c1000 (ulimit -n raised)
+#   cluster    mixed.lua through HAProxy to 2 nodes (tools/cluster.sh, deploy/haproxy/haproxy.cfg)
+#              as a third target of each round, beside kvcache direct and nginx; CPU time per
+#              request of HAProxy, of the 2 nodes and of the direct node from /proc/PID/stat
 # For every scenario: a fresh kvcache (--bind 127.0.0.1 --port KV_PORT --threads KV_THREADS
 # + scenario flags), preload if needed, then ROUNDS alternating rounds: wrk against kvcache, then
 # the same wrk (same script, same env) against nginx (which answers 200 + a 171-byte JSON to all).
@@ -21,7 +24,8 @@
 #      KV_THREADS (2) KV_FLAGS (extra kvcache flags, all scenarios) KVCACHE (binary path,
 #      default <repo>/build/kvcache, built with meson/ninja if missing) WRK_THREADS (2)
 #      CONNS (50) WRK_TIMEOUT (2s) COOLDOWN (1 s between runs) PRELOAD_TIMEOUT (300 s)
-#      BIG_KEYS (2000000) EVICT_LIMIT (32M) EVICT_FILL (400000) OUT_DIR
+#      BIG_KEYS (2000000) EVICT_LIMIT (32M) EVICT_FILL (400000) CLUSTER_PORT (17200: HAProxy,
+#      nodes on +1 and +2, HAProxy stats on +100) OUT_DIR
 #      (default tools/bench/results/<timestamp>)
 # Output in OUT_DIR: raw wrk outputs, rounds.csv (every run), summary.csv (table below),
 #      chart.png (tools/bench/chart.py), kvcache logs, /metrics snapshots, notes.txt.
@@ -34,7 +38,7 @@ PY=/usr/bin/python3
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
-SCENARIOS=${SCENARIOS:-"mixed get put big evict conns1000"}
+SCENARIOS=${SCENARIOS:-"mixed get put big evict conns1000 cluster"}
 KV_PORT=${KV_PORT:-17171}
 NGINX_PORT=${NGINX_PORT:-18080}
 KV_THREADS=${KV_THREADS:-2}
@@ -48,6 +52,7 @@ PRELOAD_TIMEOUT=${PRELOAD_TIMEOUT:-300}
 BIG_KEYS=${BIG_KEYS:-2000000}
 EVICT_LIMIT=${EVICT_LIMIT:-32M}
 EVICT_FILL=${EVICT_FILL:-400000}
+CLUSTER_PORT=${CLUSTER_PORT:-17200}
 OUT_DIR=${OUT_DIR:-$here/results/$(date +%Y%m%d-%H%M%S)}
 
 die() { echo "run.sh: $*" >&2; exit 1; }
@@ -61,7 +66,7 @@ esac
 [[ $dur_s =~ ^[0-9]+$ && $dur_s -ge 1 && $dur_s -le 3600 ]] || die "DURATION must be 1s..60m (e.g. 10s)"
 wrk_bound=$(( dur_s + 60 ))
 for s in $SCENARIOS; do
-  case $s in mixed|get|put|big|evict|conns1000) ;; *) die "unknown scenario '$s'";; esac
+  case $s in mixed|get|put|big|evict|conns1000|cluster) ;; *) die "unknown scenario '$s'";; esac
 done
 command -v wrk >/dev/null || die "wrk missing: apt-get install -y wrk"
 [[ -x /usr/sbin/nginx ]] || die "nginx missing: apt-get install -y nginx-light"
@@ -96,6 +101,7 @@ KVBIN=$OUT_DIR/kvcache
 # ---------------------------------------------------------------- process control
 kv_pid=""
 ng_pid=""
+cluster_up=""
 stop_rc=""
 stop_pid() {  # stop_pid PID NAME: SIGTERM, wait <=10 s, then SIGKILL; exit status -> $stop_rc
   # (not to be called in $(...): wait only works for children of this shell)
@@ -116,6 +122,7 @@ stop_pid() {  # stop_pid PID NAME: SIGTERM, wait <=10 s, then SIGKILL; exit stat
   stop_rc="$stop_rc$?"
 }
 cleanup() {
+  [[ -n $cluster_up ]] && RUN_DIR=$OUT_DIR/cluster "$repo/tools/cluster.sh" down "$CLUSTER_PORT" >/dev/null
   [[ -n $kv_pid ]] && stop_pid "$kv_pid" kvcache
   [[ -n $ng_pid ]] && stop_pid "$ng_pid" nginx
   kv_pid=""; ng_pid=""
@@ -141,6 +148,21 @@ wait_http() {  # wait_http URL PID: up to 10 s
     sleep 0.1
   done
   return 1
+}
+cpu_ticks() {  # cpu_ticks PID...: user + system clock ticks of these processes, all threads
+  local pid total=0 f
+  for pid in "$@"; do
+    # fields after "(comm) ": utime and stime are the 12th and 13th
+    read -r -a f < <(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+    total=$((total + f[11] + f[12]))
+  done
+  echo "$total"
+}
+child_pids() {  # child_pids PID: its children (HAProxy's workers, nginx's workers)
+  local d
+  for d in /proc/[0-9]*; do
+    [[ $(awk '/^PPid:/ { print $2 }' "$d/status" 2>/dev/null) == "$1" ]] && echo "${d#/proc/}"
+  done
 }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 metrics_snapshot() {  # metrics_snapshot FILE
@@ -181,12 +203,20 @@ stop_kv() {  # stop_kv SCENARIO
   kv_pid=""
 }
 
+# CPU groups measured around each wrk run: "name:pid pid ..." entries (empty: none).
+cpu_groups=()
 run_wrk() {  # run_wrk SCENARIO ROUND TARGET PORT SCRIPT CONNS ENV...
   local sc=$1 rnd=$2 tgt=$3 port=$4 script=$5 conns=$6; shift 6
-  local raw="$OUT_DIR/raw/$sc-r$rnd-$tgt.txt" rc
+  local raw="$OUT_DIR/raw/$sc-r$rnd-$tgt.txt" rc g before=()
+  # shellcheck disable=SC2086  # each group holds a list of pids
+  for g in "${cpu_groups[@]}"; do before+=("$(cpu_ticks ${g#*:})"); done
   env "$@" timeout -k 5 "$wrk_bound" wrk -t"$WRK_THREADS" -c"$conns" -d"$DURATION" \
     --timeout "$WRK_TIMEOUT" --latency -s "$here/$script" "http://127.0.0.1:$port" > "$raw" 2>&1
   rc=$?
+  for g in "${!cpu_groups[@]}"; do
+    # shellcheck disable=SC2086
+    echo "$sc,$rnd,$tgt,${cpu_groups[g]%%:*},$(($(cpu_ticks ${cpu_groups[g]#*:}) - before[g]))" >> "$OUT_DIR/cpu.csv"
+  done
   $PY "$here/report.py" row "$sc" "$rnd" "$tgt" "$raw" "$ROUNDS_CSV" "$rc"
   sleep "$COOLDOWN"
 }
@@ -238,11 +268,30 @@ print(f'{d:.1f} B/entry RSS, minus key+value bytes ({kv:.1f}) = {d-kv:.1f} B ove
       metrics_snapshot "$OUT_DIR/metrics-$sc-preloaded.txt"
       note "[$sc] after filling $EVICT_FILL keys under --memory-limit $EVICT_LIMIT: RSS $(rss_kb "$kv_pid") kB; $(metrics_brief "$OUT_DIR/metrics-$sc-preloaded.txt")" ;;
   esac
+  if [[ $sc == cluster ]]; then
+    # Two nodes with the direct node's flags behind HAProxy, on the same box (sharing its CPUs).
+    log "cluster: 2 nodes + HAProxy on 127.0.0.1:$CLUSTER_PORT"
+    RUN_DIR=$OUT_DIR/cluster NODE_FLAGS="--threads $KV_THREADS $KV_FLAGS" KVCACHE=$KVBIN \
+      "$repo/tools/cluster.sh" up 2 "$CLUSTER_PORT" | tee -a "$NOTES"
+    [[ ${PIPESTATUS[0]} == 0 ]] || die "tools/cluster.sh up 2 $CLUSTER_PORT failed"
+    cluster_up=1
+    hx_pid=$(<"$OUT_DIR/cluster/haproxy.pid")
+    cpu_groups=("haproxy:$hx_pid $(child_pids "$hx_pid" | xargs echo)"
+                "nodes:$(cat "$OUT_DIR"/cluster/node*.pid | xargs echo)"
+                "kvcache:$kv_pid" "nginx:$ng_pid $(child_pids "$ng_pid" | xargs echo)")
+  fi
   for ((r = 1; r <= ROUNDS; r++)); do
     kill -0 "$kv_pid" 2>/dev/null || break
     run_wrk "$sc" "$r" kvcache "$KV_PORT" "$script" "$conns" "${envs[@]}"
     run_wrk "$sc" "$r" nginx "$NGINX_PORT" "$script" "$conns" "${envs[@]}"
+    [[ $sc == cluster ]] && run_wrk "$sc" "$r" cluster "$CLUSTER_PORT" "$script" "$conns" "${envs[@]}"
   done
+  if [[ $sc == cluster ]]; then
+    cpu_groups=()
+    RUN_DIR=$OUT_DIR/cluster "$repo/tools/cluster.sh" down "$CLUSTER_PORT" | tee -a "$NOTES"
+    cluster_up=""
+    $PY "$here/report.py" cluster "$ROUNDS_CSV" "$OUT_DIR/cpu.csv" | tee -a "$NOTES"
+  fi
   metrics_snapshot "$OUT_DIR/metrics-$sc.txt"
   note "[$sc] end: kvcache RSS $(rss_kb "$kv_pid") kB; $(metrics_brief "$OUT_DIR/metrics-$sc.txt")"
   if [[ $sc == evict ]]; then
