@@ -15,7 +15,7 @@
 # deploy/haproxy/haproxy.cfg, the shipped file.
 #
 # Env: KVCACHE (binary, default build/kvcache, built if missing), HAPROXY
-#      (default haproxy), RUN_DIR (default /tmp/kvcache-cluster-PORT),
+#      (default: haproxy on PATH, else /usr/sbin/haproxy), RUN_DIR (default /tmp/kvcache-cluster-PORT),
 #      STATS_PORT (default PORT+100), NODE_FLAGS (extra kvcache flags,
 #      e.g. "--threads 1 --memory-limit 64M"). Every wait is bounded.
 set -euo pipefail
@@ -23,7 +23,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 template=$repo/deploy/haproxy/haproxy.cfg
-HAPROXY=${HAPROXY:-haproxy}
+# Debian installs it in /usr/sbin, which is not on a normal user's PATH.
+HAPROXY=${HAPROXY:-$(command -v haproxy || echo /usr/sbin/haproxy)}
 KVCACHE=${KVCACHE:-$repo/build/kvcache}
 NODE_FLAGS=${NODE_FLAGS:-}
 MAX_NODES=64
@@ -139,7 +140,7 @@ cmd_up() {
   local n=$1 i pid k
   up_done=0
   if ! is_number "$n" || ((n < 1 || n > MAX_NODES)); then die "N must be 1..$MAX_NODES"; fi
-  command -v "$HAPROXY" >/dev/null || die "haproxy not found (tools/install-deps.sh test installs it)"
+  [[ -x $HAPROXY ]] || die "haproxy not found at $HAPROXY (tools/install-deps.sh test installs it)"
   if [[ ! -x $KVCACHE ]]; then
     "$repo/tools/build.sh" >&2 || die "build failed"
   fi

@@ -64,7 +64,7 @@ class Cluster:
         self.nodes = 0
 
     def sh(self, *args, check=True):
-        env = dict(os.environ, RUN_DIR=str(self.run_dir), KVCACHE=KVCACHE_BIN,
+        env = dict(os.environ, RUN_DIR=str(self.run_dir), KVCACHE=KVCACHE_BIN, HAPROXY=HAPROXY,
                    NODE_FLAGS="--threads 1 --memory-limit 64M")
         try:
             result = subprocess.run(["bash", str(CLUSTER_SH), *args], env=env, capture_output=True,
@@ -236,10 +236,21 @@ def test_spread_each_key_on_exactly_one_node_and_read_back(cluster3):
     per_node = Counter(v[0] for v in held.values())
     for i in (1, 2, 3):
         assert 0.20 * KEYS <= per_node[i] <= 0.47 * KEYS, per_node
+    def connections_opened():
+        return sum(int(re.search(r"^kvcache_connections_total (\d+)$",
+                                 requests.get(cluster3.node_url(i) + "/metrics", timeout=TIMEOUT).text,
+                                 re.M)[1]) for i in (1, 2, 3))
+
+    opened, started = connections_opened(), time.monotonic()
     with requests.Session() as s:
         for k in cluster3.keys:
             r = s.get(cluster3.url + "/get", params={"key": k}, timeout=TIMEOUT)
             assert (r.status_code, r.content) == (200, get_body(k, "v-" + k)), (k, r.text)
+    # HAProxy keeps its connections to the nodes (http-reuse): the 3,000 reads
+    # open a few per node, beside one per health check (one a second per node).
+    opened = connections_opened() - opened
+    checks = 3 * (time.monotonic() - started + 2)
+    assert opened <= checks + 3 * 8, f"{opened} connections to the nodes for {KEYS} requests"
 
 
 # Keys whose encodings differ between a query string and a JSON body.
@@ -330,6 +341,14 @@ def test_requests_without_a_routable_key_get_the_nodes_answer(cluster3, target, 
     assert r.json()["status"] == "ERROR"
     if message:
         assert r.json()["message"] == message
+
+
+def test_a_client_stalled_mid_request_gets_the_proxys_408_json(cluster3):
+    with RawConn(cluster3.port, timeout=10) as conn:
+        conn.send(b"POST /put HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"key\":")
+        r = conn.read_response(timeout=10)  # timeout http-request 2s, as kvcache's --read-timeout
+        assert r.status == 408 and r.header("Content-Type") == "application/json", r
+        assert r.json()["status"] == "ERROR"
 
 
 def test_bad_post_bodies_get_the_nodes_400(cluster3):
