@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -30,6 +31,8 @@ pytestmark = pytest.mark.skipif(
 
 CLUSTER_SH = REPO / "tools" / "cluster.sh"
 SHIPPED_CONFIG = REPO / "deploy" / "haproxy" / "haproxy.cfg"
+sys.path.insert(0, str(REPO / "deploy" / "haproxy"))
+from key_owner import Ring  # noqa: E402  (the client-side copy of HAProxy's ring)
 TIMEOUT = 5.0  # seconds, every single request
 KEYS = 3000
 BATCH = 1000  # kvcache's /mget limit
@@ -236,6 +239,10 @@ def test_spread_each_key_on_exactly_one_node_and_read_back(cluster3):
     per_node = Counter(v[0] for v in held.values())
     for i in (1, 2, 3):
         assert 0.20 * KEYS <= per_node[i] <= 0.47 * KEYS, per_node
+    # deploy/haproxy/key_owner.py predicts every owner (client-side batch splitting)
+    ring = Ring([1, 2, 3])
+    wrong = [(k, v[0], ring.owner(k)) for k, v in held.items() if ring.owner(k) != v[0]]
+    assert not wrong, f"{len(wrong)} keys not where key_owner.py says, e.g. {wrong[:5]}"
     def connections_opened():
         return sum(int(re.search(r"^kvcache_connections_total (\d+)$",
                                  requests.get(cluster3.node_url(i) + "/metrics", timeout=TIMEOUT).text,
@@ -264,7 +271,7 @@ def test_awkward_keys_hash_the_same_from_get_and_post(cluster3, key):
     with requests.Session() as s:
         r = s.post(cluster3.url + "/put", json={"key": key, "value": value}, timeout=TIMEOUT)
         assert (r.status_code, r.content) == (200, OK_PUT), r.text
-        assert len(cluster3.holders([key])[key]) == 1
+        assert cluster3.holders([key])[key] == [Ring([1, 2, 3]).owner(key)]
         # requests encodes ' ' as '+'; a hand-written %20 must land the same
         r = s.get(cluster3.url + "/get", params={"key": key}, timeout=TIMEOUT)
         assert (r.status_code, r.content) == (200, get_body(key, value)), r.text
@@ -491,3 +498,6 @@ def test_add_a_node_with_a_graceful_reload(make_cluster):
     after = c.holders(moved)
     assert all(sorted(after[k]) == sorted([before[k], 4]) for k in moved), \
         [(k, before[k], after[k]) for k in moved[:5]]
+    # and key_owner.py knows which: the new ring's owner is node 4 exactly for those
+    ring = Ring([1, 2, 3, 4])
+    assert sorted(moved) == sorted(k for k in keys if ring.owner(k) == 4)
