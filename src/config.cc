@@ -94,6 +94,8 @@ const Flag kFlags[] = {
      [](std::string_view v, Config& c) { return set_duration(v, c.idle_timeout); }},
     {"drain-timeout", "on SIGTERM, longest wait for in-flight requests (default 5s)", true,
      [](std::string_view v, Config& c) { return set_duration(v, c.drain_timeout); }},
+    {"send-timeout", "close a connection whose client has taken none of its responses for this long (default 30s)",
+     true, [](std::string_view v, Config& c) { return set_duration(v, c.send_timeout); }},
     {"log-level", "debug, info, warn or error (default info)", true,
      [](std::string_view v, Config& c) {
        auto level = parse_log_level(v);

@@ -22,6 +22,7 @@ struct Config {
   double read_timeout = 2.0;       // seconds
   double idle_timeout = 120.0;     // seconds
   double drain_timeout = 5.0;      // seconds
+  double send_timeout = 30.0;      // seconds without send progress before a connection is closed
   LogLevel log_level = LogLevel::info;
   bool help = false;
   bool health_check = false;

@@ -39,6 +39,9 @@ void RequestHandler::message(int code, std::string_view text, ConnectionMode mod
 }
 
 void RequestHandler::body_response(int code, std::string_view content_type, ConnectionMode mode, std::string& out) {
+  if (scratch_.size() > body_limit_) {
+    return message(503, "connection buffer memory is short: response too large, retry later", mode, out);
+  }
   counters_.count_request(endpoint_, code);
   http::append_head(out, {code, scratch_.size(), mode, {}, content_type}, date_);
   out += scratch_;
@@ -52,8 +55,9 @@ void RequestHandler::reject(int code, std::string_view text, std::string& out, h
 }
 
 void RequestHandler::handle(const http::Request& request, std::string_view body, ConnectionMode mode,
-                            std::string& out) {
+                            std::string& out, size_t body_limit) {
   size_t start = out.size();
+  body_limit_ = body_limit;
   route(request, body, mode, out);
   // No response to HEAD carries a body; the rest is GET's (RFC 9110 9.3.2).
   if (request.method == http::Method::head) http::drop_body(out, start);
@@ -149,6 +153,7 @@ void RequestHandler::mget(std::string_view body, ConnectionMode mode, std::strin
   scratch_.assign(R"({"status":"OK","values":[)");
   bool first = true;
   for (std::string_view key : decoder_.keys()) {
+    if (scratch_.size() > body_limit_) break;  // body_response answers 503: stop building early
     if (!first) scratch_ += ',';
     first = false;
     bool found = store_.get(make_key(key), [&](std::string_view value) {

@@ -8,6 +8,7 @@
 #include "request_body.h"
 #include "store.h"
 
+#include <cstdint>
 #include <string>
 
 namespace kv {
@@ -18,8 +19,11 @@ class RequestHandler {
   RequestHandler(Store& store, const Metrics& metrics, WorkerMetrics& counters, const http::DateHeader& date);
 
   // Appends the full response to out (its head alone for HEAD). `body` is
-  // followed by RequestBodyDecoder::kPadding readable bytes.
-  void handle(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
+  // followed by RequestBodyDecoder::kPadding readable bytes. A response body
+  // built larger than `body_limit` is replaced by a 503 (the connection
+  // buffer budget is spent; see worker.cc).
+  void handle(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out,
+              size_t body_limit = SIZE_MAX);
 
   // Answers a request the HTTP layer rejected (bad framing, timeout, overload),
   // with "Connection: close". `method`: of the rejected request, if known.
@@ -44,6 +48,7 @@ class RequestHandler {
   const http::DateHeader& date_;
   RequestBodyDecoder decoder_;
   Endpoint endpoint_ = Endpoint::other;  // of the request being handled
+  size_t body_limit_ = SIZE_MAX;         // of the request being handled
   std::string scratch_;                  // bodies that are built before their head
   char key_buffer_[http::kMaxTargetBytes];
 };

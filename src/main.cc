@@ -76,12 +76,14 @@ int main(int argc, char** argv) {
   constexpr uint64_t kPerThreadBuffers = 1 << 20;
   uint64_t overhead = resident_bytes() + config.threads * kPerThreadBuffers;
   MonotonicClock clock;
-  Store store(config.shards, store_budget(memory_limit, overhead), clock);
-  Metrics metrics(store, config.threads, memory_limit);
+  // Connection buffers get their own share of the limit, the store the rest.
+  BufferBudget buffers(memory_limit / kBufferBudgetDivisor);
+  Store store(config.shards, store_budget(memory_limit - buffers.limit(), overhead), clock);
+  Metrics metrics(store, buffers, config.threads, memory_limit);
   std::atomic<unsigned> open_connections{0};
   std::vector<std::unique_ptr<Worker>> workers;
   for (unsigned i = 0; i < config.threads; ++i) {
-    workers.push_back(std::make_unique<Worker>(i, config, store, metrics, open_connections));
+    workers.push_back(std::make_unique<Worker>(i, config, store, metrics, open_connections, buffers));
     std::string error = workers.back()->listen();
     if (!error.empty()) {
       log(LogLevel::error, "cannot listen: {}", error);
@@ -89,12 +91,13 @@ int main(int argc, char** argv) {
     }
   }
   log(LogLevel::info,
-      "kvcache {} listening on {}:{} threads={} shards={} memory_limit={} ({}{}) store_budget={} max_connections={} "
-      "open_files={} read_timeout={}s idle_timeout={}s drain_timeout={}s log_level={}",
+      "kvcache {} listening on {}:{} threads={} shards={} memory_limit={} ({}{}) store_budget={} "
+      "connection_buffer_budget={} max_connections={} open_files={} read_timeout={}s idle_timeout={}s "
+      "send_timeout={}s drain_timeout={}s log_level={}",
       KVCACHE_VERSION, config.bind, config.port, config.threads, config.shards, memory_limit,
       config.memory_limit ? "flag" : "auto: 70% of ", config.memory_limit ? "" : available.source,
-      store.byte_budget(), config.max_connections, open_files, config.read_timeout, config.idle_timeout, config.drain_timeout,
-      log_level_name(config.log_level));
+      store.byte_budget(), buffers.limit(), config.max_connections, open_files, config.read_timeout,
+      config.idle_timeout, config.send_timeout, config.drain_timeout, log_level_name(config.log_level));
 
   std::vector<std::thread> threads;
   for (auto& worker : workers) threads.emplace_back([&worker] { worker->run(); });

@@ -49,8 +49,8 @@ void WorkerMetrics::observe_latency(uint64_t nanoseconds) {
   latency_sum_ns.add(nanoseconds);
 }
 
-Metrics::Metrics(const Store& store, unsigned workers, uint64_t memory_limit)
-    : store_(store), memory_limit_(memory_limit) {
+Metrics::Metrics(const Store& store, const BufferBudget& buffers, unsigned workers, uint64_t memory_limit)
+    : store_(store), buffers_(buffers), memory_limit_(memory_limit) {
   for (unsigned i = 0; i < workers; ++i) workers_.push_back(std::make_unique<WorkerMetrics>());
 }
 
@@ -103,6 +103,10 @@ void Metrics::render(std::string& out) const {
   single(out, "kvcache_store_budget_bytes", "gauge",
          "The part of the memory limit the store may fill (the limit less the process's own needs).",
          stats.byte_budget);
+  single(out, "kvcache_connection_buffer_budget_bytes", "gauge",
+         "The part of the memory limit for connection input and output buffers.", buffers_.limit());
+  single(out, "kvcache_connection_buffer_bytes", "gauge",
+         "Bytes held in connection buffers (input carried over, output not yet sent).", buffers_.used());
 
   uint64_t accepted = sum(&WorkerMetrics::connections_accepted);
   uint64_t closed = sum(&WorkerMetrics::connections_closed);

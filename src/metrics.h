@@ -2,6 +2,7 @@
 // path) and summed into the Prometheus text format on scrape.
 #pragma once
 
+#include "buffer_budget.h"
 #include "store.h"
 
 #include <array>
@@ -48,13 +49,14 @@ struct WorkerMetrics {
 
 class Metrics {
  public:
-  Metrics(const Store& store, unsigned workers, uint64_t memory_limit);
+  Metrics(const Store& store, const BufferBudget& buffers, unsigned workers, uint64_t memory_limit);
   WorkerMetrics& worker(unsigned index) { return *workers_[index]; }
   // Appends the whole exposition (text format 0.0.4) to out.
   void render(std::string& out) const;
 
  private:
   const Store& store_;
+  const BufferBudget& buffers_;
   const uint64_t memory_limit_;  // for the whole process; the store gets what is left of it
   std::vector<std::unique_ptr<WorkerMetrics>> workers_;
 };

@@ -13,7 +13,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cmath>
 #include <cstring>
 #include <ctime>
@@ -27,6 +29,16 @@ constexpr size_t kInputCapacity = http::kMaxRequestBytes + 16 * 1024;
 constexpr size_t kInputAllocation = kInputCapacity + RequestBodyDecoder::kPadding;
 // Stop reading a connection whose unsent responses exceed this; resume once drained.
 constexpr size_t kOutputHighWater = 256 * 1024;
+// While the connection buffer budget is spent, a connection may still hold
+// this much: a response that fits is sent (a larger one gets a 503), input is
+// read this much at a time. A well-behaved client is served meanwhile.
+constexpr size_t kBufferFloor = 16 * 1024;
+// Lingering close (as nginx's): after the last response, read and discard
+// what the client still sends for at most this long and this many bytes.
+constexpr double kLingerSeconds = 3.0;
+constexpr size_t kLingerBytes = 256 * 1024;
+// Carried-over input shrinks back to nothing once it has grown past this.
+constexpr size_t kInputKeepCapacity = 4096;
 constexpr int kAcceptsPerEvent = 64;
 constexpr size_t kSweepBudgetPerShard = 256;  // per 100 ms tick: 2,560 entries/s per shard
 constexpr timeval kTickInterval = {0, 100 * 1000};
@@ -63,8 +75,14 @@ struct Connection {
   http::FrameState framing;  // of the request at the front of `input`
   double request_started = 0;  // 0: no partial request
   double last_active = 0;
+  double last_sent = 0;      // last send progress while output is pending (--send-timeout)
+  double linger_until = 0;   // lingering: close by then at the latest
+  size_t lingered = 0;       // lingering: bytes read and discarded
+  size_t charged = 0;        // bytes of input + output charged to the buffer budget
   bool closing = false;      // close as soon as output is flushed
+  bool lingering = false;    // our side is shut down; discarding what still arrives
   bool peer_closed = false;  // the client shut down its sending side
+  bool rejected = false;     // over --max-connections: 503, then close
   bool reading = false;
   bool writing = false;
   Connection* prev = nullptr;
@@ -72,12 +90,13 @@ struct Connection {
 };
 
 Worker::Worker(unsigned index, const Config& config, Store& store, Metrics& metrics,
-               std::atomic<unsigned>& open_connections)
+               std::atomic<unsigned>& open_connections, BufferBudget& buffers)
     : index_(index),
       config_(config),
       store_(store),
       counters_(metrics.worker(index)),
       open_connections_(open_connections),
+      buffers_(buffers),
       handler_(store, metrics, metrics.worker(index), date_),
       input_(new char[kInputAllocation]),
       chunked_body_(new char[http::kMaxBodyBytes + RequestBodyDecoder::kPadding]) {
@@ -185,16 +204,23 @@ void Worker::on_stop(int, short, void* arg) {
   event_del(self.accept_pause_event_);
   ::close(self.listen_fd_);
   self.listen_fd_ = -1;
-  // Answer what each connection has sent (with "Connection: close"); drop the idle ones.
+  // Answer what each connection has sent (with "Connection: close"); close the idle ones.
   for (Connection* c = self.connections_; c != nullptr;) {
     Connection* next = c->next;
-    bool open = !(c->input.empty() && c->output.empty()) || self.read_from(*c);
-    if (open && c->input.empty() && c->output.empty() && !c->closing) self.close(*c);
+    self.drain(*c);
     c = next;
   }
   timeval drain = to_timeval(self.config_.drain_timeout);
   event_base_loopexit(self.base_, &drain);
   if (self.connection_count_ == 0) event_base_loopexit(self.base_, nullptr);
+}
+
+void Worker::drain(Connection& c) {
+  // Output still queued: on_writable calls this again once it is sent.
+  if (c.lingering || c.closing || !c.output.empty()) return;
+  // One look at what the client has sent: a request is answered with "Connection: close".
+  if (c.input.empty() && !read_from(c)) return;
+  if (c.input.empty() && c.output.empty() && !c.closing) close(c);
 }
 
 void Worker::on_tick(int, short, void* arg) {
@@ -223,16 +249,8 @@ void Worker::accept_pending() {
       }
       return;
     }
-    if (open_connections_.fetch_add(1, std::memory_order_relaxed) >= config_.max_connections) {
-      open_connections_.fetch_sub(1, std::memory_order_relaxed);
-      counters_.connections_rejected.add();
-      output_.clear();
-      handler_.reject(503, "too many connections", output_);
-      (void)send(fd, output_.data(), output_.size(), MSG_NOSIGNAL);
-      output_.clear();
-      ::close(fd);
-      continue;
-    }
+    // A rejected connection is held (and counted) until its lingering close ends.
+    bool over_limit = open_connections_.fetch_add(1, std::memory_order_relaxed) >= config_.max_connections;
     int on = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
     auto* c = new Connection{};
@@ -246,6 +264,15 @@ void Worker::accept_pending() {
     if (connections_ != nullptr) connections_->prev = c;
     connections_ = c;
     ++connection_count_;
+    if (over_limit) {
+      // Answered and closed like any final response, so the client reads the 503.
+      c->rejected = true;
+      counters_.connections_rejected.add();
+      handler_.reject(503, "too many connections", output_);
+      c->closing = true;
+      flush(*c);
+      continue;
+    }
     counters_.connections_accepted.add();
     set_reading(*c, true);
     arm_timer(*c, config_.idle_timeout);
@@ -279,7 +306,8 @@ void Worker::close(Connection& c) {
   if (c.next != nullptr) c.next->prev = c.prev;
   --connection_count_;
   open_connections_.fetch_sub(1, std::memory_order_relaxed);
-  counters_.connections_closed.add();
+  if (!c.rejected) counters_.connections_closed.add();
+  buffers_.recharge(c.charged, 0);
   delete &c;
   if (draining_ && connection_count_ == 0) event_base_loopexit(base_, nullptr);
 }
@@ -292,8 +320,43 @@ size_t Worker::load_input(Connection& c) {
 
 void Worker::on_readable(int, short, void* arg) {
   auto& c = *static_cast<Connection*>(arg);
-  c.worker->read_from(c);
+  c.lingering ? c.worker->discard(c) : (void)c.worker->read_from(c);
 }
+
+void Worker::finish(Connection& c) {
+  // After the client's FIN nothing is left unread that could make the kernel reset.
+  if (c.peer_closed) return close(c);
+  // Closing with unread input makes Linux send RST and drop what it has not
+  // sent yet, the last responses included. Send FIN instead, then read and
+  // discard for a bounded time and byte count before closing.
+  shutdown(c.fd, SHUT_WR);
+  c.lingering = true;
+  c.linger_until = now_seconds() + kLingerSeconds;
+  std::string().swap(c.input);
+  recharge(c);
+  set_writing(c, false);
+  set_reading(c, true);
+  arm_timer(c, kLingerSeconds);
+}
+
+void Worker::discard(Connection& c) {
+  ssize_t got = recv(c.fd, input_.get(), kInputCapacity, 0);
+  if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+  if (got > 0 && (c.lingered += static_cast<size_t>(got)) <= kLingerBytes) return;
+  close(c);  // the client closed, failed, or sent too much
+}
+
+void Worker::recharge(Connection& c) {
+  // An empty std::string holds no heap memory (its inline capacity is not charged).
+  static const size_t inline_capacity = std::string().capacity();
+  auto held = [](const std::string& s) { return s.capacity() > inline_capacity ? s.capacity() : 0; };
+  size_t now = held(c.input) + held(c.output);
+  if (now == c.charged) return;
+  buffers_.recharge(c.charged, now);
+  c.charged = now;
+}
+
+size_t Worker::output_allowance() const { return buffers_.spent() ? kBufferFloor : kOutputHighWater; }
 
 bool Worker::read_from(Connection& c) {
   size_t n = load_input(c);
@@ -304,7 +367,10 @@ bool Worker::read_from(Connection& c) {
     c.input.clear();
     return flush(c);
   }
-  ssize_t got = recv(c.fd, input_.get() + n, kInputCapacity - n, 0);
+  // While the buffer budget is spent, read a little at a time: what a connection holds stays small.
+  size_t room = kInputCapacity - n;
+  if (buffers_.spent()) room = std::min(room, kBufferFloor);
+  ssize_t got = recv(c.fd, input_.get() + n, room, 0);
   if (got < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return true;
     close(c);
@@ -323,11 +389,13 @@ bool Worker::consume(Connection& c, size_t n) {
   batch_started_ns_ = now_ns();
   for (;;) {
     size_t used = process(c, n);
-    if (c.peer_closed) c.closing = true;
-    bool held_back = !c.closing && used < n && c.output.size() + output_.size() >= kOutputHighWater;
+    bool held_back = !c.closing && used < n && c.output.size() + output_.size() >= output_allowance();
+    // A FIN means no more requests, not "forget the ones you have": close once
+    // every complete request is answered (a partial one can never complete).
+    if (c.peer_closed && !held_back) c.closing = true;
     if (c.closing || used == n) {
       c.input.clear();
-      if (c.input.capacity() > 4096) std::string().swap(c.input);  // idle connections hold no big buffers
+      if (c.input.capacity() > kInputKeepCapacity) std::string().swap(c.input);  // idle connections hold no big buffers
       c.request_started = 0;
     } else if (held_back) {
       // Whole requests waiting for the client to read: the idle timeout
@@ -339,7 +407,7 @@ bool Worker::consume(Connection& c, size_t n) {
       if (used > 0 || c.request_started == 0) {
         // A request has begun: it must be complete within the read timeout.
         c.request_started = now_seconds();
-        arm_timer(c, config_.read_timeout);
+        schedule(c);
       }
     }
     if (!flush(c)) return false;
@@ -352,7 +420,11 @@ bool Worker::consume(Connection& c, size_t n) {
 size_t Worker::process(Connection& c, size_t n) {
   const char* in = input_.get();
   size_t pos = 0;
-  while (!c.closing && pos < n && c.output.size() + output_.size() < kOutputHighWater) {
+  const bool spent = buffers_.spent();
+  const size_t allowance = spent ? kBufferFloor : kOutputHighWater;
+  // While the budget is spent, a body larger than the floor gets a 503 instead.
+  const size_t body_limit = spent ? kBufferFloor : SIZE_MAX;
+  while (!c.closing && pos < n && c.output.size() + output_.size() < allowance) {
     http::Request request;
     http::Frame frame = http::frame_request(in + pos, n - pos, c.framing, request, chunked_body_.get());
     if (frame.status == http::Status::incomplete) {
@@ -368,7 +440,7 @@ size_t Worker::process(Connection& c, size_t n) {
     http::ConnectionMode mode = !keep_alive    ? http::ConnectionMode::close
                                 : request.http10 ? http::ConnectionMode::keep_alive_explicit
                                                  : http::ConnectionMode::keep_alive;
-    handler_.handle(request, frame.body, mode, output_);
+    handler_.handle(request, frame.body, mode, output_, body_limit);
     counters_.observe_latency(now_ns() - batch_started_ns_);
     c.closing = !keep_alive;
     pos += frame.consumed;
@@ -377,8 +449,9 @@ size_t Worker::process(Connection& c, size_t n) {
 }
 
 bool Worker::flush(Connection& c) {
-  if (!output_.empty() || !c.output.empty()) {
-    std::string& pending = c.output.empty() ? output_ : c.output.append(output_);
+  bool was_pending = !c.output.empty();
+  if (!output_.empty() || was_pending) {
+    std::string& pending = was_pending ? c.output.append(output_) : output_;
     ssize_t sent = send(c.fd, pending.data(), pending.size(), MSG_NOSIGNAL);
     if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
       output_.clear();
@@ -386,7 +459,7 @@ bool Worker::flush(Connection& c) {
       return false;
     }
     size_t done = sent > 0 ? static_cast<size_t>(sent) : 0;
-    if (done > 0) c.last_active = now_seconds();
+    if (done > 0) c.last_active = c.last_sent = now_seconds();
     if (&pending == &output_) {
       if (done < output_.size()) c.output.assign(output_, done);
     } else {
@@ -397,22 +470,28 @@ bool Worker::flush(Connection& c) {
     output_.clear();
   }
   bool backlog = !c.output.empty();
+  recharge(c);
   set_writing(c, backlog);
   if (!backlog && c.closing) {
-    close(c);
+    finish(c);
     return false;
   }
+  if (backlog && !was_pending) {
+    c.last_sent = now_seconds();  // --send-timeout counts from here
+    schedule(c);
+  }
   // Pause reading while the client is not taking its responses.
-  set_reading(c, !c.closing && !c.peer_closed && c.output.size() < kOutputHighWater);
+  set_reading(c, !c.closing && !c.peer_closed && c.output.size() < output_allowance());
   return true;
 }
 
 void Worker::on_writable(int, short, void* arg) {
   auto& c = *static_cast<Connection*>(arg);
   Worker& self = *c.worker;
-  if (!self.flush(c)) return;
+  if (!self.flush(c) || !c.output.empty()) return;
   // Once drained, answer requests that were already read but held back.
-  if (c.output.empty() && !c.closing && !c.input.empty()) self.consume(c, self.load_input(c));
+  if (!c.closing && !c.input.empty() && !self.consume(c, self.load_input(c))) return;
+  if (self.draining_) self.drain(c);
 }
 
 void Worker::on_timer(int, short, void* arg) {
@@ -420,23 +499,36 @@ void Worker::on_timer(int, short, void* arg) {
   c.worker->check_deadlines(c);
 }
 
+double Worker::next_deadline(const Connection& c) const {
+  if (c.lingering) return c.linger_until;
+  double next = c.last_active + config_.idle_timeout;
+  if (!c.output.empty()) next = std::min(next, c.last_sent + config_.send_timeout);
+  if (c.request_started != 0) next = std::min(next, c.request_started + config_.read_timeout);
+  return next;
+}
+
+void Worker::schedule(Connection& c) { arm_timer(c, next_deadline(c) - now_seconds()); }
+
 void Worker::check_deadlines(Connection& c) {
   double now = now_seconds();
-  if (c.request_started != 0) {
-    double left = c.request_started + config_.read_timeout - now;
-    if (left > 0) return arm_timer(c, left);
+  if (now < next_deadline(c)) return schedule(c);
+  if (c.lingering || (!c.output.empty() && now >= c.last_sent + config_.send_timeout)) {
+    // Lingered long enough, or the client took nothing for --send-timeout:
+    // what it holds goes back to the buffer budget.
+    output_.clear();
+    return close(c);
+  }
+  if (c.request_started != 0 && now >= c.request_started + config_.read_timeout) {
     handler_.reject(408, "request timeout", output_);
     c.closing = true;
     c.input.clear();
     c.request_started = 0;
-    // A client that does not read even this is dropped at the idle timeout.
-    if (flush(c)) arm_timer(c, config_.idle_timeout);
+    // A client that does not read even this is dropped at the send timeout.
+    if (flush(c)) schedule(c);
     return;
   }
-  double left = c.last_active + config_.idle_timeout - now;
-  if (left > 0) return arm_timer(c, left);
   output_.clear();
-  close(c);
+  close(c);  // idle
 }
 
 }  // namespace kv

@@ -2,6 +2,7 @@
 // accepted, and the HTTP/1.1 connection handling that feeds the parser.
 #pragma once
 
+#include "buffer_budget.h"
 #include "config.h"
 #include "handlers.h"
 #include "http_response.h"
@@ -22,7 +23,7 @@ struct Connection;
 class Worker {
  public:
   Worker(unsigned index, const Config& config, Store& store, Metrics& metrics,
-         std::atomic<unsigned>& open_connections);
+         std::atomic<unsigned>& open_connections, BufferBudget& buffers);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -53,6 +54,20 @@ class Worker {
   bool flush(Connection& c);
   // Parses and answers requests; returns the bytes they took.
   size_t process(Connection& c, size_t n);
+  // While stopping: answers what the client has sent, or closes it if it has
+  // nothing half-read and nothing left to send.
+  void drain(Connection& c);
+  // After the last response: lingering close (or close at once after the client's FIN).
+  void finish(Connection& c);
+  // Reads and drops what a lingering connection still sends; closes at its end or limit.
+  void discard(Connection& c);
+  // Brings the connection's charge to the buffer budget up to date.
+  void recharge(Connection& c);
+  // How much output a connection may hold before its requests wait.
+  size_t output_allowance() const;
+  // The earliest of the connection's deadlines (read, send, idle, linger).
+  double next_deadline(const Connection& c) const;
+  void schedule(Connection& c);
   void check_deadlines(Connection& c);
   void set_reading(Connection& c, bool on);
   void set_writing(Connection& c, bool on);
@@ -66,6 +81,7 @@ class Worker {
   Store& store_;
   WorkerMetrics& counters_;
   std::atomic<unsigned>& open_connections_;
+  BufferBudget& buffers_;
 
   event_base* base_ = nullptr;
   int listen_fd_ = -1;

@@ -30,6 +30,18 @@ TEST_CASE("defaults") {
   CHECK_FALSE(config.memory_limit);
   CHECK(config.read_timeout == 2.0);
   CHECK(config.idle_timeout == 120.0);
+  CHECK(config.send_timeout == 30.0);
+}
+
+TEST_CASE("--send-timeout") {
+  Config config;
+  REQUIRE(parse({"--send-timeout", "1500ms"}, config).ok);
+  CHECK(config.send_timeout == doctest::Approx(1.5));
+  Config from_env;
+  REQUIRE(parse({}, from_env, {{"KVCACHE_SEND_TIMEOUT", "7"}}).ok);
+  CHECK(from_env.send_timeout == 7.0);
+  Config bad;
+  CHECK_FALSE(parse({"--send-timeout", "0"}, bad).ok);
 }
 
 TEST_CASE("flags in both spellings") {
@@ -93,7 +105,7 @@ TEST_CASE("byte sizes and durations") {
 TEST_CASE("usage lists every flag") {
   std::string usage = usage_text();
   for (const char* flag : {"--port", "--bind", "--threads", "--memory-limit", "--shards", "--max-connections",
-                           "--read-timeout", "--idle-timeout", "--drain-timeout", "--log-level", "--help",
+                           "--read-timeout", "--idle-timeout", "--send-timeout", "--drain-timeout", "--log-level", "--help",
                            "--health-check"}) {
     CHECK(usage.find(flag) != std::string::npos);
   }

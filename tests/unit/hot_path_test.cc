@@ -73,7 +73,8 @@ void serve(const std::string& wire, RequestHandler& handler, std::string& out) {
 TEST_CASE("gets and puts allocate nothing once warm") {
   FixedClock clock;
   Store store(16, 64 << 20, clock);
-  Metrics metrics(store, 1, 64 << 20);
+  BufferBudget buffers(8 << 20);
+  Metrics metrics(store, buffers, 1, 64 << 20);
   http::DateHeader date;
   RequestHandler handler(store, metrics, metrics.worker(0), date);
 
