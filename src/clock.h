@@ -1,4 +1,4 @@
-// Seconds for TTLs, behind an interface so tests can move time by hand.
+// Monotonic milliseconds for TTLs, behind an interface so tests can move time by hand.
 #pragma once
 
 #include <cstdint>

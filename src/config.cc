@@ -10,6 +10,10 @@ namespace kv {
 namespace {
 
 constexpr uint64_t kMinMemoryLimit = 1ull << 20;
+constexpr double kMaxDurationSeconds = 86400;  // a day: anything longer is a typo
+constexpr unsigned kMaxThreads = 256;
+constexpr unsigned kMaxShards = 1024;
+constexpr unsigned kMaxConnectionsLimit = 1000000;
 
 template <typename Int>
 std::optional<Int> parse_int(std::string_view text) {
@@ -57,14 +61,16 @@ std::string set_int(std::string_view value, Int& out, uint64_t min, uint64_t max
 
 std::string set_duration(std::string_view value, double& out) {
   auto parsed = parse_duration(value);
-  if (!parsed || *parsed <= 0 || *parsed > 86400) return "expected a duration such as 2, 2s, 500ms (0 < d <= 86400s)";
+  if (!parsed || *parsed <= 0 || *parsed > kMaxDurationSeconds) {
+    return fmt::format("expected a duration such as 2, 2s, 500ms (0 < d <= {}s)", kMaxDurationSeconds);
+  }
   out = *parsed;
   return {};
 }
 
 const Flag kFlags[] = {
     {"port", "TCP port to listen on (default 7171)", true,
-     [](std::string_view v, Config& c) { return set_int(v, c.port, 1, 65535); }},
+     [](std::string_view v, Config& c) { return set_int(v, c.port, 1, UINT16_MAX); }},
     {"bind", "address to listen on, IPv4 or IPv6 (default 0.0.0.0)", true,
      [](std::string_view v, Config& c) {
        if (v.empty()) return std::string("expected an IP address");
@@ -72,7 +78,7 @@ const Flag kFlags[] = {
        return std::string();
      }},
     {"threads", "worker event loops (default: CPUs available to the process)", true,
-     [](std::string_view v, Config& c) { return set_int(v, c.threads, 1, 256); }},
+     [](std::string_view v, Config& c) { return set_int(v, c.threads, 1, kMaxThreads); }},
     {"memory-limit", "cache memory limit: bytes with K/M/G suffix, or auto = 70% of available memory (default auto)", true,
      [](std::string_view v, Config& c) {
        if (v == "auto") {
@@ -85,9 +91,9 @@ const Flag kFlags[] = {
        return std::string();
      }},
     {"shards", "independently locked store shards (default 16)", true,
-     [](std::string_view v, Config& c) { return set_int(v, c.shards, 1, 1024); }},
+     [](std::string_view v, Config& c) { return set_int(v, c.shards, 1, kMaxShards); }},
     {"max-connections", "open connections allowed across all loops (default 10000)", true,
-     [](std::string_view v, Config& c) { return set_int(v, c.max_connections, 1, 1000000); }},
+     [](std::string_view v, Config& c) { return set_int(v, c.max_connections, 1, kMaxConnectionsLimit); }},
     {"read-timeout", "drop a client that has not finished its request after this long (default 2s)", true,
      [](std::string_view v, Config& c) { return set_duration(v, c.read_timeout); }},
     {"idle-timeout", "close an idle keep-alive connection after this long (default 120s)", true,

@@ -1,5 +1,6 @@
-// The API: routes a parsed request to the store and writes the response.
-// The only code that sees both HTTP and the store.
+// The API: routes a parsed request to the store and writes the response. The
+// one place where HTTP requests become store operations: main.cc owns the
+// store (and its TTL sweep), the worker only passes it through to here.
 #pragma once
 
 #include "http_parser.h"

@@ -11,6 +11,7 @@ namespace {
 
 // cgroup v1 reports "unlimited" as a page-rounded LONG_MAX; anything this big is no limit.
 constexpr uint64_t kNoLimitThreshold = 1ull << 60;
+constexpr uint64_t kBytesPerKib = 1024;
 
 std::optional<std::string> read_file(const std::string& path) {
   std::ifstream in(path);
@@ -82,7 +83,7 @@ std::optional<uint64_t> parse_meminfo_total(std::string_view content) {
   if (ec != std::errc{} || kib == 0 || trim(std::string_view(end, rest.data() + rest.size() - end)) != "kB") {
     return std::nullopt;
   }
-  return kib * 1024;
+  return kib * kBytesPerKib;
 }
 
 AvailableMemory detect_available_memory(const std::string& root) {
@@ -109,6 +110,7 @@ AvailableMemory detect_available_memory(const std::string& root) {
   return result;
 }
 
+// 70% of what is available leaves the rest of the host (and the kernel's socket buffers) room.
 uint64_t default_memory_limit(const AvailableMemory& available) { return available.bytes / 10 * 7; }
 
 uint64_t resident_bytes() {
@@ -124,8 +126,10 @@ uint64_t resident_bytes() {
 }
 
 uint64_t store_budget(uint64_t limit, uint64_t process_overhead) {
-  // A limit too small for the overhead still gets a quarter to work with.
-  return process_overhead < limit / 4 * 3 ? limit - process_overhead : limit / 4;
+  // A limit too small for the overhead still gives the store this share to work with.
+  constexpr uint64_t kMinStoreShareDivisor = 4;
+  uint64_t floor = limit / kMinStoreShareDivisor;
+  return process_overhead < limit - floor ? limit - process_overhead : floor;
 }
 
 }  // namespace kv

@@ -55,7 +55,6 @@ class Slab {
   bool map_page();            // adds a free page; false when mmap fails
   bool unmap_free_page();     // false when no page is free
   bool has_free_page() const { return !free_pages_.empty(); }
-  size_t mapped_pages() const { return mapped_pages_; }
   size_t mapped_bytes() const { return mapped_pages_ * kPageSize; }
 
   bool has_free_chunk(size_t size_class) const { return partial_[size_class] != kNoPage; }

@@ -27,6 +27,10 @@ namespace {
 // bytes that show it is over them; the padding lets simdjson read past a body in place.
 constexpr size_t kInputCapacity = http::kMaxRequestBytes + 16 * 1024;
 constexpr size_t kInputAllocation = kInputCapacity + RequestBodyDecoder::kPadding;
+constexpr timeval kTickInterval = {0, 100 * 1000};  // the cached Date: header is refreshed this often
+constexpr timeval kAcceptPause = {0, 100 * 1000};   // after EMFILE/ENFILE
+constexpr double kMinTimer = 0.001;                 // libevent timers below a millisecond fire at once
+constexpr uint64_t kNanosPerSecond = 1000000000;
 // Stop reading a connection whose unsent responses exceed this; resume once drained.
 constexpr size_t kOutputHighWater = 256 * 1024;
 // While the connection buffer budget is spent, a connection may still hold
@@ -40,14 +44,11 @@ constexpr size_t kLingerBytes = 256 * 1024;
 // Carried-over input shrinks back to nothing once it has grown past this.
 constexpr size_t kInputKeepCapacity = 4096;
 constexpr int kAcceptsPerEvent = 64;
-constexpr size_t kSweepBudgetPerShard = 256;  // per 100 ms tick: 2,560 entries/s per shard
-constexpr timeval kTickInterval = {0, 100 * 1000};
-constexpr timeval kAcceptPause = {0, 100 * 1000};
 
 uint64_t now_ns() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);  // vDSO
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000 + static_cast<uint64_t>(ts.tv_nsec);
+  return static_cast<uint64_t>(ts.tv_sec) * kNanosPerSecond + static_cast<uint64_t>(ts.tv_nsec);
 }
 
 double now_seconds() {
@@ -57,7 +58,7 @@ double now_seconds() {
 }
 
 timeval to_timeval(double seconds) {
-  if (seconds < 0.001) seconds = 0.001;
+  if (seconds < kMinTimer) seconds = kMinTimer;
   double whole = std::floor(seconds);
   return {static_cast<time_t>(whole), static_cast<suseconds_t>((seconds - whole) * 1e6)};
 }
@@ -93,14 +94,13 @@ Worker::Worker(unsigned index, const Config& config, Store& store, Metrics& metr
                std::atomic<unsigned>& open_connections, BufferBudget& buffers)
     : index_(index),
       config_(config),
-      store_(store),
       counters_(metrics.worker(index)),
       open_connections_(open_connections),
       buffers_(buffers),
       handler_(store, metrics, metrics.worker(index), date_),
       input_(new char[kInputAllocation]),
       chunked_body_(new char[http::kMaxBodyBytes + RequestBodyDecoder::kPadding]) {
-  output_.reserve(kOutputHighWater * 2);
+  output_.reserve(kOutputHighWater * 2);  // a batch stops past the high-water mark: room for it and one more
   base_ = event_base_new();
 }
 
@@ -223,12 +223,7 @@ void Worker::drain(Connection& c) {
   if (c.input.empty() && c.output.empty() && !c.closing) close(c);
 }
 
-void Worker::on_tick(int, short, void* arg) {
-  auto& self = *static_cast<Worker*>(arg);
-  self.date_.refresh();
-  // Bounded TTL sweep; one loop is enough to do it for the whole store.
-  if (self.index_ == 0) self.store_.sweep_expired(kSweepBudgetPerShard);
-}
+void Worker::on_tick(int, short, void* arg) { static_cast<Worker*>(arg)->date_.refresh(); }
 
 void Worker::on_accept(int, short, void* arg) { static_cast<Worker*>(arg)->accept_pending(); }
 

@@ -78,7 +78,6 @@ class Worker {
 
   const unsigned index_;
   const Config& config_;
-  Store& store_;
   WorkerMetrics& counters_;
   std::atomic<unsigned>& open_connections_;
   BufferBudget& buffers_;
