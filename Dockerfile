@@ -14,7 +14,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       meson ninja-build pkg-config cmake g++ \
-      libevent-dev libsimdjson-dev libfmt-dev libabsl-dev doctest-dev \
+      libevent-dev libsimdjson-dev libfmt-dev libabsl-dev doctest-dev libisal-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -35,22 +35,27 @@ ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libevent-core-2.1-7 \
-      libsimdjson14 libfmt9 libabsl20220623 \
+      libsimdjson14 libfmt9 libabsl20220623 libisal2 \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log \
  && groupadd --system --gid 10001 kvcache \
  && useradd --system --uid 10001 --gid kvcache --no-create-home \
-      --home-dir /nonexistent --shell /usr/sbin/nologin kvcache
+      --home-dir /nonexistent --shell /usr/sbin/nologin kvcache \
+ && install -d -o 10001 -g 10001 -m 0700 /data
 
 COPY --from=build /out/kvcache /usr/local/bin/kvcache
 
 # Fail the build if a runtime library is missing from the list above.
 RUN if ldd /usr/local/bin/kvcache | grep 'not found'; then exit 1; fi
 
+# Snapshots: docker run -v kvcache-data:/data -e KVCACHE_SNAPSHOT_PATH=/data/cache.snap
+VOLUME /data
 USER 10001:10001
 ENV KVCACHE_PORT=7171 \
     KVCACHE_BIND=0.0.0.0
 EXPOSE 7171
+# docker stop waits 10 s by default: give it --drain-timeout plus
+# --snapshot-timeout (docker stop -t 40, or --stop-timeout 40 on docker run).
 STOPSIGNAL SIGTERM
 # --health-check queries 127.0.0.1:$KVCACHE_PORT/health (the slim image has
 # no curl); exit 0 on 200, else 1. Change the port with KVCACHE_PORT, not

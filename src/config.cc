@@ -102,6 +102,20 @@ const Flag kFlags[] = {
      [](std::string_view v, Config& c) { return set_duration(v, c.drain_timeout); }},
     {"send-timeout", "close a connection whose client has taken none of its responses for this long (default 30s)",
      true, [](std::string_view v, Config& c) { return set_duration(v, c.send_timeout); }},
+    {"snapshot-path", "snapshot file: loaded at start, written at shutdown, every --snapshot-interval and on POST /snapshot (default empty: off)", true,
+     [](std::string_view v, Config& c) {
+       c.snapshot_path = std::string(v);
+       return std::string();
+     }},
+    {"snapshot-interval", "write a snapshot this often, 0 = only at shutdown and on request (default 5m)", true,
+     [](std::string_view v, Config& c) {
+       auto parsed = parse_duration(v);
+       if (!parsed || *parsed < 0 || *parsed > 86400 * 7) return std::string("expected a duration such as 5m, 300s or 0 (0 <= d <= 7 days)");
+       c.snapshot_interval = *parsed;
+       return std::string();
+     }},
+    {"snapshot-timeout", "on SIGTERM, longest time the final snapshot may take before it is abandoned (default 30s)", true,
+     [](std::string_view v, Config& c) { return set_duration(v, c.snapshot_timeout); }},
     {"log-level", "debug, info, warn or error (default info)", true,
      [](std::string_view v, Config& c) {
        auto level = parse_log_level(v);
@@ -165,6 +179,12 @@ std::optional<double> parse_duration(std::string_view text) {
     scale = 0.001;
     text.remove_suffix(2);
   } else if (ends_with_ci(text, "s")) {
+    text.remove_suffix(1);
+  } else if (ends_with_ci(text, "m")) {
+    scale = 60;
+    text.remove_suffix(1);
+  } else if (ends_with_ci(text, "h")) {
+    scale = 3600;
     text.remove_suffix(1);
   }
   auto value = parse_decimal(text);

@@ -24,6 +24,9 @@ struct Config {
   double drain_timeout = 5.0;      // seconds
   double send_timeout = 30.0;      // seconds without send progress before a connection is closed
   LogLevel log_level = LogLevel::info;
+  std::string snapshot_path;         // empty: snapshots off
+  double snapshot_interval = 300.0;  // seconds; 0: only at shutdown and on request
+  double snapshot_timeout = 30.0;    // seconds the final snapshot may take
   bool help = false;
   bool health_check = false;
 };
@@ -43,7 +46,7 @@ std::string usage_text();
 
 // "64M", "1G", "1048576" -> bytes; nullopt on a malformed value.
 std::optional<uint64_t> parse_byte_size(std::string_view text);
-// "2", "2s", "500ms", "0.5" -> seconds; nullopt on a malformed value.
+// "2", "2s", "500ms", "0.5", "5m", "1h" -> seconds; nullopt on a malformed value.
 std::optional<double> parse_duration(std::string_view text);
 
 }  // namespace kv

@@ -4,6 +4,10 @@
 #include "url.h"
 #include "validation.h"
 
+#include <fmt/format.h>
+
+#include <iterator>
+
 namespace kv {
 namespace {
 
@@ -19,7 +23,7 @@ constexpr Route kRoutes[] = {
     {"/get", Endpoint::get, http::Method::get},        {"/put", Endpoint::put, http::Method::post},
     {"/delete", Endpoint::del, http::Method::post},    {"/mput", Endpoint::mput, http::Method::post},
     {"/mget", Endpoint::mget, http::Method::post},     {"/health", Endpoint::health, http::Method::get},
-    {"/metrics", Endpoint::metrics, http::Method::get},
+    {"/metrics", Endpoint::metrics, http::Method::get},   {"/snapshot", Endpoint::snapshot, http::Method::post},
 };
 
 constexpr std::string_view kKeyNotFound = "Key not found.";
@@ -91,6 +95,7 @@ void RequestHandler::route(const http::Request& request, std::string_view body, 
       out += kHealthy;
       return;
     case Endpoint::metrics: return metrics(mode, out);
+    case Endpoint::snapshot: return snapshot(mode, out);
     case Endpoint::other: break;
   }
 }
@@ -168,6 +173,31 @@ void RequestHandler::mget(std::string_view body, ConnectionMode mode, std::strin
   }
   scratch_ += "]}";
   body_response(200, "application/json", mode, out);
+}
+
+void RequestHandler::enable_snapshots(Snapshotter* snapshots, std::function<void()> wake) {
+  snapshots_ = snapshots;
+  wake_ = std::move(wake);
+}
+
+void RequestHandler::snapshot(ConnectionMode mode, std::string& out) {
+  if (snapshots_ == nullptr) return message(404, "Snapshots are off: start kvcache with --snapshot-path.", mode, out);
+  if (!snapshots_->request(wake_)) return message(409, "A snapshot is already being written.", mode, out);
+  deferred_ = true;
+  deferred_mode_ = mode;
+}
+
+void RequestHandler::finish_snapshot(std::string& out) {
+  endpoint_ = Endpoint::snapshot;
+  SnapshotResult result = snapshots_->last_result();
+  if (!result.ok) {
+    return message(500, fmt::format("snapshot failed: {}", result.abandoned ? "abandoned at shutdown" : result.error),
+                   deferred_mode_, out);
+  }
+  scratch_.clear();
+  fmt::format_to(std::back_inserter(scratch_), R"({{"status":"OK","entries":{},"bytes":{},"seconds":{:.3f}}})",
+                 result.entries, result.bytes, result.seconds);
+  body_response(200, "application/json", deferred_mode_, out);
 }
 
 void RequestHandler::metrics(ConnectionMode mode, std::string& out) {

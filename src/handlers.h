@@ -7,10 +7,13 @@
 #include "http_response.h"
 #include "metrics.h"
 #include "request_body.h"
+#include "snapshot.h"
 #include "store.h"
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
 
 namespace kv {
 
@@ -30,6 +33,14 @@ class RequestHandler {
   // with "Connection: close". `method`: of the rejected request, if known.
   void reject(int code, std::string_view message, std::string& out, http::Method method = http::Method::other);
 
+  // POST /snapshot answers when the snapshot is written, without blocking
+  // the loop: handle() then appends nothing and take_deferred() is true
+  // (once); wake runs on the snapshot thread when it is done, and the loop
+  // then calls finish_snapshot() for the response. One snapshot at a time.
+  void enable_snapshots(Snapshotter* snapshots, std::function<void()> wake);
+  bool take_deferred() { return std::exchange(deferred_, false); }
+  void finish_snapshot(std::string& out);
+
  private:
   void route(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
   void put(std::string_view body, http::ConnectionMode mode, std::string& out);
@@ -38,6 +49,7 @@ class RequestHandler {
   void mput(std::string_view body, http::ConnectionMode mode, std::string& out);
   void mget(std::string_view body, http::ConnectionMode mode, std::string& out);
   void metrics(http::ConnectionMode mode, std::string& out);
+  void snapshot(http::ConnectionMode mode, std::string& out);
   // Writes a {"status","message"} response and counts it.
   void message(int code, std::string_view text, http::ConnectionMode mode, std::string& out,
                std::string_view extra_headers = {});
@@ -52,6 +64,10 @@ class RequestHandler {
   size_t body_limit_ = SIZE_MAX;         // of the request being handled
   std::string scratch_;                  // bodies that are built before their head
   char key_buffer_[http::kMaxTargetBytes];
+  Snapshotter* snapshots_ = nullptr;
+  std::function<void()> wake_;
+  bool deferred_ = false;
+  http::ConnectionMode deferred_mode_ = http::ConnectionMode::keep_alive;
 };
 
 }  // namespace kv

@@ -4,6 +4,7 @@
 #include "log.h"
 #include "memory_limit.h"
 #include "metrics.h"
+#include "snapshot.h"
 #include "store.h"
 #include "version.h"
 #include "worker.h"
@@ -75,15 +76,24 @@ int main(int argc, char** argv) {
   // of what the process holds now; measured, they stay under 1 MiB a thread.
   constexpr uint64_t kPerThreadBuffers = 1 << 20;
   uint64_t overhead = resident_bytes() + config.threads * kPerThreadBuffers;
+  // The snapshot writer's one block buffer (the loader's is freed before serving).
+  if (!config.snapshot_path.empty()) overhead += kSnapshotBufferBytes;
   MonotonicClock clock;
   // Connection buffers get their own share of the limit, the store the rest.
   BufferBudget buffers(memory_limit / kBufferBudgetDivisor);
   Store store(config.shards, store_budget(memory_limit - buffers.limit(), overhead), clock);
   Metrics metrics(store, buffers, config.threads, memory_limit);
+  std::unique_ptr<Snapshotter> snapshots;
+  if (!config.snapshot_path.empty()) {
+    snapshots = std::make_unique<Snapshotter>(store, config, config.threads);
+    metrics.set_snapshot_metrics(&snapshots->metrics());
+    // Before listening: clients see the restored cache, or connection refused.
+    snapshots->load();
+  }
   std::atomic<unsigned> open_connections{0};
   std::vector<std::unique_ptr<Worker>> workers;
   for (unsigned i = 0; i < config.threads; ++i) {
-    workers.push_back(std::make_unique<Worker>(i, config, store, metrics, open_connections, buffers));
+    workers.push_back(std::make_unique<Worker>(i, config, store, metrics, open_connections, buffers, snapshots.get()));
     std::string error = workers.back()->listen();
     if (!error.empty()) {
       log(LogLevel::error, "cannot listen: {}", error);
@@ -93,14 +103,16 @@ int main(int argc, char** argv) {
   log(LogLevel::info,
       "kvcache {} listening on {}:{} threads={} shards={} memory_limit={} ({}{}) store_budget={} "
       "connection_buffer_budget={} max_connections={} open_files={} read_timeout={}s idle_timeout={}s "
-      "send_timeout={}s drain_timeout={}s log_level={}",
+      "send_timeout={}s drain_timeout={}s snapshot_path={:?} snapshot_interval={}s snapshot_timeout={}s log_level={}",
       KVCACHE_VERSION, config.bind, config.port, config.threads, config.shards, memory_limit,
       config.memory_limit ? "flag" : "auto: 70% of ", config.memory_limit ? "" : available.source,
       store.byte_budget(), buffers.limit(), config.max_connections, open_files, config.read_timeout,
-      config.idle_timeout, config.send_timeout, config.drain_timeout, log_level_name(config.log_level));
+      config.idle_timeout, config.send_timeout, config.drain_timeout, config.snapshot_path, config.snapshot_interval,
+      config.snapshot_timeout, log_level_name(config.log_level));
 
   std::vector<std::thread> threads;
   for (auto& worker : workers) threads.emplace_back([&worker] { worker->run(); });
+  if (snapshots) snapshots->start();
 
   // The store's owner runs its bounded TTL sweep while it waits for the stop signal.
   constexpr timespec kSweepInterval = {0, 100 * 1000 * 1000};
@@ -113,6 +125,13 @@ int main(int argc, char** argv) {
       config.drain_timeout);
   for (auto& worker : workers) worker->stop();
   for (auto& thread : threads) thread.join();
+  if (snapshots) {
+    // A background snapshot still running is abandoned for this last one,
+    // which sees every write the drained requests made.
+    snapshots->stop();
+    log(LogLevel::info, "writing the final snapshot (up to {}s)", config.snapshot_timeout);
+    snapshots->write_final();
+  }
   log(LogLevel::info, "stopped");
   return 0;
 }

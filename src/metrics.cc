@@ -4,6 +4,7 @@
 
 #include <iterator>
 
+#include "snapshot.h"
 #include "version.h"
 
 namespace kv {
@@ -33,8 +34,8 @@ void single(std::string& out, std::string_view name, std::string_view type, std:
 }  // namespace
 
 std::string_view endpoint_name(Endpoint endpoint) {
-  static constexpr std::string_view kNames[kEndpointCount] = {"put",  "get",    "delete",  "mput",
-                                                              "mget", "health", "metrics", "other"};
+  static constexpr std::string_view kNames[kEndpointCount] = {"put",    "get",     "delete",   "mput", "mget",
+                                                              "health", "metrics", "snapshot", "other"};
   return kNames[static_cast<size_t>(endpoint)];
 }
 
@@ -115,6 +116,24 @@ void Metrics::render(std::string& out) const {
   single(out, "kvcache_connections_total", "counter", "Client connections accepted.", accepted);
   single(out, "kvcache_connections_rejected_total", "counter", "Connections refused over --max-connections.",
          sum(&WorkerMetrics::connections_rejected));
+  if (snapshot_ != nullptr) {
+    const SnapshotMetrics& snap = *snapshot_;
+    family(out, "kvcache_snapshot_last_success_timestamp_seconds", "gauge",
+           "When the last snapshot was written (Unix time; 0: none yet).");
+    fmt::format_to(std::back_inserter(out), "kvcache_snapshot_last_success_timestamp_seconds {}\n",
+                   static_cast<double>(snap.last_success_unix_ms.load()) / 1e3);
+    family(out, "kvcache_snapshot_last_duration_seconds", "gauge", "How long the last snapshot took to write.");
+    fmt::format_to(std::back_inserter(out), "kvcache_snapshot_last_duration_seconds {}\n",
+                   static_cast<double>(snap.last_duration_us.load()) / 1e6);
+    single(out, "kvcache_snapshot_last_bytes", "gauge", "Size of the last snapshot file.", snap.last_bytes.load());
+    single(out, "kvcache_snapshot_last_entries", "gauge", "Entries in the last snapshot.", snap.last_entries.load());
+    single(out, "kvcache_snapshot_failures_total", "counter", "Snapshots that failed (write errors; the previous file stays).",
+           snap.failures.load());
+    single(out, "kvcache_snapshot_restored_entries", "gauge", "Entries loaded from the snapshot at start.",
+           snap.restored_entries.load());
+    single(out, "kvcache_snapshot_in_progress", "gauge", "1 while a snapshot is being written.", snap.running.load());
+  }
+
   family(out, "kvcache_build_info", "gauge", "Build information.");
   fmt::format_to(std::back_inserter(out), "kvcache_build_info{{version=\"{}\"}} 1\n", KVCACHE_VERSION);
 }

@@ -15,15 +15,17 @@
 
 namespace kv {
 
-enum class Endpoint : uint8_t { put, get, del, mput, mget, health, metrics, other };
-constexpr size_t kEndpointCount = 8;
+struct SnapshotMetrics;
+
+enum class Endpoint : uint8_t { put, get, del, mput, mget, health, metrics, snapshot, other };
+constexpr size_t kEndpointCount = 9;
 std::string_view endpoint_name(Endpoint endpoint);
 
 // Upper bounds (seconds) of the request latency histogram buckets.
 constexpr std::array<double, 12> kLatencyBuckets = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                                                     0.005,   0.01,   0.025,   0.05,   0.1,   0.25};
 
-constexpr std::array<int, 13> kStatusCodes = {200, 400, 404, 405, 408, 413, 414, 431, 501, 503, 505, 507, 0};
+constexpr std::array<int, 15> kStatusCodes = {200, 400, 404, 405, 408, 409, 413, 414, 431, 500, 501, 503, 505, 507, 0};
 
 // Written by one thread, read by the scraper: relaxed load+store, no lock prefix.
 class Counter {
@@ -51,6 +53,8 @@ class Metrics {
  public:
   Metrics(const Store& store, const BufferBudget& buffers, unsigned workers, uint64_t memory_limit);
   WorkerMetrics& worker(unsigned index) { return *workers_[index]; }
+  // With snapshots on, their metrics join the exposition.
+  void set_snapshot_metrics(const SnapshotMetrics* snapshot) { snapshot_ = snapshot; }
   // Appends the whole exposition (text format 0.0.4) to out.
   void render(std::string& out) const;
 
@@ -59,6 +63,7 @@ class Metrics {
   const BufferBudget& buffers_;
   const uint64_t memory_limit_;  // for the whole process; the store gets what is left of it
   std::vector<std::unique_ptr<WorkerMetrics>> workers_;
+  const SnapshotMetrics* snapshot_ = nullptr;
 };
 
 }  // namespace kv

@@ -30,6 +30,7 @@ void Shard::link_newest_locked(Handle handle) {
 void Shard::unlink_locked(Handle handle) {
   Entry& entry = entry_locked(handle);
   if (sweep_cursor_ == handle) sweep_cursor_ = entry.newer;
+  if (copy_cursor_ == handle) copy_cursor_ = entry.newer;
   (entry.newer != kNoHandle ? entry_locked(entry.newer).older : newest_) = entry.older;
   (entry.older != kNoHandle ? entry_locked(entry.older).newer : oldest_) = entry.newer;
 }
@@ -53,6 +54,7 @@ void Shard::moved_locked(Handle from, Handle to) {
   (entry.newer != kNoHandle ? entry_locked(entry.newer).older : newest_) = to;
   (entry.older != kNoHandle ? entry_locked(entry.older).newer : oldest_) = to;
   if (sweep_cursor_ == from) sweep_cursor_ = to;
+  if (copy_cursor_ == from) copy_cursor_ = to;
   if (pinned_ == from) pinned_ = to;
   // The old chunk still holds the same key, so the lookup finds its slot.
   auto it = index_.find(make_key(entry.key()));
@@ -174,6 +176,25 @@ void Shard::sweep_expired(size_t budget) {
       ++expirations_;
     }
   }
+}
+
+size_t Shard::copy_start() {
+  std::lock_guard lock(mutex_);
+  copy_cursor_ = oldest_;
+  copy_budget_ = 2 * index_.size();
+  return index_.size();
+}
+
+bool Shard::copy_batch(size_t max_entries,
+                       absl::FunctionRef<void(std::string_view key, std::string_view value, uint32_t expires_at)> out) {
+  std::lock_guard lock(mutex_);
+  for (size_t visited = 0; visited < max_entries && copy_cursor_ != kNoHandle && copy_budget_ > 0; ++visited) {
+    const Entry& entry = entry_locked(copy_cursor_);
+    copy_cursor_ = entry.newer;
+    --copy_budget_;
+    if (!expired_locked(entry)) out(entry.key(), entry.value(), entry.expires_at);
+  }
+  return copy_cursor_ != kNoHandle && copy_budget_ > 0;
 }
 
 ShardStats Shard::stats() const {

@@ -52,6 +52,20 @@ class Shard {
   void sweep_expired(size_t budget);
   ShardStats stats() const;
 
+  // Snapshot walk over the LRU list, oldest to newest, a bounded batch per
+  // call. The position is the shard's own (kept valid when entries are
+  // touched, moved or removed between calls, as the sweep's is), so there
+  // is one walk at a time.
+  // Returns the entries the walk starts with.
+  size_t copy_start();
+  // Calls out(key, value, expires_at) under the lock for up to max_entries
+  // live entries. Returns false once the walk is over: past the newest entry, or past its
+  // visit budget of twice the entries it started with (an entry touched
+  // after being copied moves ahead and is copied again; a busy shard must
+  // not keep the walk going for ever).
+  bool copy_batch(size_t max_entries,
+                  absl::FunctionRef<void(std::string_view key, std::string_view value, uint32_t expires_at)> out);
+
  private:
   // Index functors resolve handles through the slab; lookups use a KeyRef.
   struct IndexHash {
@@ -100,6 +114,8 @@ class Shard {
   Handle oldest_ = kNoHandle;
   Handle sweep_cursor_ = kNoHandle;  // next entry the TTL sweep visits, walking toward newer
   Handle pinned_ = kNoHandle;        // never evicted: the entry a put is completing
+  Handle copy_cursor_ = kNoHandle;   // next entry the snapshot walk copies, walking toward newer
+  uint64_t copy_budget_ = 0;         // entries the snapshot walk may still visit
   uint64_t ttl_entries_ = 0;  // entries with an expiry: the sweep has nothing to do without them
   uint64_t hits_ = 0, misses_ = 0, evictions_ = 0, expirations_ = 0;
 };

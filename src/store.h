@@ -27,11 +27,21 @@ class Store {
   StoreStats stats() const;
   uint64_t byte_budget() const { return byte_budget_; }
 
- private:
-  Shard& shard_for(const KeyRef& key) {
-    // The high half of the hash picks the shard; the index uses the low bits.
-    return *shards_[((key.hash >> 32) * shards_.size()) >> 32];
+  // Snapshots: restore() inserts with an absolute expiry tick (clock.h) and
+  // evicts like put(); the copy walk is per shard (see Shard::copy_batch).
+  PutStatus restore(const KeyRef& key, std::string_view value, uint32_t expires_at) {
+    return shard_for(key).put(key, value, expires_at);
   }
+  size_t shard_count() const { return shards_.size(); }
+  size_t shard_index(const KeyRef& key) const {
+    // The high half of the hash picks the shard; the index uses the low bits.
+    return ((key.hash >> 32) * shards_.size()) >> 32;
+  }
+  Shard& shard(size_t index) { return *shards_[index]; }
+  const Clock& clock() const { return clock_; }
+
+ private:
+  Shard& shard_for(const KeyRef& key) { return *shards_[shard_index(key)]; }
 
   const uint64_t byte_budget_;
   const Clock& clock_;

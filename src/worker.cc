@@ -86,12 +86,13 @@ struct Connection {
   bool rejected = false;     // over --max-connections: 503, then close
   bool reading = false;
   bool writing = false;
+  bool waiting = false;      // for a deferred response: nothing more is read or answered until it comes
   Connection* prev = nullptr;
   Connection* next = nullptr;
 };
 
 Worker::Worker(unsigned index, const Config& config, Store& store, Metrics& metrics,
-               std::atomic<unsigned>& open_connections, BufferBudget& buffers)
+               std::atomic<unsigned>& open_connections, BufferBudget& buffers, Snapshotter* snapshots)
     : index_(index),
       config_(config),
       counters_(metrics.worker(index)),
@@ -102,15 +103,22 @@ Worker::Worker(unsigned index, const Config& config, Store& store, Metrics& metr
       chunked_body_(new char[http::kMaxBodyBytes + RequestBodyDecoder::kPadding]) {
   output_.reserve(kOutputHighWater * 2);  // a batch stops past the high-water mark: room for it and one more
   base_ = event_base_new();
+  if (snapshots != nullptr) {
+    handler_.enable_snapshots(snapshots, [this] {
+      uint64_t one = 1;
+      if (write(wake_fd_, &one, sizeof one) < 0) log(LogLevel::error, "worker {}: cannot signal a finished snapshot", index_);
+    });
+  }
 }
 
 Worker::~Worker() {
   while (connections_ != nullptr) close(*connections_);
-  for (event* ev : {accept_event_, stop_event_, tick_event_, accept_pause_event_}) {
+  for (event* ev : {accept_event_, stop_event_, wake_event_, tick_event_, accept_pause_event_}) {
     if (ev != nullptr) event_free(ev);
   }
   if (listen_fd_ >= 0) ::close(listen_fd_);
   if (stop_fd_ >= 0) ::close(stop_fd_);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
   if (base_ != nullptr) event_base_free(base_);
 }
 
@@ -177,13 +185,16 @@ std::string Worker::listen() {
   if (::listen(listen_fd_, SOMAXCONN) != 0) return fmt::format("listen: {}", std::strerror(errno));
 
   stop_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (stop_fd_ < 0) return fmt::format("eventfd: {}", std::strerror(errno));
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (stop_fd_ < 0 || wake_fd_ < 0) return fmt::format("eventfd: {}", std::strerror(errno));
   accept_event_ = event_new(base_, listen_fd_, EV_READ | EV_PERSIST, on_accept, this);
   stop_event_ = event_new(base_, stop_fd_, EV_READ, on_stop, this);
+  wake_event_ = event_new(base_, wake_fd_, EV_READ | EV_PERSIST, on_wake, this);
   tick_event_ = event_new(base_, -1, EV_PERSIST, on_tick, this);
   accept_pause_event_ = event_new(base_, -1, 0, on_accept_pause_end, this);
   event_add(accept_event_, nullptr);
   event_add(stop_event_, nullptr);
+  event_add(wake_event_, nullptr);
   event_add(tick_event_, &kTickInterval);
   return {};
 }
@@ -217,10 +228,28 @@ void Worker::on_stop(int, short, void* arg) {
 
 void Worker::drain(Connection& c) {
   // Output still queued: on_writable calls this again once it is sent.
-  if (c.lingering || c.closing || !c.output.empty()) return;
+  if (c.lingering || c.closing || c.waiting || !c.output.empty()) return;
   // One look at what the client has sent: a request is answered with "Connection: close".
   if (c.input.empty() && !read_from(c)) return;
   if (c.input.empty() && c.output.empty() && !c.closing) close(c);
+}
+
+void Worker::on_wake(int fd, short, void* arg) {
+  auto& self = *static_cast<Worker*>(arg);
+  uint64_t count;
+  (void)read(fd, &count, sizeof count);
+  Connection* c = self.deferred_;
+  self.deferred_ = nullptr;
+  self.handler_.finish_snapshot(self.output_);
+  if (c == nullptr) {
+    self.output_.clear();  // the client left before its answer
+    return;
+  }
+  c->waiting = false;
+  if (!self.flush(*c)) return;
+  // Then the requests that came in behind it.
+  if (c->output.empty() && !c->closing && !c->input.empty() && !self.consume(*c, self.load_input(*c))) return;
+  if (self.draining_) self.drain(*c);
 }
 
 void Worker::on_tick(int, short, void* arg) { static_cast<Worker*>(arg)->date_.refresh(); }
@@ -297,6 +326,7 @@ void Worker::close(Connection& c) {
   evtimer_del(&c.timer);
   ::close(c.fd);
   c.fd = -1;
+  if (deferred_ == &c) deferred_ = nullptr;
   (c.prev ? c.prev->next : connections_) = c.next;
   if (c.next != nullptr) c.next->prev = c.prev;
   --connection_count_;
@@ -384,7 +414,7 @@ bool Worker::consume(Connection& c, size_t n) {
   batch_started_ns_ = now_ns();
   for (;;) {
     size_t used = process(c, n);
-    bool held_back = !c.closing && used < n && c.output.size() + output_.size() >= output_allowance();
+    bool held_back = !c.closing && used < n && (c.waiting || c.output.size() + output_.size() >= output_allowance());
     // A FIN means no more requests, not "forget the ones you have": close once
     // every complete request is answered (a partial one can never complete).
     if (c.peer_closed && !held_back) c.closing = true;
@@ -407,7 +437,7 @@ bool Worker::consume(Connection& c, size_t n) {
     }
     if (!flush(c)) return false;
     // Requests held back by a backlog the socket has now taken: answer them too.
-    if (!held_back || !c.output.empty()) return true;
+    if (!held_back || !c.output.empty() || c.waiting) return true;
     n = load_input(c);
   }
 }
@@ -419,7 +449,7 @@ size_t Worker::process(Connection& c, size_t n) {
   const size_t allowance = spent ? kBufferFloor : kOutputHighWater;
   // While the budget is spent, a body larger than the floor gets a 503 instead.
   const size_t body_limit = spent ? kBufferFloor : SIZE_MAX;
-  while (!c.closing && pos < n && c.output.size() + output_.size() < allowance) {
+  while (!c.closing && !c.waiting && pos < n && c.output.size() + output_.size() < allowance) {
     http::Request request;
     http::Frame frame = http::frame_request(in + pos, n - pos, c.framing, request, chunked_body_.get());
     if (frame.status == http::Status::incomplete) {
@@ -436,9 +466,16 @@ size_t Worker::process(Connection& c, size_t n) {
                                 : request.http10 ? http::ConnectionMode::keep_alive_explicit
                                                  : http::ConnectionMode::keep_alive;
     handler_.handle(request, frame.body, mode, output_, body_limit);
-    counters_.observe_latency(now_ns() - batch_started_ns_);
     c.closing = !keep_alive;
     pos += frame.consumed;
+    if (handler_.take_deferred()) {
+      // Answered from on_wake when the snapshot is written; the requests
+      // behind it wait, as responses go out in order.
+      c.waiting = true;
+      deferred_ = &c;
+      break;
+    }
+    counters_.observe_latency(now_ns() - batch_started_ns_);
   }
   return pos;
 }
@@ -467,7 +504,7 @@ bool Worker::flush(Connection& c) {
   bool backlog = !c.output.empty();
   recharge(c);
   set_writing(c, backlog);
-  if (!backlog && c.closing) {
+  if (!backlog && c.closing && !c.waiting) {
     finish(c);
     return false;
   }
@@ -476,7 +513,7 @@ bool Worker::flush(Connection& c) {
     schedule(c);
   }
   // Pause reading while the client is not taking its responses.
-  set_reading(c, !c.closing && !c.peer_closed && c.output.size() < output_allowance());
+  set_reading(c, !c.closing && !c.peer_closed && !c.waiting && c.output.size() < output_allowance());
   return true;
 }
 
@@ -505,6 +542,7 @@ double Worker::next_deadline(const Connection& c) const {
 void Worker::schedule(Connection& c) { arm_timer(c, next_deadline(c) - now_seconds()); }
 
 void Worker::check_deadlines(Connection& c) {
+  if (c.waiting) return arm_timer(c, config_.idle_timeout);  // it is the server that is busy
   double now = now_seconds();
   if (now < next_deadline(c)) return schedule(c);
   if (c.lingering || (!c.output.empty() && now >= c.last_sent + config_.send_timeout)) {

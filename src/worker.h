@@ -7,6 +7,7 @@
 #include "handlers.h"
 #include "http_response.h"
 #include "metrics.h"
+#include "snapshot.h"
 #include "store.h"
 
 #include <atomic>
@@ -22,8 +23,9 @@ struct Connection;
 
 class Worker {
  public:
+  // snapshots: null when --snapshot-path is not set.
   Worker(unsigned index, const Config& config, Store& store, Metrics& metrics,
-         std::atomic<unsigned>& open_connections, BufferBudget& buffers);
+         std::atomic<unsigned>& open_connections, BufferBudget& buffers, Snapshotter* snapshots);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -44,6 +46,7 @@ class Worker {
   static void on_timer(int fd, short events, void* arg);
   static void on_tick(int fd, short events, void* arg);
   static void on_stop(int fd, short events, void* arg);
+  static void on_wake(int fd, short events, void* arg);
 
   void accept_pending();
   // These return false when the connection was closed (and freed).
@@ -85,8 +88,10 @@ class Worker {
   event_base* base_ = nullptr;
   int listen_fd_ = -1;
   int stop_fd_ = -1;  // eventfd written by stop()
+  int wake_fd_ = -1;  // eventfd written by the snapshot thread when a POST /snapshot is done
   event* accept_event_ = nullptr;
   event* stop_event_ = nullptr;
+  event* wake_event_ = nullptr;
   event* tick_event_ = nullptr;
   event* accept_pause_event_ = nullptr;  // re-enables accepting after EMFILE
   bool draining_ = false;
@@ -97,6 +102,7 @@ class Worker {
   std::unique_ptr<char[]> chunked_body_;  // decoded chunked bodies
   std::string output_;                  // responses of the connection being served
   Connection* connections_ = nullptr;   // intrusive list of open connections
+  Connection* deferred_ = nullptr;      // waiting for its POST /snapshot response
   size_t connection_count_ = 0;
   uint64_t batch_started_ns_ = 0;       // when the batch being answered was read
 };

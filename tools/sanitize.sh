@@ -84,9 +84,10 @@ if [ "$what" = all ] || [ "$what" = tsan ]; then
   # Concurrency-relevant e2e tests: 8 concurrent keep-alive clients, pipelined
   # batches (incl. the large burst and held-back output), a slow reader beside
   # others, timeouts firing while others are served, SIGTERM drain with work
-  # in flight, the shared connection limit, and eviction under load.
+  # in flight, the shared connection limit, eviction under load, and the
+  # snapshot thread beside the loops (test_snapshot.py).
   selection="concurrent or pipelined or burst or slow_client or read_timeout or sigterm \
-or max_connections or memory_limit or byte_by_byte or fragments"
+or max_connections or memory_limit or byte_by_byte or fragments or snapshot"
   start=$SECONDS
   rc=0
   KVCACHE_BIN="$PWD/$build/kvcache" \

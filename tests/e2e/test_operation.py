@@ -27,7 +27,8 @@ from helpers import (
 )
 
 ALL_FLAGS = ["--port", "--bind", "--threads", "--memory-limit", "--shards", "--max-connections",
-             "--read-timeout", "--idle-timeout", "--drain-timeout", "--log-level", "--help", "--health-check"]
+             "--read-timeout", "--idle-timeout", "--drain-timeout", "--log-level", "--help", "--health-check",
+             "--snapshot-path", "--snapshot-interval", "--snapshot-timeout"]
 
 
 def refuses(port):
@@ -64,6 +65,9 @@ def test_help_exits_0_and_lists_every_flag():
     ["--read-timeout", "-1"],
     ["--read-timeout", "soon"],
     ["--idle-timeout", "x"],
+    ["--snapshot-interval", "-1"],
+    ["--snapshot-interval", "soon"],
+    ["--snapshot-timeout", "0"],
     ["--nope"],
 ], ids=lambda a: " ".join(a))
 def test_bad_flag_exits_2_with_message(args):

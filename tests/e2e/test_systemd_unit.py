@@ -38,6 +38,7 @@ KNOWN_ENV = {
     for name in (
         "port", "bind", "threads", "memory-limit", "shards", "max-connections",
         "read-timeout", "idle-timeout", "drain-timeout", "log-level",
+        "snapshot-path", "snapshot-interval", "snapshot-timeout",
     )
 }
 
@@ -116,7 +117,13 @@ def test_unit_stop_timeout_exceeds_default_drain_timeout():
     value = unit_directives()["TimeoutStopSec"][0]
     match = re.fullmatch(r"(\d+)\s*(s|sec)?", value)
     assert match, f"TimeoutStopSec={value} not in seconds"
-    assert int(match.group(1)) > 5, "must leave room for --drain-timeout (default 5 s)"
+    assert int(match.group(1)) > 5 + 30, \
+        "must leave room for --drain-timeout (default 5 s) and --snapshot-timeout (default 30 s)"
+
+
+def test_unit_keeps_snapshots_in_its_state_directory():
+    assert unit_directives().get("StateDirectory") == ["kvcache"]
+    assert "KVCACHE_SNAPSHOT_PATH=/var/lib/kvcache/cache.snap" in ENV_FILE.read_text().splitlines()
 
 
 def test_env_example_names_real_flags():

@@ -1,0 +1,309 @@
+#include "snapshot.h"
+
+#include "log.h"
+
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <algorithm>
+#include <vector>
+
+namespace kv {
+namespace {
+
+
+int64_t wall_now_ms() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// PATH.bad-20261125T195600Z: a file we cannot load is kept for a human, never overwritten.
+std::string bad_name(const std::string& path) {
+  time_t now = time(nullptr);
+  tm utc;
+  gmtime_r(&now, &utc);
+  char stamp[32];
+  strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &utc);
+  return path + ".bad-" + stamp;
+}
+
+}  // namespace
+
+TimeBase TimeBase::now(const Clock& clock) { return {clock.now_ms(), wall_now_ms()}; }
+
+int64_t TimeBase::wall_from_tick(uint32_t tick) const {
+  int64_t wall = wall_ms + (static_cast<int64_t>(tick) * static_cast<int64_t>(kExpiryTickMs) - static_cast<int64_t>(mono_ms));
+  return wall > 0 ? wall : 1;  // 0 would read as "never"
+}
+
+uint32_t TimeBase::tick_from_wall(int64_t wall) const {
+  if (wall <= wall_ms) return 0;
+  // Rounded up, as expiry_tick(): an entry never expires early.
+  uint64_t mono = mono_ms + static_cast<uint64_t>(wall - wall_ms);
+  uint64_t tick = (mono + kExpiryTickMs - 1) / kExpiryTickMs;
+  return tick > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(tick);
+}
+
+RestoreSummary restore_snapshot(snapshot::Source& source, Store& store, const TimeBase& base, size_t part,
+                                size_t parts) {
+  RestoreSummary summary;
+  summary.read = snapshot::read(source, [&](const snapshot::Record& record) {
+    KeyRef key = make_key(record.key);
+    if (parts > 1 && store.shard_index(key) % parts != part) return;
+    uint32_t tick = 0;
+    if (record.expires_unix_ms != 0) {
+      tick = base.tick_from_wall(record.expires_unix_ms);
+      if (tick == 0) {
+        ++summary.expired;
+        return;
+      }
+    }
+    if (store.restore(key, record.value, tick) == PutStatus::ok) {
+      ++summary.loaded;
+    } else {
+      ++summary.too_large;
+    }
+  });
+  return summary;
+}
+
+SnapshotResult write_snapshot(Store& store, const std::string& path, absl::FunctionRef<bool()> should_stop) {
+  auto start = std::chrono::steady_clock::now();
+  SnapshotResult result;
+  TimeBase base = TimeBase::now(store.clock());
+  snapshot::Writer writer;
+  auto fail = [&](std::string error) {
+    writer.abandon();
+    result.error = std::move(error);
+    result.seconds = seconds_since(start);
+    return result;
+  };
+  if (!writer.open(path, base.wall_ms)) return fail(writer.error());
+  // Round robin over the shards, each turn copying the same fraction of
+  // every shard (at most kBatchEntries from the largest): each shard's
+  // entries stay in its LRU order, and the shards' walks advance together
+  // through time, so the file is close to one global recency order too.
+  // A restore needs that: the shards it fills are not the ones written
+  // (the key hash is seeded per process), and under a smaller limit the
+  // newest must win in every one of them.
+  size_t shards = store.shard_count();
+  std::vector<size_t> batch(shards);
+  size_t largest = 0;
+  for (size_t i = 0; i < shards; ++i) {
+    batch[i] = store.shard(i).copy_start();
+    largest = std::max(largest, batch[i]);
+  }
+  size_t rounds = std::max<size_t>(1, (largest + kBatchEntries - 1) / kBatchEntries);
+  for (size_t& size : batch) size = std::max<size_t>(1, (size + rounds - 1) / rounds);
+  std::vector<bool> walking(shards, true);
+  for (size_t left = shards; left > 0;) {
+    for (size_t i = 0; i < shards; ++i) {
+      if (!walking[i]) continue;
+      walking[i] = store.shard(i).copy_batch(batch[i], [&](std::string_view key, std::string_view value,
+                                                           uint32_t expires_at) {
+        writer.add({key, value, expires_at == 0 ? 0 : base.wall_from_tick(expires_at)});
+      });
+      if (!walking[i]) --left;
+      // The file I/O, outside any lock.
+      if (writer.block_full() && !writer.flush()) return fail(writer.error());
+      if (should_stop()) {
+        result.abandoned = true;
+        return fail("abandoned");
+      }
+    }
+  }
+  if (!writer.commit()) return fail(writer.error());
+  result.ok = true;
+  result.entries = writer.records();
+  result.bytes = writer.bytes();
+  result.seconds = seconds_since(start);
+  return result;
+}
+
+// ---------------------------------------------------------------- Snapshotter
+
+Snapshotter::Snapshotter(Store& store, const Config& config, unsigned threads)
+    : store_(store),
+      path_(config.snapshot_path),
+      interval_(static_cast<int64_t>(config.snapshot_interval * 1000)),
+      timeout_(config.snapshot_timeout),
+      load_threads_(std::clamp<unsigned>(threads, 1, static_cast<unsigned>(store.shard_count()))) {}
+
+Snapshotter::~Snapshotter() { stop(); }
+
+void Snapshotter::load() {
+  // A PATH.tmp is what a crash or kill -9 left mid-write: never a snapshot.
+  std::string tmp = path_ + ".tmp";
+  if (unlink(tmp.c_str()) == 0) log(LogLevel::info, "removed {} left by an interrupted snapshot", tmp);
+
+  int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) {
+      log(LogLevel::info, "no snapshot at {}: starting empty", path_);
+    } else {
+      log(LogLevel::error, "cannot open snapshot {}: {}; starting empty", path_, std::strerror(errno));
+    }
+    return;
+  }
+  close(fd);
+  // Nothing is served yet, so every core may help: one thread per group of
+  // shards, each reading the whole file (the parsing is cheap next to the
+  // inserts). They all meet the same damage, if any, at the same offset.
+  auto start = std::chrono::steady_clock::now();
+  TimeBase base = TimeBase::now(store_.clock());
+  std::vector<RestoreSummary> parts(load_threads_);
+  std::vector<std::thread> threads;
+  for (size_t part = 0; part < load_threads_; ++part) {
+    threads.emplace_back([&, part] {
+      int part_fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+      if (part_fd < 0) {
+        parts[part].read = {snapshot::ReadStatus::io_error, 0, std::strerror(errno)};
+        return;
+      }
+      posix_fadvise(part_fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+      snapshot::FdSource source(part_fd);
+      parts[part] = restore_snapshot(source, store_, base, part, load_threads_);
+      close(part_fd);
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  RestoreSummary summary = parts[0];
+  for (size_t part = 1; part < parts.size(); ++part) {
+    summary.loaded += parts[part].loaded;
+    summary.expired += parts[part].expired;
+    summary.too_large += parts[part].too_large;
+    if (parts[part].read.status != snapshot::ReadStatus::complete && summary.read.status == snapshot::ReadStatus::complete) {
+      summary.read = parts[part].read;  // an I/O error one thread alone met
+    }
+  }
+  double seconds = seconds_since(start);
+  const snapshot::ReadResult& read = summary.read;
+  switch (read.status) {
+    case snapshot::ReadStatus::complete:
+      break;
+    case snapshot::ReadStatus::damaged:
+    case snapshot::ReadStatus::io_error:
+      log(LogLevel::warn, "snapshot {} is damaged at offset {}: {}; loaded the {} records before it", path_,
+          read.offset, read.reason, read.records);
+      break;
+    case snapshot::ReadStatus::not_snapshot:
+    case snapshot::ReadStatus::unknown_version: {
+      std::string aside = bad_name(path_);
+      bool moved = rename(path_.c_str(), aside.c_str()) == 0;
+      log(LogLevel::error, "{} cannot be loaded ({}: {}); {}; starting empty", path_, snapshot::status_name(read.status),
+          read.reason, moved ? fmt::format("moved aside to {}", aside) : fmt::format("cannot move it aside: {}", std::strerror(errno)));
+      return;
+    }
+  }
+  metrics_.restored_entries = summary.loaded;
+  log(LogLevel::info,
+      "snapshot {} loaded: {} entries, {} skipped as expired, {} not stored (over the memory limit), {} bytes in {:.3f}s",
+      path_, summary.loaded, summary.expired, summary.too_large, read.bytes, seconds);
+}
+
+void Snapshotter::start() {
+  thread_ = std::thread([this] {
+    // The lowest CPU priority: on a busy machine the loops get the cores and
+    // a snapshot takes longer, instead of the requests waiting for it.
+    // (At shutdown the final one runs on the main thread, at full priority.)
+    if (setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 19) != 0) {
+      log(LogLevel::warn, "cannot lower the snapshot thread's priority: {}", std::strerror(errno));
+    }
+    run();
+  });
+}
+
+bool Snapshotter::request(std::function<void()> done) {
+  std::lock_guard lock(mutex_);
+  if (busy_ || stopping_) return false;
+  busy_ = true;
+  requested_ = true;
+  done_ = std::move(done);
+  wake_.notify_one();
+  return true;
+}
+
+SnapshotResult Snapshotter::last_result() const {
+  std::lock_guard lock(mutex_);
+  return last_;
+}
+
+SnapshotResult Snapshotter::write(absl::FunctionRef<bool()> should_stop) {
+  metrics_.running = true;
+  SnapshotResult result = write_snapshot(store_, path_, should_stop);
+  metrics_.running = false;
+  if (result.ok) {
+    metrics_.last_success_unix_ms = wall_now_ms();
+    metrics_.last_duration_us = static_cast<uint64_t>(result.seconds * 1e6);
+    metrics_.last_bytes = result.bytes;
+    metrics_.last_entries = result.entries;
+    log(LogLevel::info, "snapshot written to {}: {} entries, {} bytes in {:.3f}s", path_, result.entries, result.bytes,
+        result.seconds);
+  } else if (!result.abandoned) {
+    ++metrics_.failures;
+    log(LogLevel::error, "snapshot to {} failed: {}; the previous snapshot stays", path_, result.error);
+  }
+  return result;
+}
+
+void Snapshotter::run() {
+  auto next = std::chrono::steady_clock::now() + interval_;
+  std::unique_lock lock(mutex_);
+  while (!stopping_) {
+    bool due = interval_.count() > 0 && std::chrono::steady_clock::now() >= next;
+    if (!requested_ && !due) {
+      if (interval_.count() > 0) {
+        wake_.wait_until(lock, next);
+      } else {
+        wake_.wait(lock);
+      }
+      continue;
+    }
+    requested_ = false;
+    busy_ = true;
+    lock.unlock();
+    SnapshotResult result = write([this] { return stopping_.load(); });
+    lock.lock();
+    last_ = result;
+    busy_ = false;
+    std::function<void()> done = std::move(done_);
+    done_ = nullptr;
+    next = std::chrono::steady_clock::now() + interval_;
+    if (done) {
+      lock.unlock();
+      done();
+      lock.lock();
+    }
+  }
+}
+
+void Snapshotter::stop() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+    wake_.notify_one();
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void Snapshotter::write_final() {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_);
+  SnapshotResult result = write([&] { return std::chrono::steady_clock::now() > deadline; });
+  if (result.abandoned) {
+    log(LogLevel::warn, "final snapshot took longer than --snapshot-timeout {}s: abandoned; {} keeps the previous one",
+        timeout_, path_);
+  }
+}
+
+}  // namespace kv

@@ -1,0 +1,133 @@
+// Snapshots of the store (--snapshot-path): loaded at start, written on a
+// thread of their own on request, every --snapshot-interval, and at
+// shutdown. Knows the store and the file format, nothing of HTTP.
+//
+// Writing never stops service: the thread copies a bounded batch of entries
+// from one shard at a time under that shard's lock (Shard::copy_batch), and
+// writes the block out after letting go of it. No fork(): copy-on-write
+// could double the memory. So a snapshot is consistent per key, not a
+// single point in time.
+#pragma once
+
+#include "config.h"
+#include "snapshot_format.h"
+#include "store.h"
+#include "validation.h"
+
+#include <absl/functional/function_ref.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace kv {
+
+// Entries copied per shard lock hold: a few microseconds of memcpy, far
+// under the 1 ms a hold may take.
+constexpr size_t kBatchEntries = 256;
+// The writer's buffer: a block may overrun its target by one batch of the
+// largest records.
+constexpr size_t kSnapshotBufferBytes =
+    snapshot::kBlockTarget + kBatchEntries * (snapshot::kRecordHeaderSize + kMaxKeyBytes + kMaxValueBytes);
+
+struct SnapshotResult {
+  bool ok = false;
+  uint64_t entries = 0;
+  uint64_t bytes = 0;
+  double seconds = 0;
+  bool abandoned = false;  // stopped on purpose (shutdown, timeout), not failed
+  std::string error;       // when !ok
+};
+
+// For /metrics: written by the snapshot thread, read by the scraper.
+struct SnapshotMetrics {
+  std::atomic<int64_t> last_success_unix_ms{0};
+  std::atomic<uint64_t> last_duration_us{0};
+  std::atomic<uint64_t> last_bytes{0};
+  std::atomic<uint64_t> last_entries{0};
+  std::atomic<uint64_t> failures{0};
+  std::atomic<uint64_t> restored_entries{0};
+  std::atomic<bool> running{false};
+};
+
+// Wall-clock and monotonic time read together: entries keep monotonic
+// expiry ticks (clock.h), the file keeps epoch milliseconds, so time spent
+// down counts against a TTL.
+struct TimeBase {
+  uint64_t mono_ms;
+  int64_t wall_ms;
+  static TimeBase now(const Clock& clock);
+  int64_t wall_from_tick(uint32_t tick) const;
+  // 0 when the expiry has passed.
+  uint32_t tick_from_wall(int64_t wall_ms) const;
+};
+
+struct RestoreSummary {
+  snapshot::ReadResult read;
+  uint64_t loaded = 0;
+  uint64_t expired = 0;    // skipped: their TTL ran out while the server was down
+  uint64_t too_large = 0;  // could not be stored under the current memory limit
+};
+
+// Puts every record the source holds into the store in file order, so the
+// newest entries end up the most recently used (and win under a smaller
+// limit). With parts > 1, only the records of the shards whose index is
+// part modulo parts: that many threads, each reading the file, restore it
+// in parallel with no shard touched by two of them.
+RestoreSummary restore_snapshot(snapshot::Source& source, Store& store, const TimeBase& base, size_t part = 0,
+                                size_t parts = 1);
+
+// Writes the whole store to path (via path.tmp); gives up, leaving the
+// previous file, when should_stop() turns true between two batches.
+SnapshotResult write_snapshot(Store& store, const std::string& path, absl::FunctionRef<bool()> should_stop);
+
+class Snapshotter {
+ public:
+  // threads: how many threads load() may use.
+  Snapshotter(Store& store, const Config& config, unsigned threads);
+  ~Snapshotter();
+  Snapshotter(const Snapshotter&) = delete;
+  Snapshotter& operator=(const Snapshotter&) = delete;
+
+  // Before serving: loads --snapshot-path if it exists and logs one line.
+  void load();
+  // Starts the snapshot thread.
+  void start();
+  // Thread-safe. Starts a snapshot now; done() runs on the snapshot thread
+  // once it has finished (last_result() has it). False, and done is not
+  // kept, when one is already being written.
+  bool request(std::function<void()> done);
+  SnapshotResult last_result() const;
+  // Stops the thread; a snapshot it was writing is abandoned (the previous file stays).
+  void stop();
+  // At shutdown, after the workers have drained: a last snapshot on the
+  // calling thread, abandoned past --snapshot-timeout.
+  void write_final();
+  const SnapshotMetrics& metrics() const { return metrics_; }
+
+ private:
+  void run();
+  SnapshotResult write(absl::FunctionRef<bool()> should_stop);
+
+  Store& store_;
+  const std::string path_;
+  const std::chrono::milliseconds interval_;  // 0: only on request and at shutdown
+  const double timeout_;
+  const unsigned load_threads_;
+  SnapshotMetrics metrics_;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+  mutable std::mutex mutex_;
+  // Rest are protected by mutex_.
+  std::condition_variable wake_;
+  bool requested_ = false;
+  bool busy_ = false;  // requested or being written
+  std::function<void()> done_;
+  SnapshotResult last_;
+};
+
+}  // namespace kv

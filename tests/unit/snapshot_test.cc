@@ -1,0 +1,395 @@
+// The snapshot format (round trip, every truncation point, a flipped bit in
+// every block, an unknown version) and the store walk and restore around it.
+#include "snapshot.h"
+#include "snapshot_format.h"
+
+#include <doctest/doctest.h>
+#include <fmt/core.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <optional>
+#include <string>
+#include <vector>
+
+using namespace kv;
+
+namespace {
+
+class FakeClock final : public Clock {
+ public:
+  uint64_t now_ms() const override { return now_ms_value; }
+  uint64_t now_ms_value = 1'000'000;
+};
+
+struct Item {
+  std::string key;
+  std::string value;
+  int64_t expires;
+  bool operator==(const Item&) const = default;
+};
+
+// A directory of its own, removed with everything in it.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char pattern[] = "/tmp/kvcache-snapshot-test-XXXXXX";
+    REQUIRE(mkdtemp(pattern) != nullptr);
+    path = pattern;
+  }
+  ~TempDir() { std::system(fmt::format("rm -rf '{}'", path).c_str()); }
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+std::vector<Item> sample_items(size_t count) {
+  std::vector<Item> items;
+  for (size_t i = 0; i < count; ++i) {
+    items.push_back({fmt::format("key-{}", i), std::string(i % 257, static_cast<char>('a' + i % 26)),
+                     i % 3 == 0 ? int64_t{0} : int64_t{1'700'000'000'000} + static_cast<int64_t>(i)});
+  }
+  return items;
+}
+
+// Writes items through the Writer, flushing blocks as the snapshot thread
+// does; small blocks make many blocks of a few records.
+std::string write_items(const TempDir& dir, const std::vector<Item>& items, size_t block_target = 2048) {
+  std::string path = dir.path + "/cache.snap";
+  snapshot::Writer writer(block_target);
+  REQUIRE(writer.open(path, 1234));
+  for (const Item& item : items) {
+    writer.add({item.key, item.value, item.expires});
+    if (writer.block_full()) REQUIRE(writer.flush());
+  }
+  REQUIRE(writer.commit());
+  CHECK(writer.records() == items.size());
+  return read_file(path);
+}
+
+snapshot::ReadResult read_bytes(std::string_view bytes, std::vector<Item>& out) {
+  snapshot::MemorySource source(bytes);
+  return snapshot::read(source, [&](const snapshot::Record& r) {
+    out.push_back({std::string(r.key), std::string(r.value), r.expires_unix_ms});
+  });
+}
+
+// Offsets of every block (the end block included) in a well-formed file.
+std::vector<size_t> block_offsets(std::string_view bytes) {
+  std::vector<size_t> offsets;
+  size_t pos = snapshot::kHeaderSize;
+  while (pos + snapshot::kBlockHeaderSize <= bytes.size()) {
+    offsets.push_back(pos);
+    uint32_t length;
+    std::memcpy(&length, bytes.data() + pos + 4, 4);
+    pos += snapshot::kBlockHeaderSize + length;
+  }
+  return offsets;
+}
+
+uint32_t records_in_block(std::string_view bytes, size_t offset) {
+  uint32_t count;
+  std::memcpy(&count, bytes.data() + offset + 8, 4);
+  return count;
+}
+
+// Puts k0 .. k<count-1>, oldest first.
+void put_keys(Store& store, int count, std::string_view value) {
+  for (int i = 0; i < count; ++i) REQUIRE(store.put(make_key(fmt::format("k{}", i)), value, 0) == PutStatus::ok);
+}
+
+std::optional<std::string> lookup(Store& store, std::string_view key) {
+  std::optional<std::string> value;
+  store.get(make_key(key), [&](std::string_view v) { value = std::string(v); });
+  return value;
+}
+
+}  // namespace
+
+TEST_CASE("crc32c is the Castagnoli CRC") {
+  CHECK(snapshot::crc32c("123456789", 9) == 0xE3069283);
+  CHECK(snapshot::crc32c("", 0) == 0);
+}
+
+TEST_CASE("round trip: every record back, in order, with the file's bytes counted") {
+  TempDir dir;
+  std::vector<Item> items = sample_items(3000);
+  std::string bytes = write_items(dir, items, snapshot::kBlockTarget);
+  CHECK(block_offsets(bytes).size() > 3);
+  std::vector<Item> back;
+  snapshot::ReadResult result = read_bytes(bytes, back);
+  CHECK(result.status == snapshot::ReadStatus::complete);
+  CHECK(result.records == items.size());
+  CHECK(result.bytes == bytes.size());
+  CHECK(result.created_unix_ms == 1234);
+  CHECK(back == items);
+  CHECK_FALSE(std::ifstream(dir.path + "/cache.snap.tmp").good());
+}
+
+TEST_CASE("an empty store makes a file that loads as complete and empty") {
+  TempDir dir;
+  std::string bytes = write_items(dir, {});
+  std::vector<Item> back;
+  CHECK(read_bytes(bytes, back).status == snapshot::ReadStatus::complete);
+  CHECK(back.empty());
+}
+
+TEST_CASE("every truncation point: the whole blocks before it load, and nothing else") {
+  TempDir dir;
+  std::vector<Item> items = sample_items(120);
+  std::string bytes = write_items(dir, items);
+  std::vector<size_t> blocks = block_offsets(bytes);
+  for (size_t cut = 0; cut < bytes.size(); ++cut) {
+    std::vector<Item> back;
+    snapshot::ReadResult result = read_bytes(std::string_view(bytes).substr(0, cut), back);
+    CAPTURE(cut);
+    if (cut < snapshot::kHeaderSize) {
+      REQUIRE(result.status == snapshot::ReadStatus::not_snapshot);
+      REQUIRE(back.empty());
+      continue;
+    }
+    REQUIRE(result.status == snapshot::ReadStatus::damaged);
+    // The records of every block that ends at or before the cut.
+    size_t expected = 0;
+    for (size_t i = 0; i + 1 < blocks.size() && blocks[i + 1] <= cut; ++i) expected += records_in_block(bytes, blocks[i]);
+    REQUIRE(back.size() == expected);
+    REQUIRE(std::equal(back.begin(), back.end(), items.begin()));
+  }
+}
+
+TEST_CASE("a flipped bit in any block stops the load at that block, keeping the ones before") {
+  TempDir dir;
+  std::vector<Item> items = sample_items(1500);
+  REQUIRE(block_offsets(write_items(dir, items)).size() > 50);
+  std::string bytes = write_items(dir, items);
+  std::vector<size_t> blocks = block_offsets(bytes);
+  size_t before = 0;
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    size_t end = b + 1 < blocks.size() ? blocks[b + 1] : bytes.size();
+    // A bit in the CRC, the length, the count, and the first, middle and last payload bytes.
+    for (size_t at : {blocks[b], blocks[b] + 5, blocks[b] + 9, blocks[b] + 12, (blocks[b] + end) / 2, end - 1}) {
+      if (at >= end) continue;
+      for (int bit : {0, 7}) {
+        std::string bad = bytes;
+        bad[at] = static_cast<char>(bad[at] ^ (1 << bit));
+        std::vector<Item> back;
+        snapshot::ReadResult result = read_bytes(bad, back);
+        CAPTURE(b);
+        CAPTURE(at);
+        REQUIRE(result.status == snapshot::ReadStatus::damaged);
+        REQUIRE(result.offset == blocks[b]);
+        REQUIRE(back.size() == before);
+        REQUIRE(std::equal(back.begin(), back.end(), items.begin()));
+      }
+    }
+    if (b + 1 < blocks.size()) before += records_in_block(bytes, blocks[b]);
+  }
+}
+
+TEST_CASE("a flipped bit in the header, or no header, is not a snapshot") {
+  TempDir dir;
+  std::string bytes = write_items(dir, sample_items(10));
+  for (size_t at = 0; at < snapshot::kHeaderSize; ++at) {
+    if (at >= 8 && at < 12) continue;  // the version: see the next test
+    std::string bad = bytes;
+    bad[at] = static_cast<char>(bad[at] ^ 0x10);
+    std::vector<Item> back;
+    CAPTURE(at);
+    CHECK(read_bytes(bad, back).status == snapshot::ReadStatus::not_snapshot);
+    CHECK(back.empty());
+  }
+  std::vector<Item> back;
+  CHECK(read_bytes("GET / HTTP/1.1\r\n\r\n", back).status == snapshot::ReadStatus::not_snapshot);
+  CHECK(read_bytes("", back).status == snapshot::ReadStatus::not_snapshot);
+}
+
+TEST_CASE("an unknown version is refused whole") {
+  TempDir dir;
+  std::string bytes = write_items(dir, sample_items(10));
+  for (uint32_t version : {0u, 2u, 0xFFFFFFFFu}) {
+    std::string other = bytes;
+    std::memcpy(other.data() + 8, &version, 4);
+    std::vector<Item> back;
+    snapshot::ReadResult result = read_bytes(other, back);
+    CHECK(result.status == snapshot::ReadStatus::unknown_version);
+    CHECK(result.reason.find(std::to_string(version)) != std::string::npos);
+    CHECK(back.empty());
+  }
+}
+
+TEST_CASE("records a client could not have put make the block bad") {
+  TempDir dir;
+  for (Item item : {Item{"", "v", 0}, Item{std::string(257, 'k'), "v", 0}, Item{"k", std::string(257, 'v'), 0},
+                    Item{"k\x80", "v", 0}, Item{"k", "v", -5}}) {
+    std::string bytes = write_items(dir, {{"good", "1", 0}, item});
+    std::vector<Item> back;
+    snapshot::ReadResult result = read_bytes(bytes, back);
+    CHECK(result.status == snapshot::ReadStatus::damaged);
+    CHECK(back.empty());  // the good record shares the bad block
+  }
+}
+
+TEST_CASE("a write error leaves no temporary file and the previous snapshot intact") {
+  TempDir dir;
+  std::string path = dir.path + "/cache.snap";
+  std::string previous = write_items(dir, sample_items(5));
+  snapshot::Writer writer;
+  CHECK_FALSE(writer.open(dir.path + "/missing-dir/cache.snap", 1));
+  CHECK(writer.error().find("missing-dir") != std::string::npos);
+  // Abandoned half way: the old file stays, the .tmp goes.
+  REQUIRE(writer.open(path, 2));
+  writer.add({"x", "y", 0});
+  REQUIRE(writer.flush());
+  writer.abandon();
+  CHECK(read_file(path) == previous);
+  CHECK_FALSE(std::ifstream(path + ".tmp").good());
+}
+
+TEST_CASE("store round trip: values, TTLs as wall-clock expiry, another shard count") {
+  TempDir dir;
+  std::string path = dir.path + "/cache.snap";
+  FakeClock clock;
+  Store store(16, 64 << 20, clock);
+  for (int i = 0; i < 5000; ++i) {
+    REQUIRE(store.put(make_key(fmt::format("k{}", i)), fmt::format("v{}", i), i % 2 ? 0 : 100) == PutStatus::ok);
+  }
+  SnapshotResult written = write_snapshot(store, path, [] { return false; });
+  REQUIRE(written.ok);
+  CHECK(written.entries == 5000);
+  CHECK(written.bytes == read_file(path).size());
+
+  SUBCASE("restored into 3 shards, 50 s later: all there") {
+    FakeClock later;
+    Store restored(3, 64 << 20, later);
+    std::string bytes = read_file(path);
+    snapshot::MemorySource source(bytes);
+    TimeBase base = TimeBase::now(later);
+    base.wall_ms += 50'000;  // the server was down 50 s
+    RestoreSummary summary = restore_snapshot(source, restored, base);
+    CHECK(summary.read.status == snapshot::ReadStatus::complete);
+    CHECK(summary.loaded == 5000);
+    CHECK(summary.expired == 0);
+    for (int i = 0; i < 5000; i += 7) CHECK(lookup(restored, fmt::format("k{}", i)) == fmt::format("v{}", i));
+    // The 100 s TTLs have about 50 s left: alive at +49 s, gone at +51 s.
+    later.now_ms_value += 49'000;
+    CHECK(lookup(restored, "k0") == "v0");
+    later.now_ms_value += 2'000;
+    CHECK_FALSE(lookup(restored, "k0"));
+    CHECK(lookup(restored, "k1") == "v1");
+  }
+  SUBCASE("restored in two parts, as two loading threads do: the same store") {
+    Store restored(7, 64 << 20, clock);
+    std::string bytes = read_file(path);
+    TimeBase base = TimeBase::now(clock);
+    uint64_t loaded = 0;
+    for (size_t part = 0; part < 2; ++part) {
+      snapshot::MemorySource source(bytes);
+      RestoreSummary summary = restore_snapshot(source, restored, base, part, 2);
+      CHECK(summary.read.status == snapshot::ReadStatus::complete);
+      CHECK(summary.loaded > 0);
+      loaded += summary.loaded;
+    }
+    CHECK(loaded == 5000);
+    CHECK(restored.stats().entries == 5000);
+    for (int i = 0; i < 5000; i += 7) CHECK(lookup(restored, fmt::format("k{}", i)) == fmt::format("v{}", i));
+  }
+  SUBCASE("restored 101 s later: the TTLs ran out while down") {
+    Store restored(16, 64 << 20, clock);
+    std::string bytes = read_file(path);
+    snapshot::MemorySource source(bytes);
+    TimeBase base = TimeBase::now(clock);
+    base.wall_ms += 101'000;
+    RestoreSummary summary = restore_snapshot(source, restored, base);
+    CHECK(summary.loaded == 2500);
+    CHECK(summary.expired == 2500);
+    CHECK_FALSE(lookup(restored, "k0"));
+    CHECK(lookup(restored, "k1") == "v1");
+  }
+}
+
+TEST_CASE("restore under a smaller limit keeps the most recently used") {
+  TempDir dir;
+  std::string path = dir.path + "/cache.snap";
+  FakeClock clock;
+  Store store(4, 64 << 20, clock);
+  std::string value(200, 'v');
+  put_keys(store, 20000, value);
+  // Reading the oldest makes it the newest.
+  CHECK(lookup(store, "k0"));
+  REQUIRE(write_snapshot(store, path, [] { return false; }).ok);
+
+  Store small(4, 1 << 20, clock);
+  std::string bytes = read_file(path);
+  snapshot::MemorySource source(bytes);
+  restore_snapshot(source, small, TimeBase::now(clock));
+  CHECK(small.stats().entries < 20000);
+  CHECK(lookup(small, "k0"));
+  CHECK(lookup(small, "k19999"));
+  CHECK_FALSE(lookup(small, "k1"));
+}
+
+TEST_CASE("the copy walk survives entries touched, removed and overwritten between batches") {
+  FakeClock clock;
+  Store store(1, 64 << 20, clock);
+  put_keys(store, 1000, "old");
+  Shard& shard = store.shard(0);
+  CHECK(shard.copy_start() == 1000);
+  std::vector<std::string> seen;
+  auto take = [&](std::string_view key, std::string_view, uint32_t) {
+    seen.emplace_back(key);
+  };
+  REQUIRE(shard.copy_batch(10, take));
+  CHECK(seen.front() == "k0");
+  // The next entry to copy is k10: remove it, touch k11, grow k12 into another size class.
+  CHECK(store.erase(make_key("k10")));
+  CHECK(lookup(store, "k11"));
+  REQUIRE(store.put(make_key("k12"), std::string(200, 'n'), 0) == PutStatus::ok);
+  CHECK(lookup(store, "k3"));  // already copied: copied again, as the newest
+  while (shard.copy_batch(64, take)) {
+  }
+  CHECK(std::count(seen.begin(), seen.end(), "k10") == 0);
+  CHECK(std::count(seen.begin(), seen.end(), "k11") == 1);
+  CHECK(std::count(seen.begin(), seen.end(), "k12") == 1);
+  CHECK(std::count(seen.begin(), seen.end(), "k3") == 2);
+  for (int i = 13; i < 1000; ++i) CHECK(std::count(seen.begin(), seen.end(), fmt::format("k{}", i)) == 1);
+  CHECK(seen.back() == "k3");
+}
+
+TEST_CASE("the copy walk ends even when every entry is touched after its copy") {
+  FakeClock clock;
+  Store store(1, 64 << 20, clock);
+  put_keys(store, 100, "v");
+  Shard& shard = store.shard(0);
+  shard.copy_start();
+  size_t copied = 0;
+  for (int rounds = 0; rounds < 10000; ++rounds) {
+    std::string last;
+    bool more = shard.copy_batch(1, [&](std::string_view key, std::string_view, uint32_t) {
+      last = key;
+      ++copied;
+    });
+    if (!more) break;
+    CHECK(lookup(store, last));  // moves it ahead of the walk again
+  }
+  CHECK(copied <= 200);
+}
+
+TEST_CASE("an abandoned snapshot keeps the previous file") {
+  TempDir dir;
+  std::string path = dir.path + "/cache.snap";
+  FakeClock clock;
+  Store store(2, 64 << 20, clock);
+  put_keys(store, 5000, "v");
+  REQUIRE(write_snapshot(store, path, [] { return false; }).ok);
+  std::string previous = read_file(path);
+  REQUIRE(store.put(make_key("new"), "v", 0) == PutStatus::ok);
+  SnapshotResult result = write_snapshot(store, path, [] { return true; });
+  CHECK_FALSE(result.ok);
+  CHECK(result.abandoned);
+  CHECK(read_file(path) == previous);
+  CHECK_FALSE(std::ifstream(path + ".tmp").good());
+}
