@@ -3,7 +3,6 @@
 #include "log.h"
 
 #include <fcntl.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -212,17 +211,7 @@ void Snapshotter::load() {
       path_, summary.loaded, summary.expired, summary.too_large, read.bytes, seconds);
 }
 
-void Snapshotter::start() {
-  thread_ = std::thread([this] {
-    // The lowest CPU priority: on a busy machine the loops get the cores and
-    // a snapshot takes longer, instead of the requests waiting for it.
-    // (At shutdown the final one runs on the main thread, at full priority.)
-    if (setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), 19) != 0) {
-      log(LogLevel::warn, "cannot lower the snapshot thread's priority: {}", std::strerror(errno));
-    }
-    run();
-  });
-}
+void Snapshotter::start() { thread_ = std::thread([this] { run(); }); }
 
 bool Snapshotter::request(std::function<void()> done) {
   std::lock_guard lock(mutex_);
