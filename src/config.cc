@@ -123,6 +123,13 @@ const Flag kFlags[] = {
        c.log_level = *level;
        return std::string();
      }},
+    {"auth-token-file", "require Authorization: Bearer <token>, tokens one per line in this file, re-read on SIGHUP "
+     "(or set KVCACHE_AUTH_TOKEN; default: no token, open)", true,
+     [](std::string_view v, Config& c) {
+       if (v.empty()) return std::string("expected a file path");
+       c.auth_token_file = std::string(v);
+       return std::string();
+     }},
     {"health-check", "query http://127.0.0.1:<port>/health and exit 0 if healthy, 1 if not", false,
      [](std::string_view, Config& c) {
        c.health_check = true;

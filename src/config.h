@@ -27,6 +27,7 @@ struct Config {
   std::string snapshot_path;         // empty: snapshots off
   double snapshot_interval = 300.0;  // seconds; 0: only at shutdown and on request
   double snapshot_timeout = 30.0;    // seconds the final snapshot may take
+  std::string auth_token_file;     // empty: no token file (KVCACHE_AUTH_TOKEN may still set one)
   bool help = false;
   bool health_check = false;
 };

@@ -30,12 +30,23 @@ constexpr std::string_view kKeyNotFound = "Key not found.";
 constexpr std::string_view kHealthy = R"({"status":"OK"})";
 // mget and metrics bodies are built here first; most fit without growing it.
 constexpr size_t kScratchReserve = 64 * 1024;
+// Bodies built in scratch_ may be sent compressed, so caches must key on Accept-Encoding.
+constexpr std::string_view kVary = "Vary: Accept-Encoding\r\n";
+constexpr std::string_view kGzipHeaders = "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n";
+constexpr std::string_view kMissingToken = "WWW-Authenticate: Bearer realm=\"kvcache\"\r\n";
+// RFC 6750 3.1: a presented token that is not accepted is an invalid_token.
+constexpr std::string_view kWrongToken = "WWW-Authenticate: Bearer realm=\"kvcache\", error=\"invalid_token\"\r\n";
 
 }  // namespace
 
 RequestHandler::RequestHandler(Store& store, const Metrics& metrics, WorkerMetrics& counters,
-                               const http::DateHeader& date)
-    : store_(store), metrics_(metrics), counters_(counters), date_(date) {
+                               const http::DateHeader& date, const TokenStore* tokens)
+    : store_(store),
+      metrics_(metrics),
+      counters_(counters),
+      date_(date),
+      inflater_(http::kMaxBodyBytes, RequestBodyDecoder::kPadding) {
+  if (tokens != nullptr) tokens_.emplace(*tokens);
   scratch_.reserve(kScratchReserve);
 }
 
@@ -50,8 +61,47 @@ void RequestHandler::body_response(int code, std::string_view content_type, Conn
     return message(503, "connection buffer memory is short: response too large, retry later", mode, out);
   }
   counters_.count_request(endpoint_, code);
-  http::append_head(out, {code, scratch_.size(), mode, {}, content_type}, date_);
-  out += scratch_;
+  std::string_view body = scratch_;
+  std::string_view headers = kVary;
+  if (body.size() >= gzip::kCompressThreshold && gzip::accepts_gzip(accept_encoding_)) {
+    body = deflater_.compress(body);
+    headers = kGzipHeaders;
+    counters_.gzip_responses.add();
+  }
+  http::append_head(out, {code, body.size(), mode, headers, content_type}, date_);
+  out += body;
+}
+
+bool RequestHandler::admit(const http::Request& request, std::string_view& body, ConnectionMode mode,
+                           std::string& out) {
+  // Load balancers' health checks carry no token.
+  bool open = endpoint_ == Endpoint::health &&
+              (request.method == http::Method::get || request.method == http::Method::head);
+  if (tokens_ && !open) {
+    AuthResult result = tokens_->check(request.authorization);
+    if (result != AuthResult::ok) {
+      counters_.auth_failures[result == AuthResult::missing ? 0 : 1].add();
+      log_auth_failure(result);
+      message(401, result == AuthResult::missing ? "missing bearer token" : "invalid bearer token", mode, out,
+              result == AuthResult::missing ? kMissingToken : kWrongToken);
+      return false;
+    }
+  }
+  // Content-Encoding describes a body; without one there is nothing to decode.
+  if (request.content_encoding.empty() || body.empty()) return true;
+  switch (gzip::content_coding(request.content_encoding)) {
+    case gzip::Coding::identity: return true;
+    case gzip::Coding::unsupported:
+      message(415, "unsupported Content-Encoding (only gzip)", mode, out, "Accept-Encoding: gzip\r\n");
+      return false;
+    case gzip::Coding::gzip: break;
+  }
+  switch (inflater_.inflate(body, body)) {
+    case gzip::InflateStatus::ok: return true;
+    case gzip::InflateStatus::too_large: message(413, "request body too large (decompressed)", mode, out); return false;
+    case gzip::InflateStatus::malformed: message(400, "malformed gzip body", mode, out); return false;
+  }
+  return true;
 }
 
 void RequestHandler::reject(int code, std::string_view text, std::string& out, http::Method method) {
@@ -77,6 +127,9 @@ void RequestHandler::route(const http::Request& request, std::string_view body, 
     if (candidate.path == request.path) route = &candidate;
   }
   endpoint_ = route ? route->endpoint : Endpoint::other;
+  accept_encoding_ = request.accept_encoding;
+  // Open access and a plain body, the usual case, skip admission entirely.
+  if ((tokens_ || !request.content_encoding.empty()) && !admit(request, body, mode, out)) return;
   if (route == nullptr) return message(404, "Unknown endpoint.", mode, out);
   bool head_of_get = route->method == http::Method::get && request.method == http::Method::head;
   if (route->method != request.method && !head_of_get) {

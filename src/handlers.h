@@ -3,6 +3,8 @@
 // store (and its TTL sweep), the worker only passes it through to here.
 #pragma once
 
+#include "auth.h"
+#include "gzip.h"
 #include "http_parser.h"
 #include "http_response.h"
 #include "metrics.h"
@@ -12,6 +14,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -20,7 +23,9 @@ namespace kv {
 // One per worker thread; holds that thread's reusable scratch buffers.
 class RequestHandler {
  public:
-  RequestHandler(Store& store, const Metrics& metrics, WorkerMetrics& counters, const http::DateHeader& date);
+  // With `tokens`, every request but GET /health must present one of them.
+  RequestHandler(Store& store, const Metrics& metrics, WorkerMetrics& counters, const http::DateHeader& date,
+                 const TokenStore* tokens = nullptr);
 
   // Appends the full response to out (its head alone for HEAD). `body` is
   // followed by RequestBodyDecoder::kPadding readable bytes. A response body
@@ -43,6 +48,10 @@ class RequestHandler {
 
  private:
   void route(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
+  // What every request passes before its endpoint runs: the bearer token and
+  // the body's Content-Encoding (a gzip body is replaced by its decompressed
+  // bytes). Returns false when it has answered the request itself.
+  bool admit(const http::Request& request, std::string_view& body, http::ConnectionMode mode, std::string& out);
   void put(std::string_view body, http::ConnectionMode mode, std::string& out);
   void get(std::string_view query, http::ConnectionMode mode, std::string& out);
   void del(std::string_view body, http::ConnectionMode mode, std::string& out);
@@ -53,6 +62,7 @@ class RequestHandler {
   // Writes a {"status","message"} response and counts it.
   void message(int code, std::string_view text, http::ConnectionMode mode, std::string& out,
                std::string_view extra_headers = {});
+  // Sends scratch_ as the body, gzip-compressed when the client accepts it and it is large enough.
   void body_response(int code, std::string_view content_type, http::ConnectionMode mode, std::string& out);
 
   Store& store_;
@@ -62,6 +72,10 @@ class RequestHandler {
   RequestBodyDecoder decoder_;
   Endpoint endpoint_ = Endpoint::other;  // of the request being handled
   size_t body_limit_ = SIZE_MAX;         // of the request being handled
+  std::string_view accept_encoding_;     // of the request being handled
+  std::optional<TokenView> tokens_;      // set when access needs a token
+  gzip::Inflater inflater_;
+  gzip::Deflater deflater_;
   std::string scratch_;                  // bodies that are built before their head
   char key_buffer_[http::kMaxTargetBytes];
   Snapshotter* snapshots_ = nullptr;

@@ -154,36 +154,66 @@ bool parse_request_line(std::string_view line, Request& request, Error& error) {
   return true;
 }
 
+bool apply_content_length(std::string_view value, Request& request, bool& seen_length, Error& error) {
+  if (value.empty()) return error = kBadContentLength, false;
+  size_t length = 0;
+  for (char c : value) {
+    if (c < '0' || c > '9') return error = kBadContentLength, false;
+    length = length > kMaxBodyBytes ? length : length * 10 + (c - '0');  // saturates above the limit
+  }
+  if (seen_length && length != request.content_length) return error = kBadContentLength, false;
+  seen_length = true;
+  request.content_length = length;
+  return true;
+}
+
+void apply_connection(std::string_view value, Request& request) {
+  while (!value.empty()) {
+    size_t comma = value.find(',');
+    std::string_view option = trim_ows(value.substr(0, comma));
+    if (equals_ci(option, "close")) {
+      request.keep_alive = false;
+      break;
+    }
+    if (equals_ci(option, "keep-alive")) request.keep_alive = true;
+    value = comma == std::string_view::npos ? std::string_view() : value.substr(comma + 1);
+  }
+}
+
 // Applies one header field to the request. `seen_length` tracks duplicates.
+// The switch on the name's length means a header we ignore (Host,
+// User-Agent, ...) costs one comparison at most.
 bool apply_header(std::string_view name, std::string_view value, Request& request, bool& seen_length,
                   bool& seen_encoding, Error& error) {
-  if (equals_ci(name, "content-length")) {
-    if (value.empty()) return error = kBadContentLength, false;
-    size_t length = 0;
-    for (char c : value) {
-      if (c < '0' || c > '9') return error = kBadContentLength, false;
-      length = length > kMaxBodyBytes ? length : length * 10 + (c - '0');  // saturates above the limit
-    }
-    if (seen_length && length != request.content_length) return error = kBadContentLength, false;
-    seen_length = true;
-    request.content_length = length;
-  } else if (equals_ci(name, "transfer-encoding")) {
-    if (seen_encoding || !equals_ci(value, "chunked")) return error = kBadTransferEncoding, false;
-    seen_encoding = true;
-    request.chunked = true;
-  } else if (equals_ci(name, "connection")) {
-    while (!value.empty()) {
-      size_t comma = value.find(',');
-      std::string_view option = trim_ows(value.substr(0, comma));
-      if (equals_ci(option, "close")) {
-        request.keep_alive = false;
-        break;
+  switch (name.size()) {
+    case 6:
+      if (equals_ci(name, "expect") && equals_ci(value, "100-continue") && !request.http10) {
+        request.expect_continue = true;
       }
-      if (equals_ci(option, "keep-alive")) request.keep_alive = true;
-      value = comma == std::string_view::npos ? std::string_view() : value.substr(comma + 1);
-    }
-  } else if (equals_ci(name, "expect")) {
-    if (equals_ci(value, "100-continue") && !request.http10) request.expect_continue = true;
+      break;
+    case 10:
+      if (equals_ci(name, "connection")) apply_connection(value, request);
+      break;
+    case 13:
+      if (equals_ci(name, "authorization")) request.authorization = value;
+      break;
+    case 14:
+      if (equals_ci(name, "content-length")) return apply_content_length(value, request, seen_length, error);
+      break;
+    case 15:
+      if (equals_ci(name, "accept-encoding")) request.accept_encoding = value;
+      break;
+    case 16:
+      if (equals_ci(name, "content-encoding")) request.content_encoding = value;
+      break;
+    case 17:
+      if (equals_ci(name, "transfer-encoding")) {
+        if (seen_encoding || !equals_ci(value, "chunked")) return error = kBadTransferEncoding, false;
+        seen_encoding = true;
+        request.chunked = true;
+      }
+      break;
+    default: break;
   }
   return true;
 }

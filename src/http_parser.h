@@ -40,6 +40,10 @@ struct Request {
   bool chunked = false;
   size_t content_length = 0;  // when !chunked
   size_t head_length = 0;     // request line + headers + blank line
+  // Header values the handler interprets; empty when absent (the last one wins).
+  std::string_view authorization;
+  std::string_view accept_encoding;
+  std::string_view content_encoding;
 };
 
 enum class Status : uint8_t { complete, incomplete, error };

@@ -1,4 +1,6 @@
-// kvcache: starts the worker loops, sweeps expired entries and waits for SIGTERM/SIGINT.
+// kvcache: starts the worker loops, sweeps expired entries, reloads bearer tokens on
+// SIGHUP and waits for SIGTERM/SIGINT.
+#include "auth.h"
 #include "config.h"
 #include "health_check.h"
 #include "log.h"
@@ -40,16 +42,35 @@ rlim_t raise_open_files_limit() {
   return limit.rlim_cur;
 }
 
+// SIGHUP: re-read the token file; a file that no longer parses keeps the old tokens.
+void reload_tokens(const kv::Config& config, kv::TokenStore* tokens) {
+  using namespace kv;
+  if (config.auth_token_file.empty()) {
+    log(LogLevel::warn, "SIGHUP: no --auth-token-file to reload{}",
+        tokens ? " (KVCACHE_AUTH_TOKEN is read at start only)" : "");
+    return;
+  }
+  TokenParse loaded = load_token_file(config.auth_token_file);
+  if (!loaded.tokens) {
+    log(LogLevel::error, "SIGHUP: keeping the {} current token(s): {}", tokens->current()->tokens.size(), loaded.error);
+    return;
+  }
+  log(LogLevel::info, "SIGHUP: {} token(s) loaded from {}", loaded.tokens->tokens.size(), config.auth_token_file);
+  tokens->replace(std::move(loaded.tokens));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   using namespace kv;
-  // Block the stop signals first, so one arriving during start-up waits for
-  // sigwait below instead of killing the process; workers inherit the mask.
+  // Block the stop signals (and SIGHUP, the token reload) first, so one
+  // arriving during start-up waits for sigwait below instead of killing the
+  // process; workers inherit the mask.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
@@ -66,6 +87,14 @@ int main(int argc, char** argv) {
   }
   set_log_level(config.log_level);
   if (config.health_check) return run_health_check(config.port);
+
+  TokenParse tokens = load_configured_tokens(config.auth_token_file, std::getenv("KVCACHE_AUTH_TOKEN"));
+  if (!tokens.error.empty()) {
+    std::fprintf(stderr, "kvcache: %s\n", tokens.error.c_str());
+    return 2;
+  }
+  std::unique_ptr<TokenStore> token_store;
+  if (tokens.tokens) token_store = std::make_unique<TokenStore>(tokens.tokens);
 
   if (config.threads == 0) config.threads = available_cpus();
   AvailableMemory available = detect_available_memory();
@@ -93,7 +122,8 @@ int main(int argc, char** argv) {
   std::atomic<unsigned> open_connections{0};
   std::vector<std::unique_ptr<Worker>> workers;
   for (unsigned i = 0; i < config.threads; ++i) {
-    workers.push_back(std::make_unique<Worker>(i, config, store, metrics, open_connections, buffers, snapshots.get()));
+    workers.push_back(std::make_unique<Worker>(i, config, store, metrics, open_connections, buffers, snapshots.get(),
+                                               token_store.get()));
     std::string error = workers.back()->listen();
     if (!error.empty()) {
       log(LogLevel::error, "cannot listen: {}", error);
@@ -103,12 +133,15 @@ int main(int argc, char** argv) {
   log(LogLevel::info,
       "kvcache {} listening on {}:{} threads={} shards={} memory_limit={} ({}{}) store_budget={} "
       "connection_buffer_budget={} max_connections={} open_files={} read_timeout={}s idle_timeout={}s "
-      "send_timeout={}s drain_timeout={}s snapshot_path={:?} snapshot_interval={}s snapshot_timeout={}s log_level={}",
+      "send_timeout={}s drain_timeout={}s snapshot_path={:?} snapshot_interval={}s snapshot_timeout={}s log_level={} auth={}",
       KVCACHE_VERSION, config.bind, config.port, config.threads, config.shards, memory_limit,
       config.memory_limit ? "flag" : "auto: 70% of ", config.memory_limit ? "" : available.source,
       store.byte_budget(), buffers.limit(), config.max_connections, open_files, config.read_timeout,
       config.idle_timeout, config.send_timeout, config.drain_timeout, config.snapshot_path, config.snapshot_interval,
-      config.snapshot_timeout, log_level_name(config.log_level));
+      config.snapshot_timeout, log_level_name(config.log_level),
+      !token_store                     ? "off"
+      : config.auth_token_file.empty() ? "KVCACHE_AUTH_TOKEN"
+                                       : "--auth-token-file " + config.auth_token_file);
 
   std::vector<std::thread> threads;
   for (auto& worker : workers) threads.emplace_back([&worker] { worker->run(); });
@@ -118,8 +151,15 @@ int main(int argc, char** argv) {
   constexpr timespec kSweepInterval = {0, 100 * 1000 * 1000};
   constexpr size_t kSweepBudgetPerShard = 256;  // per 100 ms: 2,560 entries/s per shard
   int signal_number = 0;
-  while ((signal_number = sigtimedwait(&signals, nullptr, &kSweepInterval)) < 0) {
-    store.sweep_expired(kSweepBudgetPerShard);  // a timeout (EAGAIN) or EINTR
+  for (;;) {
+    signal_number = sigtimedwait(&signals, nullptr, &kSweepInterval);
+    if (signal_number < 0) {
+      store.sweep_expired(kSweepBudgetPerShard);  // a timeout (EAGAIN) or EINTR
+    } else if (signal_number == SIGHUP) {
+      reload_tokens(config, token_store.get());
+    } else {
+      break;
+    }
   }
   log(LogLevel::info, "received {}: draining connections (up to {}s)", signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
       config.drain_timeout);

@@ -116,6 +116,15 @@ void Metrics::render(std::string& out) const {
   single(out, "kvcache_connections_total", "counter", "Client connections accepted.", accepted);
   single(out, "kvcache_connections_rejected_total", "counter", "Connections refused over --max-connections.",
          sum(&WorkerMetrics::connections_rejected));
+  family(out, "kvcache_auth_failures_total", "counter", "Requests refused with 401, by reason.");
+  constexpr std::string_view kReasons[] = {"missing", "wrong"};
+  for (size_t r = 0; r < std::size(kReasons); ++r) {
+    uint64_t total = 0;
+    for (const auto& worker : workers_) total += worker->auth_failures[r].get();
+    fmt::format_to(std::back_inserter(out), "kvcache_auth_failures_total{{reason=\"{}\"}} {}\n", kReasons[r], total);
+  }
+  single(out, "kvcache_gzip_responses_total", "counter", "Responses sent gzip-compressed.",
+         sum(&WorkerMetrics::gzip_responses));
   if (snapshot_ != nullptr) {
     const SnapshotMetrics& snap = *snapshot_;
     family(out, "kvcache_snapshot_last_success_timestamp_seconds", "gauge",

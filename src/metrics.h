@@ -25,7 +25,8 @@ std::string_view endpoint_name(Endpoint endpoint);
 constexpr std::array<double, 12> kLatencyBuckets = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                                                     0.005,   0.01,   0.025,   0.05,   0.1,   0.25};
 
-constexpr std::array<int, 15> kStatusCodes = {200, 400, 404, 405, 408, 409, 413, 414, 431, 500, 501, 503, 505, 507, 0};
+constexpr std::array<int, 17> kStatusCodes = {200, 400, 401, 404, 405, 408, 409, 413, 414,
+                                              415, 431, 500, 501, 503, 505, 507, 0};
 
 // Written by one thread, read by the scraper: relaxed load+store, no lock prefix.
 class Counter {
@@ -44,6 +45,8 @@ struct WorkerMetrics {
   Counter connections_rejected;
   Counter latency_buckets[kLatencyBuckets.size() + 1];  // the last one is +Inf
   Counter latency_sum_ns;
+  Counter auth_failures[2];  // by reason: missing, wrong
+  Counter gzip_responses;
 
   void count_request(Endpoint endpoint, int code);
   void observe_latency(uint64_t nanoseconds);

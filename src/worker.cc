@@ -92,13 +92,14 @@ struct Connection {
 };
 
 Worker::Worker(unsigned index, const Config& config, Store& store, Metrics& metrics,
-               std::atomic<unsigned>& open_connections, BufferBudget& buffers, Snapshotter* snapshots)
+               std::atomic<unsigned>& open_connections, BufferBudget& buffers, Snapshotter* snapshots,
+               const TokenStore* tokens)
     : index_(index),
       config_(config),
       counters_(metrics.worker(index)),
       open_connections_(open_connections),
       buffers_(buffers),
-      handler_(store, metrics, metrics.worker(index), date_),
+      handler_(store, metrics, metrics.worker(index), date_, tokens),
       input_(new char[kInputAllocation]),
       chunked_body_(new char[http::kMaxBodyBytes + RequestBodyDecoder::kPadding]) {
   output_.reserve(kOutputHighWater * 2);  // a batch stops past the high-water mark: room for it and one more

@@ -23,9 +23,10 @@ struct Connection;
 
 class Worker {
  public:
-  // snapshots: null when --snapshot-path is not set.
+  // snapshots: null when --snapshot-path is not set; `tokens`: null when access needs no token.
   Worker(unsigned index, const Config& config, Store& store, Metrics& metrics,
-         std::atomic<unsigned>& open_connections, BufferBudget& buffers, Snapshotter* snapshots);
+         std::atomic<unsigned>& open_connections, BufferBudget& buffers, Snapshotter* snapshots,
+         const TokenStore* tokens);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;

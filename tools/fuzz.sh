@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
-targets=(fuzz_http_parser fuzz_url fuzz_request_body fuzz_store fuzz_snapshot_loader)
+targets=(fuzz_http_parser fuzz_url fuzz_request_body fuzz_store fuzz_snapshot_loader fuzz_gzip)
 
 tools/install-deps.sh sanitize
 

@@ -3,7 +3,7 @@
 # Usage: tools/install-deps.sh [build|test|sanitize|bench]   (default: test)
 set -euo pipefail
 
-build=(meson ninja-build pkg-config g++ cmake libevent-dev libsimdjson-dev libfmt-dev libabsl-dev doctest-dev libisal-dev)
+build=(meson ninja-build pkg-config g++ cmake libevent-dev libsimdjson-dev libfmt-dev libabsl-dev doctest-dev libisal-dev libdeflate-dev)
 test=(python3 python3-pytest python3-requests python3-prometheus-client python3-yaml systemd curl haproxy)
 sanitize=(clang libclang-rt-14-dev llvm)
 bench=(wrk nginx-light redis-server memcached python3-locust python3-matplotlib valgrind)

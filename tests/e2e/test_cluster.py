@@ -60,16 +60,17 @@ def free_base_port():
 
 
 class Cluster:
-    def __init__(self, run_dir, port):
+    def __init__(self, run_dir, port, node_flags=""):
         self.run_dir = run_dir
         self.port = port
+        self.node_flags = node_flags
         self.url = f"http://127.0.0.1:{port}"
         self.stats_url = f"http://127.0.0.1:{port + 100}/stats;csv"
         self.nodes = 0
 
     def sh(self, *args, check=True):
         env = dict(os.environ, RUN_DIR=str(self.run_dir), KVCACHE=KVCACHE_BIN, HAPROXY=HAPROXY,
-                   NODE_FLAGS="--threads 1 --memory-limit 64M")
+                   NODE_FLAGS=f"--threads 1 --memory-limit 64M {self.node_flags}")
         try:
             result = subprocess.run(["bash", str(CLUSTER_SH), *args], env=env, capture_output=True,
                                     text=True, timeout=90, stdin=subprocess.DEVNULL)
@@ -152,8 +153,8 @@ def make_cluster(tmp_path):
     require_binary()
     clusters = []
 
-    def factory():
-        c = Cluster(tmp_path / f"cluster{len(clusters)}", free_base_port())
+    def factory(node_flags=""):
+        c = Cluster(tmp_path / f"cluster{len(clusters)}", free_base_port(), node_flags)
         clusters.append(c)
         return c
 
@@ -509,3 +510,24 @@ def test_add_a_node_with_a_graceful_reload(make_cluster):
     # and key_owner.py knows which: the new ring's owner is node 4 exactly for those
     ring = Ring([1, 2, 3, 4])
     assert sorted(moved) == sorted(k for k in keys if ring.owner(k) == 4)
+
+
+def test_bearer_tokens_pass_through_the_proxy(make_cluster, tmp_path):
+    token = "cluster-token-0123456789"
+    (tmp_path / "tokens").write_text(token + "\n")
+    c = make_cluster(f"--auth-token-file {tmp_path / 'tokens'}")
+    c.up(2)
+    # HAProxy's GET /health checks need no token: both nodes are UP.
+    deadline = time.monotonic() + 10
+    while not all(c.node_status(i) == "UP" for i in (1, 2)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [c.node_status(i) for i in (1, 2)] == ["UP", "UP"]
+    with requests.Session() as s:
+        r = s.post(c.url + "/put", json={"key": "k", "value": "v"}, timeout=TIMEOUT)
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == 'Bearer realm="kvcache"'
+        s.headers["Authorization"] = f"Bearer {token}"
+        for i in range(20):
+            r = s.post(c.url + "/put", json={"key": f"k{i}", "value": "v"}, timeout=TIMEOUT)
+            assert (r.status_code, r.content) == (200, OK_PUT)
+            r = s.get(c.url + "/get", params={"key": f"k{i}"}, timeout=TIMEOUT)
+            assert (r.status_code, r.content) == (200, get_body(f"k{i}", "v"))

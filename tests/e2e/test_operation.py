@@ -28,7 +28,8 @@ from helpers import (
 
 ALL_FLAGS = ["--port", "--bind", "--threads", "--memory-limit", "--shards", "--max-connections",
              "--read-timeout", "--idle-timeout", "--drain-timeout", "--log-level", "--help", "--health-check",
-             "--snapshot-path", "--snapshot-interval", "--snapshot-timeout"]
+             "--snapshot-path", "--snapshot-interval", "--snapshot-timeout",
+             "--auth-token-file"]
 
 
 def refuses(port):

@@ -38,7 +38,7 @@ KNOWN_ENV = {
     for name in (
         "port", "bind", "threads", "memory-limit", "shards", "max-connections",
         "read-timeout", "idle-timeout", "drain-timeout", "log-level",
-        "snapshot-path", "snapshot-interval", "snapshot-timeout",
+        "snapshot-path", "snapshot-interval", "snapshot-timeout", "auth-token-file",
     )
 }
 

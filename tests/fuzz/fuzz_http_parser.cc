@@ -38,6 +38,7 @@ struct Outcome {
   bool keep_alive = false;
   bool expect_continue = false;
   std::string target, path, query, body;
+  std::string authorization, accept_encoding, content_encoding;
 
   bool operator==(const Outcome&) const = default;
 };
@@ -87,6 +88,9 @@ class Connection {
         check(inside(request.path, in.get() + pos, request.head_length));
         check(inside(request.query, in.get() + pos, request.head_length));
       }
+      for (std::string_view header : {request.authorization, request.accept_encoding, request.content_encoding}) {
+        check(inside(header, in.get() + pos, request.head_length));
+      }
       if (request.chunked) {
         check(request.content_length == 0);
         check(inside(frame.body, body_buffer.get(), kMaxBodyBytes));
@@ -107,6 +111,9 @@ class Connection {
       outcome.path = request.path;
       outcome.query = request.query;
       outcome.body = frame.body;
+      outcome.authorization = request.authorization;
+      outcome.accept_encoding = request.accept_encoding;
+      outcome.content_encoding = request.content_encoding;
       outcomes_.push_back(std::move(outcome));
       if (!request.keep_alive) closed_ = true;  // the server answers, then closes
       pos += frame.consumed;

@@ -70,6 +70,20 @@ TEST_CASE("environment, and flags win over it") {
   CHECK(from_env.read_timeout == 3.0);
 }
 
+TEST_CASE("auth token file: flag or environment, never empty") {
+  Config none;
+  REQUIRE(parse({}, none).ok);
+  CHECK(none.auth_token_file.empty());
+  Config flag;
+  REQUIRE(parse({"--auth-token-file", "/run/tokens"}, flag, {{"KVCACHE_AUTH_TOKEN_FILE", "/env/tokens"}}).ok);
+  CHECK(flag.auth_token_file == "/run/tokens");
+  Config env;
+  REQUIRE(parse({}, env, {{"KVCACHE_AUTH_TOKEN_FILE", "/env/tokens"}}).ok);
+  CHECK(env.auth_token_file == "/env/tokens");
+  Config empty;
+  CHECK_FALSE(parse({"--auth-token-file="}, empty).ok);
+}
+
 TEST_CASE("bad values are errors that name the flag") {
   for (std::vector<std::string_view> args : std::vector<std::vector<std::string_view>>{
            {"--port", "abc"}, {"--port", "70000"}, {"--port", "0"}, {"--threads", "0"},
@@ -106,7 +120,7 @@ TEST_CASE("usage lists every flag") {
   std::string usage = usage_text();
   for (const char* flag : {"--port", "--bind", "--threads", "--memory-limit", "--shards", "--max-connections",
                            "--read-timeout", "--idle-timeout", "--send-timeout", "--drain-timeout", "--log-level", "--help",
-                           "--health-check"}) {
+                           "--health-check", "--auth-token-file"}) {
     CHECK(usage.find(flag) != std::string::npos);
   }
 }

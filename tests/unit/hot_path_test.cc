@@ -1,7 +1,10 @@
 // The request path allocates nothing once warm: every malloc in this test
 // binary is counted (glibc lets the executable interpose malloc), and a
 // stream of parsed-and-answered gets and puts must not add to the count.
+#include "auth.h"
+#include "gzip.h"
 #include "handlers.h"
+#include "log.h"
 #include "http_framing.h"
 #include "metrics.h"
 #include "store.h"
@@ -110,4 +113,45 @@ TEST_CASE("gets and puts allocate nothing once warm") {
   CHECK(out.find("HTTP/1.1 200 OK") != std::string::npos);
   CHECK(out.find("Key not found.") != std::string::npos);
   CHECK(store.stats().entries == 500);
+}
+
+TEST_CASE("with a token, gzip bodies and gzip responses, warm requests allocate nothing either") {
+  FixedClock clock;
+  Store store(16, 64 << 20, clock);
+  BufferBudget buffers(8 << 20);
+  Metrics metrics(store, buffers, 1, 64 << 20);
+  http::DateHeader date;
+  TokenStore tokens(parse_tokens("0123456789abcdef\n", "test").tokens);
+  RequestHandler handler(store, metrics, metrics.worker(0), date, &tokens);
+  set_log_level(LogLevel::error);  // the once-a-second 401 log line formats a string; it is not per request
+
+  gzip::Deflater deflater;
+  std::string value(128, 'v');
+  std::string keys;
+  std::string wire;
+  for (int i = 0; i < 100; ++i) {
+    std::string key = "key:" + std::to_string(i);
+    keys += (i ? ",\"" : "\"") + key + "\"";
+    std::string body(deflater.compress(R"({"key":")" + key + R"(","value":")" + value + R"("})"));
+    wire += "POST /put HTTP/1.1\r\nAuthorization: Bearer 0123456789abcdef\r\nContent-Encoding: gzip\r\n"
+            "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    wire += "GET /get?key=" + key + " HTTP/1.1\r\nAuthorization: Bearer 0123456789abcdef\r\n\r\n";
+    wire += "GET /get?key=" + key + " HTTP/1.1\r\n\r\n";  // 401
+  }
+  std::string mget = R"({"keys":[)" + keys + "]}";
+  wire += "POST /mget HTTP/1.1\r\nAuthorization: Bearer 0123456789abcdef\r\nAccept-Encoding: gzip\r\n"
+          "Content-Length: " + std::to_string(mget.size()) + "\r\n\r\n" + mget;
+  std::string copy(wire);
+  copy.reserve(wire.size() + RequestBodyDecoder::kPadding);
+  std::string out;
+  out.reserve(1 << 20);
+  serve(copy, handler, out);  // warm: keys stored, compressor and its buffer created
+  out.clear();
+
+  size_t before = allocations.load();
+  serve(copy, handler, out);
+  CHECK(allocations.load() - before == 0);
+  CHECK(out.find("Content-Encoding: gzip") != std::string::npos);
+  CHECK(out.find("HTTP/1.1 401 Unauthorized") != std::string::npos);
+  CHECK(store.stats().entries == 100);
 }

@@ -168,6 +168,19 @@ TEST_CASE("header names are case-insensitive") {
   CHECK(parse("POST /put HTTP/1.1\r\nTransfer-Encoding: CHUNKED\r\n\r\n0\r\n\r\n").request.chunked);
 }
 
+TEST_CASE("authorization and content coding headers are kept, trimmed, for the handler") {
+  Parsed p = parse("POST /mput HTTP/1.1\r\nauthorization:  Bearer abc \r\nAccept-Encoding: gzip, br\r\n"
+                   "CONTENT-ENCODING: gzip\r\nContent-Length: 2\r\n\r\n{}");
+  REQUIRE(p.status == Status::complete);
+  CHECK(p.request.authorization == "Bearer abc");
+  CHECK(p.request.accept_encoding == "gzip, br");
+  CHECK(p.request.content_encoding == "gzip");
+  Parsed none = parse("GET /health HTTP/1.1\r\n\r\n");
+  CHECK(none.request.authorization.empty());
+  CHECK(none.request.accept_encoding.empty());
+  CHECK(none.request.content_encoding.empty());
+}
+
 TEST_CASE("error statuses") {
   CHECK(error_code("GARBAGE\r\n\r\n") == 400);
   CHECK(error_code("GET /\r\n\r\n") == 400);
