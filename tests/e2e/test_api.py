@@ -507,12 +507,14 @@ def test_ttl_entry_expires(session, server):
 def test_ttl_one_entry_lives_at_least_half_a_second(session, server):
     """Whatever the put's phase within a clock second, ttl=1 must not expire
     at the next second boundary: puts spread over 1.1 s, each read back
-    0.5-0.8 s after it was written."""
+    0.5-0.8 s after it was written. A miss counts only when the whole span
+    from sending the put to receiving the get's answer was under 0.95 s, so a
+    slow machine (sanitizers, load) can skip checks but never fail a sound one."""
     p = unique()
-    written = []  # (key, time of put)
+    written = []  # (key, time the put was sent)
     failures = []
     visited = 0  # keys old enough to have been looked at
-    checked = 0  # keys actually read back
+    checked = 0  # keys read back within the sound window
     start = time.monotonic()
     for _ in range(400):
         now = time.monotonic()
@@ -520,22 +522,24 @@ def test_ttl_one_entry_lives_at_least_half_a_second(session, server):
             break
         if now - start < 1.1 and (not written or now - written[-1][1] >= 0.02):
             key = f"{p}-{len(written)}"
+            sent = time.monotonic()
             assert put(session, server, key, "v", ttl=1).status_code == 200
-            written.append((key, time.monotonic()))
-        for key, t in written[visited:]:
-            age = time.monotonic() - t
-            if age < 0.5:
+            written.append((key, sent))
+        for key, sent in written[visited:]:
+            if time.monotonic() - sent < 0.5:
                 break
             visited += 1
-            if age > 0.8:
-                continue  # this process was too slow; skip rather than guess
-            checked += 1
             r = get(session, server, key)
+            span = time.monotonic() - sent
+            if span >= 0.95:
+                continue  # this process was too slow to tell; skip rather than guess
+            checked += 1
             if r.status_code != 200:
-                failures.append(f"{key} gone {age:.3f}s after put with ttl=1")
+                failures.append(f"{key} gone at most {span:.3f}s after put with ttl=1")
         time.sleep(0.005)
-    assert checked >= 20, f"only {checked} keys could be checked in time"
     assert not failures, failures[:5]
+    if checked < 20:
+        pytest.skip(f"only {checked} keys could be read back within 0.95 s of their put on this machine")
 
 
 # ---------------------------------------------------------------------------
