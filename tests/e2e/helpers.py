@@ -39,6 +39,8 @@ def sanitizer_of(binary):
 
 
 SANITIZER = sanitizer_of(KVCACHE_BIN)
+# How much wider "the server did not stall" bounds are under a sanitizer build.
+SANITIZER_SLOWDOWN = 4 if SANITIZER else 1
 # RSS bounds are a promise of the release build: a sanitizer's shadow memory,
 # quarantine and allocator metadata are not the cache's memory.
 memory_bound = pytest.mark.skipif(

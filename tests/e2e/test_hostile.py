@@ -32,6 +32,7 @@ from helpers import (
     OK_PUT,
     RawConn,
     SANITIZER,
+    SANITIZER_SLOWDOWN,
     build_request,
     compact,
     error_body,
@@ -184,6 +185,9 @@ class PromptClient(threading.Thread):
         assert not self.is_alive(), "prompt client thread did not stop"
 
     def assert_prompt(self, limit=1.0, min_requests=5):
+        # A stall detector, not a speed test: a sanitizer build runs several
+        # times slower, so the bound widens with it.
+        limit *= SANITIZER_SLOWDOWN
         assert not self.errors, f"normal client failed: {self.errors[:3]}"
         assert len(self.latencies) >= min_requests, f"normal client made only {len(self.latencies)} requests"
         worst = max(self.latencies)
@@ -239,7 +243,7 @@ def test_slowloris_connections_are_dropped_at_the_read_timeout(start_server):
         begin = time.monotonic()
         for st in conns:  # stagger the first bytes over ~150 ms
             st["next"] = begin + rng.uniform(0, 0.15)
-        deadline = begin + READ_TIMEOUT + 6.0
+        deadline = begin + READ_TIMEOUT + 3.0 * SANITIZER_SLOWDOWN + 1.0
         open_count = n_conns
         for _ in range(1_000_000):
             now = time.monotonic()
@@ -283,12 +287,12 @@ def test_slowloris_connections_are_dropped_at_the_read_timeout(start_server):
             abort(st["sock"])
 
     still_open = [st["i"] for st in conns if st["closed"] is None]
-    assert not still_open, f"{len(still_open)} slowloris connections still open after {READ_TIMEOUT + 6}s"
+    assert not still_open, f"{len(still_open)} slowloris connections still open at the deadline"
     lifetimes = sorted(st["closed"] - st["first"] for st in conns if st["first"] is not None)
     assert len(lifetimes) == n_conns
     # "About the read timeout": not before it (minus clock granularity), not far after it.
     assert lifetimes[0] >= READ_TIMEOUT - 0.25, f"dropped after {lifetimes[0]:.2f}s, before the read timeout"
-    assert lifetimes[-1] <= READ_TIMEOUT + 3.0, f"a slowloris connection lived {lifetimes[-1]:.2f}s"
+    assert lifetimes[-1] <= READ_TIMEOUT + 3.0 * SANITIZER_SLOWDOWN, f"a slowloris connection lived {lifetimes[-1]:.2f}s"
     for st in conns:
         if st["data"]:  # a 408 or nothing at all, then the close
             assert st["data"].startswith(b"HTTP/1.1 408 "), st["data"][:200]
