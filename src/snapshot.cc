@@ -17,6 +17,9 @@ namespace kv {
 namespace {
 
 
+// Background snapshots work in slices of about this long.
+constexpr std::chrono::microseconds kPaceSlice{500};
+
 int64_t wall_now_ms() {
   timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -77,8 +80,10 @@ RestoreSummary restore_snapshot(snapshot::Source& source, Store& store, const Ti
   return summary;
 }
 
-SnapshotResult write_snapshot(Store& store, const std::string& path, absl::FunctionRef<bool()> should_stop) {
+SnapshotResult write_snapshot(Store& store, const std::string& path, absl::FunctionRef<bool()> should_stop,
+                              double duty) {
   auto start = std::chrono::steady_clock::now();
+  auto slice_start = start;
   SnapshotResult result;
   TimeBase base = TimeBase::now(store.clock());
   snapshot::Writer writer;
@@ -119,6 +124,12 @@ SnapshotResult write_snapshot(Store& store, const std::string& path, absl::Funct
       if (should_stop()) {
         result.abandoned = true;
         return fail("abandoned");
+      }
+      // Pacing: after each slice of work, rest so that work is `duty` of the time.
+      auto now = std::chrono::steady_clock::now();
+      if (duty < 1 && now - slice_start >= kPaceSlice) {
+        std::this_thread::sleep_for((now - slice_start) * (1 / duty - 1));
+        slice_start = std::chrono::steady_clock::now();
       }
     }
   }
@@ -228,9 +239,9 @@ SnapshotResult Snapshotter::last_result() const {
   return last_;
 }
 
-SnapshotResult Snapshotter::write(absl::FunctionRef<bool()> should_stop) {
+SnapshotResult Snapshotter::write(absl::FunctionRef<bool()> should_stop, double duty) {
   metrics_.running = true;
-  SnapshotResult result = write_snapshot(store_, path_, should_stop);
+  SnapshotResult result = write_snapshot(store_, path_, should_stop, duty);
   metrics_.running = false;
   if (result.ok) {
     metrics_.last_success_unix_ms = wall_now_ms();
@@ -262,7 +273,7 @@ void Snapshotter::run() {
     requested_ = false;
     busy_ = true;
     lock.unlock();
-    SnapshotResult result = write([this] { return stopping_.load(); });
+    SnapshotResult result = write([this] { return stopping_.load(); }, kBackgroundDuty);
     lock.lock();
     last_ = result;
     busy_ = false;
@@ -288,7 +299,7 @@ void Snapshotter::stop() {
 
 void Snapshotter::write_final() {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_);
-  SnapshotResult result = write([&] { return std::chrono::steady_clock::now() > deadline; });
+  SnapshotResult result = write([&] { return std::chrono::steady_clock::now() > deadline; }, 1.0);
   if (result.abandoned) {
     log(LogLevel::warn, "final snapshot took longer than --snapshot-timeout {}s: abandoned; {} keeps the previous one",
         timeout_, path_);

@@ -82,8 +82,16 @@ RestoreSummary restore_snapshot(snapshot::Source& source, Store& store, const Ti
                                 size_t parts = 1);
 
 // Writes the whole store to path (via path.tmp); gives up, leaving the
-// previous file, when should_stop() turns true between two batches.
-SnapshotResult write_snapshot(Store& store, const std::string& path, absl::FunctionRef<bool()> should_stop);
+// previous file, when should_stop() turns true between two batches. duty < 1
+// paces the work: it rests between slices so that it works that fraction of
+// the time (a core's worth of copying and writing would otherwise come out
+// of the request loops' share of the CPUs).
+SnapshotResult write_snapshot(Store& store, const std::string& path, absl::FunctionRef<bool()> should_stop,
+                              double duty = 1.0);
+
+// Snapshots written while serving (interval, POST /snapshot) work a quarter
+// of the time; the final one, after the drain, at full speed.
+constexpr double kBackgroundDuty = 0.25;
 
 class Snapshotter {
  public:
@@ -111,7 +119,7 @@ class Snapshotter {
 
  private:
   void run();
-  SnapshotResult write(absl::FunctionRef<bool()> should_stop);
+  SnapshotResult write(absl::FunctionRef<bool()> should_stop, double duty);
 
   Store& store_;
   const std::string path_;
