@@ -255,3 +255,15 @@ def test_snapshot_endpoint_without_snapshot_path_is_404(server):
     assert "--snapshot-path" in r.json()["message"]
     assert requests.get(f"{server.url}/snapshot", timeout=5).status_code == 405
     assert "kvcache_snapshot_" not in requests.get(f"{server.url}/metrics", timeout=5).text
+
+
+def test_snapshot_endpoint_needs_the_token_when_one_is_set(start_server, tmp_path):
+    token = "snapshot-token-0123456789"
+    (tmp_path / "tokens").write_text(token + "\n")
+    path = tmp_path / "cache.snap"
+    server = start_server("--snapshot-path", str(path), "--auth-token-file", str(tmp_path / "tokens"),
+                          *SNAPSHOT_FLAGS)
+    assert requests.post(f"{server.url}/snapshot", timeout=5).status_code == 401
+    assert not path.exists()
+    r = requests.post(f"{server.url}/snapshot", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert r.status_code == 200 and path.exists()
