@@ -48,6 +48,7 @@ RequestHandler::RequestHandler(Store& store, const Metrics& metrics, WorkerMetri
       inflater_(http::kMaxBodyBytes, RequestBodyDecoder::kPadding) {
   if (tokens != nullptr) tokens_.emplace(*tokens);
   scratch_.reserve(kScratchReserve);
+  batch_.reserve(kMaxBatchItems);
 }
 
 void RequestHandler::message(int code, std::string_view text, ConnectionMode mode, std::string& out,
@@ -201,10 +202,10 @@ void RequestHandler::del(std::string_view body, ConnectionMode mode, std::string
 
 void RequestHandler::mput(std::string_view body, ConnectionMode mode, std::string& out) {
   if (!decoder_.decode_mput(body)) return message(400, decoder_.error(), mode, out);
-  for (const PutItem& item : decoder_.items()) {
-    if (store_.put(make_key(item.key), item.value, item.ttl_seconds) != PutStatus::ok) {
-      return message(507, "entry does not fit in the memory limit", mode, out);
-    }
+  batch_.clear();
+  for (const PutItem& item : decoder_.items()) batch_.push_back({make_key(item.key), item.value, item.ttl_seconds});
+  if (store_.put_batch(batch_) != PutStatus::ok) {
+    return message(507, "the items do not fit in the memory limit; none was stored", mode, out);
   }
   message(200, "Items inserted/updated successfully.", mode, out);
 }

@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace kv {
 
@@ -70,6 +71,7 @@ class RequestHandler {
   WorkerMetrics& counters_;
   const http::DateHeader& date_;
   RequestBodyDecoder decoder_;
+  std::vector<BatchPut> batch_;          // the /mput being stored
   Endpoint endpoint_ = Endpoint::other;  // of the request being handled
   size_t body_limit_ = SIZE_MAX;         // of the request being handled
   std::string_view accept_encoding_;     // of the request being handled

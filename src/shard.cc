@@ -1,5 +1,8 @@
 #include "shard.h"
 
+#include <algorithm>
+#include <functional>
+
 namespace kv {
 
 size_t Shard::IndexHash::operator()(Handle handle) const {
@@ -29,7 +32,6 @@ void Shard::link_newest_locked(Handle handle) {
 
 void Shard::unlink_locked(Handle handle) {
   Entry& entry = entry_locked(handle);
-  if (sweep_cursor_ == handle) sweep_cursor_ = entry.newer;
   if (copy_cursor_ == handle) copy_cursor_ = entry.newer;
   (entry.newer != kNoHandle ? entry_locked(entry.newer).older : newest_) = entry.older;
   (entry.older != kNoHandle ? entry_locked(entry.older).newer : oldest_) = entry.newer;
@@ -44,41 +46,82 @@ void Shard::remove_locked(Handle handle, const KeyRef& key) {
   slab_.release(handle);
 }
 
-void Shard::evict_oldest_locked() {
-  remove_locked(oldest_);
-  ++evictions_;
-}
-
 void Shard::moved_locked(Handle from, Handle to) {
   Entry& entry = entry_locked(to);
+  if (entry.newer == kReserved) {
+    batch_[entry.older].chunk = to;
+    return;
+  }
   (entry.newer != kNoHandle ? entry_locked(entry.newer).older : newest_) = to;
   (entry.older != kNoHandle ? entry_locked(entry.older).newer : oldest_) = to;
-  if (sweep_cursor_ == from) sweep_cursor_ = to;
   if (copy_cursor_ == from) copy_cursor_ = to;
-  if (pinned_ == from) pinned_ = to;
+  if (protected_ == from) protected_ = to;
+  if (entry.expires_at != 0) track_expiry_locked(to, entry.expires_at);
   // The old chunk still holds the same key, so the lookup finds its slot.
   auto it = index_.find(make_key(entry.key()));
   const_cast<Handle&>(*it) = to;
 }
 
-bool Shard::reclaim_locked(size_t wanted_class) {
-  auto evacuate = [&](size_t size_class) {
-    slab_.evacuate(slab_.sparsest_page(size_class), [&](Handle from, Handle to) { moved_locked(from, to); });
-  };
-  if (size_t size_class = slab_.evacuable_class(); size_class != Slab::kClassCount) {
-    evacuate(size_class);
-    return true;
+void Shard::track_expiry_locked(Handle handle, uint32_t expires_at) {
+  expiries_.push_back({expires_at, handle});
+  std::push_heap(expiries_.begin(), expiries_.end(), std::greater<>{});
+}
+
+void Shard::compact_expiries_locked() {
+  if (expiries_.size() <= 2 * ttl_entries_ + 1024) return;
+  std::erase_if(expiries_, [&](const Expiry& e) {
+    return !slab_.in_use(e.handle) || entry_locked(e.handle).newer == kReserved ||
+           entry_locked(e.handle).expires_at != e.at;
+  });
+  // A rewrite back to an earlier expiry leaves two records for one entry.
+  std::sort(expiries_.begin(), expiries_.end(),
+            [](const Expiry& a, const Expiry& b) { return a.handle < b.handle || (a.handle == b.handle && a.at < b.at); });
+  expiries_.erase(std::unique(expiries_.begin(), expiries_.end(),
+                              [](const Expiry& a, const Expiry& b) { return a.handle == b.handle && a.at == b.at; }),
+                  expiries_.end());
+  std::make_heap(expiries_.begin(), expiries_.end(), std::greater<>{});
+}
+
+Handle Shard::next_expired_locked(size_t& budget) {
+  while (budget > 0 && !expiries_.empty() && is_expired(expiries_.front().at, now_ms_)) {
+    --budget;
+    Expiry top = expiries_.front();
+    std::pop_heap(expiries_.begin(), expiries_.end(), std::greater<>{});
+    expiries_.pop_back();
+    if (!slab_.in_use(top.handle) || top.handle == protected_) continue;
+    const Entry& entry = entry_locked(top.handle);
+    // The chunk may since hold another entry: any expired one is fair game.
+    if (entry.newer != kReserved && expired_locked(entry)) return top.handle;
   }
-  // Evict in exact LRU order until the freed chunks make room: a chunk of the
+  return kNoHandle;
+}
+
+bool Shard::reclaimed_enough_locked(size_t victim_class, size_t wanted_class) {
+  if (slab_.has_free_page() || (wanted_class < Slab::kClassCount && slab_.has_free_chunk(wanted_class))) return true;
+  if (!slab_.can_evacuate(victim_class)) return false;
+  slab_.evacuate(slab_.sparsest_page(victim_class), [&](Handle from, Handle to) { moved_locked(from, to); });
+  return true;
+}
+
+bool Shard::reclaim_locked(size_t wanted_class) {
+  if (size_t size_class = slab_.evacuable_class(); size_class != Slab::kClassCount) {
+    return reclaimed_enough_locked(size_class, wanted_class);
+  }
+  // Expired entries first: they are dead weight, whatever their recency.
+  size_t budget = expiries_.size();
+  for (Handle handle; (handle = next_expired_locked(budget)) != kNoHandle;) {
+    size_t size_class = Slab::class_for(entry_locked(handle).size());
+    remove_locked(handle);
+    ++expirations_;
+    if (reclaimed_enough_locked(size_class, wanted_class)) return true;
+  }
+  // Then exact LRU order until the freed chunks make room: a chunk of the
   // wanted class, an empty page, or a class with a page's worth to compact.
-  while (oldest_ != kNoHandle && oldest_ != pinned_) {
+  while (oldest_ != kNoHandle && oldest_ != protected_) {
     size_t size_class = Slab::class_for(entry_locked(oldest_).size());
-    evict_oldest_locked();
-    if (slab_.has_free_page() || (wanted_class < Slab::kClassCount && slab_.has_free_chunk(wanted_class))) return true;
-    if (slab_.can_evacuate(size_class)) {
-      evacuate(size_class);
-      return true;
-    }
+    remove_locked(oldest_);
+    ++evictions_;
+    if (reclaimed_enough_locked(size_class, wanted_class)) return true;
   }
   return false;
 }
@@ -92,47 +135,145 @@ Handle Shard::allocate_locked(size_t size_class) {
   }
 }
 
-PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires_at) {
-  size_t size_class = Slab::class_for(Entry::size_for(key.key.size(), value.size()));
-  std::lock_guard lock(mutex_);
-  Handle previous = kNoHandle;
-  if (auto it = index_.find(key); it != index_.end()) {
-    previous = *it;
-    Entry& entry = entry_locked(previous);
-    unlink_locked(previous);
-    link_newest_locked(previous);
-    if (Slab::class_for(entry.size()) == size_class) {
-      // Same chunk size: rewrite in place.
-      entry.store_value(value);
-      ttl_entries_ += (expires_at != 0) - (entry.expires_at != 0);
-      entry.expires_at = expires_at;
-      return PutStatus::ok;
+Handle Shard::touch_locked(BatchPut& item) {
+  size_t size_class = Slab::class_for(Entry::size_for(item.key.key.size(), item.value.size()));
+  item.chunk = kReserved;
+  auto it = index_.find(item.key);
+  if (it == index_.end()) return kNoHandle;
+  Handle existing = *it;
+  if (expired_locked(entry_locked(existing))) {
+    remove_locked(existing, item.key);
+    ++expirations_;
+    return kNoHandle;
+  }
+  // The newest now, so protected_ (the first entry touched) covers it.
+  unlink_locked(existing);
+  link_newest_locked(existing);
+  if (protected_ == kNoHandle) protected_ = existing;
+  if (Slab::class_for(entry_locked(existing).size()) == size_class) item.chunk = kNoHandle;
+  return existing;
+}
+
+bool Shard::reserve_chunk_locked(BatchPut& item, uint32_t index) {
+  if (item.chunk != kReserved) return true;
+  item.chunk = kNoHandle;
+  Handle chunk = allocate_locked(Slab::class_for(Entry::size_for(item.key.key.size(), item.value.size())));
+  if (chunk == kNoHandle) return false;
+  Entry& entry = entry_locked(chunk);
+  entry.newer = kReserved;
+  entry.older = index;
+  item.chunk = chunk;
+  return true;
+}
+
+bool Shard::reserve_locked(std::span<BatchPut> items) {
+  now_ms_ = clock_.now_ms();
+  compact_expiries_locked();
+  protected_ = kNoHandle;
+  // Every entry the batch overwrites is protected before anything is evicted.
+  for (BatchPut& item : items) touch_locked(item);
+  batch_ = items;
+  bool ok = true;
+  for (uint32_t i = 0; i < items.size() && ok; ++i) {
+    ok = reserve_chunk_locked(items[i], i);
+    if (!ok) {
+      for (BatchPut& rest : items.subspan(i)) rest.chunk = kNoHandle;
+      cancel_locked(items.first(i));
     }
   }
-  // A new size: the old entry (now the newest, and pinned) stays until the
-  // new one has a chunk, so a put that cannot be stored loses nothing.
-  pinned_ = previous;
-  Handle handle = allocate_locked(size_class);
-  previous = pinned_;  // allocation may have moved it
-  pinned_ = kNoHandle;
-  if (handle == kNoHandle) return PutStatus::too_large;
-  if (previous != kNoHandle) remove_locked(previous, key);
-  entry_locked(handle).fill(key.key, value, expires_at);
-  if (expires_at != 0) ++ttl_entries_;
-  link_newest_locked(handle);
-  index_.lazy_emplace(key, [&](const auto& construct) { construct(handle); });
-  // A grown index takes memory too: hand pages back until within the limit,
-  // never evicting the entry just written.
-  pinned_ = handle;
-  while (bytes_used_locked() > byte_limit_ && (slab_.has_free_page() || reclaim_locked(Slab::kClassCount))) {
-    slab_.unmap_free_page();
+  batch_ = {};
+  protected_ = kNoHandle;
+  return ok;
+}
+
+void Shard::cancel_locked(std::span<BatchPut> items) {
+  for (BatchPut& item : items) {
+    if (item.chunk != kNoHandle) slab_.release(item.chunk);
+    item.chunk = kNoHandle;
   }
-  pinned_ = kNoHandle;
+}
+
+void Shard::rewrite_locked(Handle handle, const BatchPut& item) {
+  Entry& entry = entry_locked(handle);
+  entry.store_value(item.value);
+  ttl_entries_ += (item.expires_at != 0) - (entry.expires_at != 0);
+  if (item.expires_at != 0 && item.expires_at != entry.expires_at) track_expiry_locked(handle, item.expires_at);
+  entry.expires_at = item.expires_at;
+  if (handle != newest_) {
+    unlink_locked(handle);
+    link_newest_locked(handle);
+  }
+}
+
+void Shard::commit_one_locked(const BatchPut& item) {
+  Handle handle = item.chunk;
+  if (handle == kNoHandle) {
+    // Reserved as a rewrite: the entry exists and its chunk fits.
+    rewrite_locked(*index_.find(item.key), item);
+  } else {
+    entry_locked(handle).fill(item.key.key, item.value, item.expires_at);
+    bool inserted = false;
+    auto it = index_.lazy_emplace(item.key, [&](const auto& construct) {
+      construct(handle);
+      inserted = true;
+    });
+    if (!inserted) {
+      // Replaces an entry in another size class.
+      Handle previous = *it;
+      const_cast<Handle&>(*it) = handle;
+      if (entry_locked(previous).expires_at != 0) --ttl_entries_;
+      unlink_locked(previous);
+      slab_.release(previous);
+    }
+    if (item.expires_at != 0) {
+      ++ttl_entries_;
+      track_expiry_locked(handle, item.expires_at);
+    }
+    link_newest_locked(handle);
+  }
+  if (protected_ == kNoHandle) protected_ = newest_;
+}
+
+void Shard::commit_locked(std::span<BatchPut> items) {
+  protected_ = kNoHandle;
+  for (const BatchPut& item : items) commit_one_locked(item);
+  trim_locked();
+}
+
+void Shard::trim_locked() {
+  // A grown index or expiry heap takes memory too.
+  while (bytes_used_locked() > byte_limit_) {
+    if (!slab_.has_free_page() && !reclaim_locked(Slab::kClassCount)) break;
+    if (slab_.has_free_page() && !slab_.unmap_free_page()) break;
+  }
+  protected_ = kNoHandle;
+}
+
+PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires_at) {
+  BatchPut item{key, value, 0, expires_at};
+  std::lock_guard lock(mutex_);
+  now_ms_ = clock_.now_ms();
+  compact_expiries_locked();
+  protected_ = kNoHandle;
+  Handle existing = touch_locked(item);
+  bool ok = reserve_chunk_locked(item, 0);
+  protected_ = kNoHandle;
+  if (!ok) return PutStatus::too_large;
+  if (item.chunk == kNoHandle) {
+    // Same chunk size, nothing allocated (so nothing moved): rewrite in place.
+    rewrite_locked(existing, item);
+    return PutStatus::ok;
+  }
+  // A new size: the old entry (if any) stayed until the new chunk existed,
+  // so a put that cannot be stored loses nothing.
+  commit_one_locked(item);
+  trim_locked();
   return PutStatus::ok;
 }
 
 bool Shard::get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value) {
   std::lock_guard lock(mutex_);
+  now_ms_ = clock_.now_ms();
   auto it = index_.find(key);
   if (it != index_.end()) {
     Handle handle = *it;
@@ -155,6 +296,7 @@ bool Shard::get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_
 
 bool Shard::erase(const KeyRef& key) {
   std::lock_guard lock(mutex_);
+  now_ms_ = clock_.now_ms();
   auto it = index_.find(key);
   if (it == index_.end()) return false;
   Handle handle = *it;
@@ -166,15 +308,14 @@ bool Shard::erase(const KeyRef& key) {
 
 void Shard::sweep_expired(size_t budget) {
   std::lock_guard lock(mutex_);
-  if (ttl_entries_ == 0) return;
-  for (size_t visited = 0; visited < budget && newest_ != kNoHandle; ++visited) {
-    if (sweep_cursor_ == kNoHandle) sweep_cursor_ = oldest_;  // wrap around
-    Handle handle = sweep_cursor_;
-    sweep_cursor_ = entry_locked(handle).newer;
-    if (expired_locked(entry_locked(handle))) {
-      remove_locked(handle);
-      ++expirations_;
-    }
+  now_ms_ = clock_.now_ms();
+  if (ttl_entries_ == 0) {
+    expiries_.clear();  // only stale records are left
+    return;
+  }
+  for (Handle handle; (handle = next_expired_locked(budget)) != kNoHandle;) {
+    remove_locked(handle);
+    ++expirations_;
   }
 }
 
@@ -188,6 +329,7 @@ size_t Shard::copy_start() {
 bool Shard::copy_batch(size_t max_entries,
                        absl::FunctionRef<void(std::string_view key, std::string_view value, uint32_t expires_at)> out) {
   std::lock_guard lock(mutex_);
+  now_ms_ = clock_.now_ms();
   for (size_t visited = 0; visited < max_entries && copy_cursor_ != kNoHandle && copy_budget_ > 0; ++visited) {
     const Entry& entry = entry_locked(copy_cursor_);
     copy_cursor_ = entry.newer;

@@ -12,7 +12,9 @@
 
 #include <cstdint>
 #include <mutex>
+#include <span>
 #include <string_view>
+#include <vector>
 
 namespace kv {
 
@@ -25,6 +27,18 @@ struct KeyRef {
 inline KeyRef make_key(std::string_view key) { return {key, absl::Hash<std::string_view>{}(key)}; }
 
 enum class PutStatus { ok, too_large };
+
+// One item of an atomic batch (Store::put_batch). The caller sets key, value
+// and ttl_seconds; the store fills in the rest.
+struct BatchPut {
+  KeyRef key;
+  std::string_view value;
+  uint32_t ttl_seconds = 0;
+  uint32_t expires_at = 0;     // expiry tick (clock.h); 0 = never
+  uint32_t order = 0;          // position in the request: a later item wins
+  uint32_t shard = 0;
+  Handle chunk = kNoHandle;    // reserved by Shard::reserve_locked; kNoHandle: rewrite in place
+};
 
 struct ShardStats {
   uint64_t entries = 0;
@@ -48,13 +62,14 @@ class Shard {
   // straight into its response.
   bool get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value);
   bool erase(const KeyRef& key);
-  // Removes expired entries among at most `budget` visited ones.
+  // Removes expired entries, soonest expiry first, looking at no more than
+  // `budget` candidates.
   void sweep_expired(size_t budget);
   ShardStats stats() const;
 
   // Snapshot walk over the LRU list, oldest to newest, a bounded batch per
   // call. The position is the shard's own (kept valid when entries are
-  // touched, moved or removed between calls, as the sweep's is), so there
+  // touched, moved or removed between calls), so there
   // is one walk at a time.
   // Returns the entries the walk starts with.
   size_t copy_start();
@@ -65,6 +80,21 @@ class Shard {
   // not keep the walk going for ever).
   bool copy_batch(size_t max_entries,
                   absl::FunctionRef<void(std::string_view key, std::string_view value, uint32_t expires_at)> out);
+
+  // Atomic batches across shards (Store::put_batch): the store locks every
+  // shard a batch touches in ascending shard order, calls reserve_locked with
+  // that shard's items (distinct keys), then commit_locked in every shard if
+  // all reservations succeeded, else cancel_locked in those that did.
+  void lock() { mutex_.lock(); }
+  void unlock() { mutex_.unlock(); }
+  // Makes room for every item: evicts and compacts as a put would, but never
+  // an entry the batch overwrites, and changes no value. False (with its own
+  // reservations already cancelled) when the shard cannot hold them all.
+  bool reserve_locked(std::span<BatchPut> items);
+  // Stores the reserved items; cannot fail.
+  void commit_locked(std::span<BatchPut> items);
+  // Returns the reserved chunks; no stored value has changed.
+  void cancel_locked(std::span<BatchPut> items);
 
  private:
   // Index functors resolve handles through the slab; lookups use a KeyRef.
@@ -90,19 +120,54 @@ class Shard {
   void remove_locked(Handle handle);
   // The same, given the entry's key with its hash (saves hashing it again).
   void remove_locked(Handle handle, const KeyRef& key);
-  void evict_oldest_locked();
   // A chunk of the size class: from a mapped page, a new page within the
   // limit, or reclaimed memory. kNoHandle when the shard cannot hold it.
   Handle allocate_locked(size_t size_class);
   // Makes room without mapping: compacts a sparse page if one can be
-  // emptied, else evicts LRU entries until a chunk of wanted_class (or, for
+  // emptied, else removes expired entries (soonest expiry first), else
+  // evicts LRU entries, until a chunk of wanted_class (or, for
   // Slab::kClassCount, a whole page) is free. False when nothing is left.
   bool reclaim_locked(size_t wanted_class);
-  // Re-points the index and LRU neighbours after the slab moved an entry.
+  // After removing an entry of victim_class while reclaiming: whether there
+  // is room now (compacting that class if its free chunks make a page).
+  bool reclaimed_enough_locked(size_t victim_class, size_t wanted_class);
+  // The expired entry with the soonest expiry (never protected_), or
+  // kNoHandle; pops at most *budget stale or expired candidates.
+  Handle next_expired_locked(size_t& budget);
+  void track_expiry_locked(Handle handle, uint32_t expires_at);
+  // Drops stale expiry records once they outnumber the live ones.
+  void compact_expiries_locked();
+  // Finds the key's entry (dropping it if expired) and makes it the newest;
+  // item.chunk becomes kNoHandle when that entry's chunk fits the new value,
+  // else kReserved (a chunk is needed). Returns the entry or kNoHandle.
+  Handle touch_locked(BatchPut& item);
+  // Allocates the chunk a touched item needs, marked as reserved for
+  // batch_[index]. False when the shard cannot hold it.
+  bool reserve_chunk_locked(BatchPut& item, uint32_t index);
+  void rewrite_locked(Handle handle, const BatchPut& item);
+  void commit_one_locked(const BatchPut& item);
+  // Gives memory back until the shard is within its limit, never evicting
+  // protected_ or anything newer.
+  void trim_locked();
+  // Re-points the index and LRU neighbours (or a reservation) after the
+  // slab moved a chunk.
   void moved_locked(Handle from, Handle to);
   uint64_t index_bytes_locked() const;
-  uint64_t bytes_used_locked() const { return slab_.mapped_bytes() + index_bytes_locked(); }
-  bool expired_locked(const Entry& entry) const { return is_expired(entry.expires_at, clock_.now_ms()); }
+  uint64_t bytes_used_locked() const {
+    return slab_.mapped_bytes() + index_bytes_locked() + expiries_.capacity() * sizeof(Expiry);
+  }
+  bool expired_locked(const Entry& entry) const { return is_expired(entry.expires_at, now_ms_); }
+
+  // When an entry with a TTL gets a chunk or a new expiry; a record whose
+  // chunk no longer holds an entry with that expiry is stale and skipped.
+  struct Expiry {
+    uint32_t at;
+    Handle handle;
+    bool operator>(const Expiry& other) const { return at > other.at; }
+  };
+  // A reserved chunk's `newer` holds this (never a valid handle) and its
+  // `older` the item's index in batch_.
+  static constexpr Handle kReserved = kNoHandle - 1;
 
   const uint64_t byte_limit_;
   const Clock& clock_;
@@ -112,11 +177,15 @@ class Shard {
   Index index_;
   Handle newest_ = kNoHandle;
   Handle oldest_ = kNoHandle;
-  Handle sweep_cursor_ = kNoHandle;  // next entry the TTL sweep visits, walking toward newer
-  Handle pinned_ = kNoHandle;        // never evicted: the entry a put is completing
+  // Neither this entry nor any newer one is evicted or expired: the entries
+  // a put or batch is completing.
+  Handle protected_ = kNoHandle;
   Handle copy_cursor_ = kNoHandle;   // next entry the snapshot walk copies, walking toward newer
   uint64_t copy_budget_ = 0;         // entries the snapshot walk may still visit
-  uint64_t ttl_entries_ = 0;  // entries with an expiry: the sweep has nothing to do without them
+  uint64_t now_ms_ = 0;          // the clock, read once per operation
+  std::span<BatchPut> batch_;    // items being reserved (their chunks may move)
+  std::vector<Expiry> expiries_;  // min-heap on `at`
+  uint64_t ttl_entries_ = 0;      // entries with an expiry
   uint64_t hits_ = 0, misses_ = 0, evictions_ = 0, expirations_ = 0;
 };
 

@@ -68,12 +68,30 @@ void Slab::unlink_partial(uint32_t number) {
   page.prev = page.next = kNoPage;
 }
 
+void Slab::push_free(Page& page, uint16_t chunk) {
+  next_free(page, chunk) = page.free_head;
+  std::memcpy(page.memory + chunk * chunk_size(page.size_class) + 4, &kFreeMark, sizeof kFreeMark);
+  page.free_head = chunk;
+}
+
+bool Slab::in_use(Handle handle) const {
+  uint32_t number = handle >> kPageShift;
+  if (number >= pages_.size() || pages_[number].size_class == kUnassigned) return false;
+  const Page& page = pages_[number];
+  size_t offset = size_t{handle & kOffsetMask} << 3;
+  size_t size = chunk_size(page.size_class);
+  if (offset % size != 0 || offset / size >= chunks_per_page(page.size_class)) return false;
+  uint32_t mark;
+  std::memcpy(&mark, page.memory + offset + 4, sizeof mark);
+  return mark != kFreeMark;
+}
+
 void Slab::assign(uint32_t number, size_t size_class) {
   Page& page = pages_[number];
   page.size_class = static_cast<uint16_t>(size_class);
   uint16_t count = static_cast<uint16_t>(chunks_per_page(size_class));
-  for (uint16_t chunk = 0; chunk < count; ++chunk) next_free(page, chunk) = chunk + 1 < count ? chunk + 1 : kNoChunk;
-  page.free_head = 0;
+  page.free_head = kNoChunk;
+  for (uint16_t chunk = count; chunk-- > 0;) push_free(page, chunk);
   page.free_count = count;
   free_chunks_[size_class] += count;
   link_partial(number);
@@ -102,8 +120,7 @@ void Slab::release(Handle handle) {
   uint32_t number = handle >> kPageShift;
   Page& page = pages_[number];
   uint16_t chunk = static_cast<uint16_t>((size_t{handle & kOffsetMask} << 3) / chunk_size(page.size_class));
-  next_free(page, chunk) = page.free_head;
-  page.free_head = chunk;
+  push_free(page, chunk);
   ++free_chunks_[page.size_class];
   if (page.free_count++ == 0) link_partial(number);
   size_t count = chunks_per_page(page.size_class);

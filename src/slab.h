@@ -48,6 +48,11 @@ class Slab {
   // A free chunk of the class from its partly used pages, else from a free
   // page; kNoHandle when neither exists (map or reclaim a page, then retry).
   Handle take(size_t size_class);
+  // Whether the handle is the start of a chunk that take() handed out and
+  // release() has not taken back (for records that may be stale). A user of
+  // a chunk must overwrite its bytes 4..7, where a free chunk holds kFreeMark.
+  bool in_use(Handle handle) const;
+  static constexpr uint32_t kFreeMark = UINT32_MAX - 1;
   // Returns a chunk. A page left empty becomes the free page, or is unmapped
   // when there already is one, so deleted data gives memory back.
   void release(Handle handle);
@@ -90,6 +95,8 @@ class Slab {
   void unlink_partial(uint32_t page);
   Handle take_from(uint32_t page);
   uint16_t& next_free(const Page& page, uint16_t chunk) const;
+  // Links the chunk in front of the page's free list, marked free.
+  void push_free(Page& page, uint16_t chunk);
 
   std::vector<Page> pages_;
   std::vector<uint32_t> free_pages_;      // mapped, no class

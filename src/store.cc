@@ -1,6 +1,7 @@
 #include "store.h"
 
 #include <algorithm>
+#include <tuple>
 
 namespace kv {
 
@@ -17,6 +18,45 @@ Store::Store(size_t shard_count, uint64_t byte_budget, const Clock& clock)
 PutStatus Store::put(const KeyRef& key, std::string_view value, uint32_t ttl_seconds) {
   uint32_t expires_at = ttl_seconds == 0 ? 0 : expiry_tick(clock_.now_ms(), ttl_seconds);
   return shard_for(key).put(key, value, expires_at);
+}
+
+PutStatus Store::put_batch(std::span<BatchPut> items) {
+  uint64_t now_ms = clock_.now_ms();
+  for (uint32_t i = 0; i < items.size(); ++i) {
+    BatchPut& item = items[i];
+    item.order = i;
+    item.shard = static_cast<uint32_t>(shard_index(item.key));
+    item.expires_at = expiry_tick(now_ms, item.ttl_seconds);
+  }
+  // Sorted by shard (the lock order, which rules out deadlock), with equal
+  // keys adjacent and in request order.
+  auto rank = [](const BatchPut& item) { return std::tie(item.shard, item.key.hash, item.key.key, item.order); };
+  std::sort(items.begin(), items.end(), [&](const BatchPut& a, const BatchPut& b) { return rank(a) < rank(b); });
+  // Only the last item of each key matters.
+  size_t kept = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    bool superseded = i + 1 < items.size() && items[i + 1].key.hash == items[i].key.hash &&
+                      items[i + 1].key.key == items[i].key.key;
+    if (!superseded) items[kept++] = items[i];
+  }
+  return put_sorted_batch(items.first(kept));
+}
+
+PutStatus Store::put_sorted_batch(std::span<BatchPut> items) {
+  if (items.empty()) return PutStatus::ok;
+  size_t end = 1;
+  while (end < items.size() && items[end].shard == items[0].shard) ++end;
+  Shard& shard = *shards_[items[0].shard];
+  std::span<BatchPut> part = items.first(end);
+  std::lock_guard lock(shard);
+  if (!shard.reserve_locked(part)) return PutStatus::too_large;
+  PutStatus rest = put_sorted_batch(items.subspan(end));
+  if (rest == PutStatus::ok) {
+    shard.commit_locked(part);
+  } else {
+    shard.cancel_locked(part);
+  }
+  return rest;
 }
 
 bool Store::get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value) {

@@ -20,6 +20,12 @@ class Store {
 
   // ttl_seconds 0 means the entry never expires.
   PutStatus put(const KeyRef& key, std::string_view value, uint32_t ttl_seconds);
+  // All or nothing: every item is stored (a later item wins over an earlier
+  // one with the same key), or none is and no stored value changes. Each
+  // shard's part is stored under its lock, shard by shard, so a concurrent
+  // reader may see some keys of a successful batch before others. Reorders
+  // and overwrites the items.
+  PutStatus put_batch(std::span<BatchPut> items);
   bool get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value);
   bool erase(const KeyRef& key);
   // Bounded work: visits at most budget_per_shard entries of each shard.
@@ -42,6 +48,9 @@ class Store {
 
  private:
   Shard& shard_for(const KeyRef& key) { return *shards_[shard_index(key)]; }
+  // Locks the first shard of `items` (sorted by shard), reserves its part,
+  // recurses into the rest, then commits or cancels its part.
+  PutStatus put_sorted_batch(std::span<BatchPut> items);
 
   const uint64_t byte_budget_;
   const Clock& clock_;

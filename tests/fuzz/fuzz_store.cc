@@ -1,7 +1,7 @@
 // Model-based fuzz target for kv::Store.
 //
 // The input is a sequence of operations (put / get / erase / advance the fake
-// clock / sweep) over a small key space, applied to two stores and a simple
+// clock / sweep / atomic batch put) over a small key space, applied to two stores and a simple
 // reference model (the last put of each key with its expiry tick, as
 // clock.h's expiry_tick / is_expired define it):
 //
@@ -25,6 +25,7 @@
 #include <string>
 #include <string_view>
 #include <iterator>
+#include <vector>
 
 namespace {
 
@@ -109,6 +110,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return n;
   };
 
+  // A distinct, printable value per put, so a stale one is recognised.
+  auto next_value = [&] {
+    size_t value_size = in.u16() % 257;
+    std::string value = "<" + std::to_string(++serial) + ">";
+    while (value.size() < value_size) value += static_cast<char>('a' + value.size() % 26);
+    value.resize(value_size);
+    return value;
+  };
+
   // A hit in the small store must be the latest accepted put, live.
   auto check_small = [&](const std::string& key) {
     std::optional<std::string> got = lookup(small, key);
@@ -121,15 +131,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     uint8_t op = in.byte();
     std::string key = key_name(in.byte() % kKeys);
     auto it = model.find(key);
-    switch (op % 6) {
+    switch (op % 7) {
       case 0:
       case 1: {  // put
-        size_t value_size = in.u16() % 257;
+        std::string value = next_value();
         uint32_t ttl = ttl_from(in.byte());
-        // A distinct, printable value per put, so a stale one is recognised.
-        std::string value = "<" + std::to_string(++serial) + ">";
-        while (value.size() < value_size) value += static_cast<char>('a' + value.size() % 26);
-        value.resize(value_size);
         uint32_t expires_at = kv::expiry_tick(clock.now, ttl);
         kv::PutStatus big_status = big.put(kv::make_key(key), value, ttl);
         check(big_status == kv::PutStatus::ok);
@@ -176,10 +182,44 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         clock.now += (b & 0x80) ? uint64_t(b & 0x7f) * 1000 : uint64_t{b} * 13;
         break;
       }
+      case 6: {  // mput: 1..8 items, keys may repeat (the last one wins)
+        size_t count = 1 + in.byte() % 8;
+        std::vector<std::string> keys{key}, values;
+        std::vector<uint32_t> ttls;
+        while (keys.size() < count) keys.push_back(key_name(in.byte() % kKeys));
+        for (size_t i = 0; i < count; ++i) {
+          values.push_back(next_value());
+          ttls.push_back(ttl_from(in.byte()));
+        }
+        auto batch = [&] {
+          std::vector<kv::BatchPut> items;
+          for (size_t i = 0; i < count; ++i) items.push_back({kv::make_key(keys[i]), values[i], ttls[i]});
+          return items;
+        };
+        auto big_items = batch();
+        check(big.put_batch(big_items) == kv::PutStatus::ok);
+        auto small_items = batch();
+        bool stored = small.put_batch(small_items) == kv::PutStatus::ok;
+        for (size_t i = 0; i < count; ++i) {
+          ModelEntry entry{values[i], kv::expiry_tick(clock.now, ttls[i])};
+          model[keys[i]] = entry;
+          if (stored) small_model[keys[i]] = entry;
+        }
+        // All of it (the batch evicts none of its own entries), or none of it.
+        for (size_t i = 0; i < count; ++i) {
+          if (stored) {
+            check(lookup(small, keys[i]) == small_model[keys[i]].value);
+          } else {
+            check_small(keys[i]);
+          }
+        }
+        break;
+      }
       default: {  // sweep
         uint8_t b = in.byte();
         bool full = b & 1;
-        size_t budget = full ? kKeys : b / 2 % 4;  // kKeys: every entry of every shard
+        // A full sweep's budget covers every expiry record (stale ones too).
+        size_t budget = full ? 1 << 20 : b / 2 % 4;
         small.sweep_expired(budget);
         big.sweep_expired(budget);
         if (full) {

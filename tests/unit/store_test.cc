@@ -265,3 +265,131 @@ TEST_CASE("overwriting with a new size class moves the key, keeping one entry") 
   clock.now += 100;
   CHECK(lookup(store, "k") == std::string(100, 'x'));  // the ttl went with the overwrite
 }
+
+namespace {
+
+// A batch of the given keys, each with its value.
+std::vector<BatchPut> batch_of(const std::vector<std::string>& keys, const std::vector<std::string>& values,
+                               uint32_t ttl = 0) {
+  std::vector<BatchPut> batch;
+  for (size_t i = 0; i < keys.size(); ++i) batch.push_back({make_key(keys[i]), values[i], ttl});
+  return batch;
+}
+
+}  // namespace
+
+TEST_CASE("put_batch stores every item, a later item winning over an earlier one with the same key") {
+  FakeClock clock;
+  Store store(4, 64 << 20, clock);
+  put(store, "old", std::string(10, 'o'));
+  std::vector<std::string> keys, values;
+  for (int i = 0; i < 500; ++i) {
+    keys.push_back(fmt::format("k{}", i % 400));  // k0..k99 twice
+    values.push_back(fmt::format("{}-{}", i, std::string(i % 257 / 2, 'v')));
+  }
+  keys.push_back("old");
+  values.push_back(std::string(200, 'n'));  // the overwrite changes size class
+  auto batch = batch_of(keys, values, 0);
+  REQUIRE(store.put_batch(batch) == PutStatus::ok);
+  for (int i = 100; i < 500; ++i) CHECK(lookup(store, keys[i]) == values[i]);
+  CHECK(lookup(store, "old") == std::string(200, 'n'));
+  CHECK(store.stats().entries == 401);
+  CHECK(store.stats().evictions == 0);
+}
+
+TEST_CASE("put_batch is all or nothing: a batch that runs out of memory changes no value") {
+  FakeClock clock;
+  // Two pages per shard: room for a few dozen large entries each.
+  Store store(4, 4 * 2 * Slab::kPageSize, clock);
+  std::vector<std::string> before;
+  for (int i = 0; i < 20; ++i) {
+    before.push_back(fmt::format("before:{}", i));
+    put(store, before.back(), "small");
+  }
+  // Overwrites of existing keys (into a bigger size class) come first in
+  // the request, then more new large entries than all shards can hold.
+  std::vector<std::string> keys, values;
+  for (int i = 0; i < 10; ++i) {
+    keys.push_back(before[i]);
+    values.push_back(std::string(256, 'x'));
+  }
+  for (int i = 0; i < 1000; ++i) {
+    keys.push_back(fmt::format("new:{}", i));
+    values.push_back(std::string(256, 'y'));
+  }
+  auto batch = batch_of(keys, values);
+  CHECK(store.put_batch(batch) == PutStatus::too_large);
+  for (int i = 0; i < 1000; ++i) REQUIRE_FALSE(lookup(store, fmt::format("new:{}", i)));
+  // Making room may evict other entries, never one the batch overwrites.
+  for (int i = 0; i < 10; ++i) CHECK(lookup(store, before[i]) == "small");
+  CHECK(store.stats().bytes_used <= 4 * 2 * Slab::kPageSize);
+  // The reserved memory went back: a batch that fits is stored.
+  auto small = batch_of({"a", "b"}, {"1", "2"});
+  CHECK(store.put_batch(small) == PutStatus::ok);
+  CHECK(lookup(store, "a") == "1");
+  CHECK(lookup(store, "b") == "2");
+}
+
+TEST_CASE("put_batch evicts older entries to make room, never the batch's own") {
+  FakeClock clock;
+  const uint64_t limit = 8 * Slab::kPageSize;
+  Shard shard(limit, clock);
+  for (int i = 0; i < 2000; ++i) REQUIRE(shard.put(make_key(fmt::format("old:{}", i)), std::string(100, 'o'), 0) == PutStatus::ok);
+  std::vector<std::string> keys, values;
+  for (int i = 0; i < 300; ++i) {
+    keys.push_back(fmt::format("batch:{}", i));
+    values.push_back(std::string(150, 'b'));
+  }
+  auto batch = batch_of(keys, values);
+  for (BatchPut& item : batch) item.expires_at = 0;
+  shard.lock();
+  REQUIRE(shard.reserve_locked(batch));
+  shard.commit_locked(batch);
+  shard.unlock();
+  for (const std::string& key : keys) REQUIRE(shard.get(make_key(key), [](std::string_view) {}));
+  CHECK(shard.stats().evictions > 0);
+  CHECK(shard.stats().bytes_used <= limit);
+}
+
+TEST_CASE("expired entries are reclaimed before any live entry is evicted") {
+  FakeClock clock;
+  const uint64_t limit = 16 * Slab::kPageSize;
+  std::string value(100, 'v');
+  // How many entries fit before the first eviction.
+  int capacity = 0;
+  {
+    Shard probe(limit, clock);
+    while (probe.stats().evictions == 0) REQUIRE(probe.put(make_key(fmt::format("p{}", capacity++)), value, 0) == PutStatus::ok);
+    capacity -= 1;
+  }
+  Shard shard(limit, clock);
+  // Alternating live and short-lived entries; the oldest are live.
+  for (int i = 0; i < capacity; ++i) {
+    uint32_t expires_at = i % 2 ? expiry_tick(clock.now_ms(), 10) : 0;
+    REQUIRE(shard.put(make_key(fmt::format("k{}", i)), value, expires_at) == PutStatus::ok);
+  }
+  REQUIRE(shard.stats().evictions == 0);
+  clock.now += 11;
+  for (int i = 0; i < capacity / 2; ++i) REQUIRE(shard.put(make_key(fmt::format("n{}", i)), value, 0) == PutStatus::ok);
+  ShardStats stats = shard.stats();
+  CHECK(stats.evictions == 0);
+  CHECK(stats.expirations >= static_cast<uint64_t>(capacity / 2 - 1));
+  for (int i = 0; i < capacity; i += 2) REQUIRE(shard.get(make_key(fmt::format("k{}", i)), [](std::string_view) {}));
+  // With the expired ones gone, the LRU tail (n0: the k keys were just read) goes next.
+  for (int i = 0; i < 50; ++i) REQUIRE(shard.put(make_key(fmt::format("m{}", i)), value, 0) == PutStatus::ok);
+  CHECK(shard.stats().evictions > 0);
+  CHECK_FALSE(shard.get(make_key("n0"), [](std::string_view) {}));
+  CHECK(shard.get(make_key("k0"), [](std::string_view) {}));
+}
+
+TEST_CASE("TTL bookkeeping stays bounded when one key's expiry keeps changing") {
+  FakeClock clock;
+  Store store(1, 64 << 20, clock);
+  put(store, "k", "v", 1);
+  uint64_t first = store.stats().bytes_used;
+  for (int i = 0; i < 100000; ++i) put(store, "k", "v", 1 + i % 1000);
+  // A few thousand 8-byte records at most, not one per put.
+  CHECK(store.stats().bytes_used <= first + 64 * 1024);
+  clock.now += 2000;
+  CHECK_FALSE(lookup(store, "k"));
+}
