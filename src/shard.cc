@@ -13,8 +13,11 @@ bool Shard::IndexEq::operator()(const KeyRef& a, Handle b) const {
   return a.key == reinterpret_cast<const Entry*>(slab->at(b))->key();
 }
 
-Shard::Shard(uint64_t byte_limit, const Clock& clock)
-    : byte_limit_(byte_limit), clock_(clock), index_(0, IndexHash{&slab_}, IndexEq{&slab_}) {}
+Shard::Shard(uint64_t byte_limit, const Clock& clock, const MemoryCalls& calls)
+    : byte_limit_(byte_limit),
+      clock_(clock),
+      slab_(byte_limit / Slab::kPageSize, calls),
+      index_(0, IndexHash{&slab_}, IndexEq{&slab_}) {}
 
 uint64_t Shard::index_bytes_locked() const {
   // One handle slot and one control byte per bucket.
@@ -244,7 +247,7 @@ void Shard::trim_locked() {
   // A grown index or expiry heap takes memory too.
   while (bytes_used_locked() > byte_limit_) {
     if (!slab_.has_free_page() && !reclaim_locked(Slab::kClassCount)) break;
-    if (slab_.has_free_page() && !slab_.unmap_free_page()) break;
+    if (slab_.has_free_page() && !slab_.give_back_free_page()) break;
   }
   protected_ = kNoHandle;
 }

@@ -51,7 +51,7 @@ struct ShardStats {
 
 class Shard {
  public:
-  Shard(uint64_t byte_limit, const Clock& clock);
+  Shard(uint64_t byte_limit, const Clock& clock, const MemoryCalls& calls = system_memory_calls());
   Shard(const Shard&) = delete;
   Shard& operator=(const Shard&) = delete;
 
@@ -154,7 +154,7 @@ class Shard {
   void moved_locked(Handle from, Handle to);
   uint64_t index_bytes_locked() const;
   uint64_t bytes_used_locked() const {
-    return slab_.mapped_bytes() + index_bytes_locked() + expiries_.capacity() * sizeof(Expiry);
+    return slab_.charged_bytes() + index_bytes_locked() + expiries_.capacity() * sizeof(Expiry);
   }
   bool expired_locked(const Entry& entry) const { return is_expired(entry.expires_at, now_ms_); }
 

@@ -1,54 +1,81 @@
 #include "slab.h"
 
+#include "log.h"
+
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <bitset>
+#include <cerrno>
 #include <cstring>
 
 namespace kv {
 
-Slab::Slab() {
+const MemoryCalls& system_memory_calls() {
+  static const MemoryCalls calls{
+      [](size_t bytes) {
+        void* at = mmap(nullptr, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        // 16 KiB pages are handed back one by one: a transparent huge page
+        // behind them would keep 2 MiB resident for one live page.
+        if (at != MAP_FAILED && madvise(at, bytes, MADV_NOHUGEPAGE) != 0 && errno != EINVAL) {
+          log(LogLevel::warn, "madvise(MADV_NOHUGEPAGE): {}", std::strerror(errno));
+        }
+        return at;
+      },
+      [](void* at, size_t bytes) { return mprotect(at, bytes, PROT_READ | PROT_WRITE); },
+      [](void* at, size_t bytes) { return madvise(at, bytes, MADV_DONTNEED); },
+      [](void* at, size_t bytes) { return munmap(at, bytes); },
+  };
+  return calls;
+}
+
+Slab::Slab(size_t max_pages, const MemoryCalls& calls)
+    : calls_(calls), max_pages_(std::min(max_pages, kMaxPages)) {
   for (uint32_t& head : partial_) head = kNoPage;
 }
 
 Slab::~Slab() {
-  for (Page& page : pages_) {
-    if (page.memory != nullptr) munmap(page.memory, kPageSize);
+  if (base_ != nullptr && calls_.unreserve(base_, max_pages_ * kPageSize) != 0) {
+    log(LogLevel::warn, "munmap of a slab: {}", std::strerror(errno));
   }
 }
 
-uint16_t& Slab::next_free(const Page& page, uint16_t chunk) const {
-  return *reinterpret_cast<uint16_t*>(page.memory + chunk * chunk_size(page.size_class));
+uint16_t& Slab::next_free(uint32_t number, uint16_t chunk) const {
+  return *reinterpret_cast<uint16_t*>(page_memory(number) + chunk * chunk_size(pages_[number].size_class));
 }
 
 bool Slab::map_page() {
-  // Page numbers have 21 bits in a handle (32 GiB of pages per shard).
-  if (unmapped_slots_.empty() && pages_.size() >= (size_t{1} << (32 - kPageShift)) - 1) return false;
-  void* memory = mmap(nullptr, kPageSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (memory == MAP_FAILED) return false;
-  uint32_t number;
-  if (!unmapped_slots_.empty()) {
-    number = unmapped_slots_.back();
-    unmapped_slots_.pop_back();
-  } else {
-    number = static_cast<uint32_t>(pages_.size());
-    pages_.emplace_back();
+  if (!given_back_.empty()) {
+    // Its memory comes back zero-filled on first touch, with no system call.
+    free_pages_.push_back(given_back_.back());
+    given_back_.pop_back();
+    ++charged_pages_;
+    return true;
   }
-  pages_[number] = Page{};
-  pages_[number].memory = static_cast<char*>(memory);
-  free_pages_.push_back(number);
-  ++mapped_pages_;
+  if (pages_.size() == max_pages_) return false;
+  if (base_ == nullptr) {
+    void* at = calls_.reserve(max_pages_ * kPageSize);
+    if (at == MAP_FAILED) return false;
+    base_ = static_cast<char*>(at);
+  }
+  if (pages_.size() == usable_pages_) {
+    size_t arena = std::min(kArenaPages, max_pages_ - usable_pages_);
+    if (calls_.make_usable(page_memory(static_cast<uint32_t>(usable_pages_)), arena * kPageSize) != 0) return false;
+    usable_pages_ += arena;
+  }
+  free_pages_.push_back(static_cast<uint32_t>(pages_.size()));
+  pages_.emplace_back();
+  ++charged_pages_;
   return true;
 }
 
-bool Slab::unmap_free_page() {
+bool Slab::give_back_free_page() {
   if (free_pages_.empty()) return false;
   uint32_t number = free_pages_.back();
+  if (calls_.give_back(page_memory(number), kPageSize) != 0) return false;
   free_pages_.pop_back();
-  munmap(pages_[number].memory, kPageSize);
-  pages_[number] = Page{};
-  unmapped_slots_.push_back(number);
-  --mapped_pages_;
+  given_back_.push_back(number);
+  --charged_pages_;
   return true;
 }
 
@@ -68,9 +95,10 @@ void Slab::unlink_partial(uint32_t number) {
   page.prev = page.next = kNoPage;
 }
 
-void Slab::push_free(Page& page, uint16_t chunk) {
-  next_free(page, chunk) = page.free_head;
-  std::memcpy(page.memory + chunk * chunk_size(page.size_class) + 4, &kFreeMark, sizeof kFreeMark);
+void Slab::push_free(uint32_t number, uint16_t chunk) {
+  Page& page = pages_[number];
+  next_free(number, chunk) = page.free_head;
+  std::memcpy(page_memory(number) + chunk * chunk_size(page.size_class) + 4, &kFreeMark, sizeof kFreeMark);
   page.free_head = chunk;
 }
 
@@ -82,7 +110,7 @@ bool Slab::in_use(Handle handle) const {
   size_t size = chunk_size(page.size_class);
   if (offset % size != 0 || offset / size >= chunks_per_page(page.size_class)) return false;
   uint32_t mark;
-  std::memcpy(&mark, page.memory + offset + 4, sizeof mark);
+  std::memcpy(&mark, page_memory(number) + offset + 4, sizeof mark);
   return mark != kFreeMark;
 }
 
@@ -91,7 +119,7 @@ void Slab::assign(uint32_t number, size_t size_class) {
   page.size_class = static_cast<uint16_t>(size_class);
   uint16_t count = static_cast<uint16_t>(chunks_per_page(size_class));
   page.free_head = kNoChunk;
-  for (uint16_t chunk = count; chunk-- > 0;) push_free(page, chunk);
+  for (uint16_t chunk = count; chunk-- > 0;) push_free(number, chunk);
   page.free_count = count;
   free_chunks_[size_class] += count;
   link_partial(number);
@@ -100,7 +128,7 @@ void Slab::assign(uint32_t number, size_t size_class) {
 Handle Slab::take_from(uint32_t number) {
   Page& page = pages_[number];
   uint16_t chunk = page.free_head;
-  page.free_head = next_free(page, chunk);
+  page.free_head = next_free(number, chunk);
   --free_chunks_[page.size_class];
   if (--page.free_count == 0) unlink_partial(number);
   return make_handle(number, chunk * chunk_size(page.size_class));
@@ -120,20 +148,26 @@ void Slab::release(Handle handle) {
   uint32_t number = handle >> kPageShift;
   Page& page = pages_[number];
   uint16_t chunk = static_cast<uint16_t>((size_t{handle & kOffsetMask} << 3) / chunk_size(page.size_class));
-  push_free(page, chunk);
+  push_free(number, chunk);
   ++free_chunks_[page.size_class];
   if (page.free_count++ == 0) link_partial(number);
   size_t count = chunks_per_page(page.size_class);
   if (page.free_count == count) {
-    // Empty: keep one page for the next allocation of any class, return the rest.
+    // Empty: keep one page for the next allocation of any class, give the
+    // rest back (if madvise fails, the page just stays free and charged).
     unlink_partial(number);
     free_chunks_[page.size_class] -= count;
-    page.size_class = kUnassigned;
-    page.free_head = kNoChunk;
-    page.free_count = 0;
-    free_pages_.push_back(number);
-    if (free_pages_.size() > 1) unmap_free_page();
+    unassign(number);
+    if (free_pages_.size() > 1) give_back_free_page();
   }
+}
+
+void Slab::unassign(uint32_t number) {
+  Page& page = pages_[number];
+  page.size_class = kUnassigned;
+  page.free_head = kNoChunk;
+  page.free_count = 0;
+  free_pages_.push_back(number);
 }
 
 size_t Slab::evacuable_class() const {
@@ -157,7 +191,7 @@ void Slab::evacuate(uint32_t number, absl::FunctionRef<void(Handle from, Handle 
   size_t size = chunk_size(size_class);
   size_t count = chunks_per_page(size_class);
   std::bitset<kPageSize / kGranularity> is_free;
-  for (uint16_t chunk = page.free_head; chunk != kNoChunk; chunk = next_free(page, chunk)) is_free.set(chunk);
+  for (uint16_t chunk = page.free_head; chunk != kNoChunk; chunk = next_free(number, chunk)) is_free.set(chunk);
   // Keep new chunks out of this page while it is emptied.
   unlink_partial(number);
   free_chunks_[size_class] -= page.free_count;
@@ -165,13 +199,10 @@ void Slab::evacuate(uint32_t number, absl::FunctionRef<void(Handle from, Handle 
     if (is_free.test(chunk)) continue;
     Handle to = take_from(partial_[size_class]);
     Handle from = make_handle(number, chunk * size);
-    std::memcpy(at(to), page.memory + chunk * size, size);
+    std::memcpy(at(to), at(from), size);
     moved(from, to);
   }
-  page.size_class = kUnassigned;
-  page.free_head = kNoChunk;
-  page.free_count = 0;
-  free_pages_.push_back(number);
+  unassign(number);
 }
 
 }  // namespace kv

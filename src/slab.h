@@ -1,14 +1,20 @@
 // Per-shard memory for entries: 16 KiB pages carved into chunks of one size
 // class each (sizes in steps of 16 bytes), addressed by 32-bit handles.
 //
-//   handle = page number << 11 | (offset in page / 8)
+//   handle = page number << 11 | (offset in page / 8)   so   at(handle) = base + handle * 8
+//
+// A slab reserves its whole address space once (PROT_NONE, no memory behind
+// it) and makes it usable in arenas of kArenaPages pages as it grows, so a
+// shard is at most two mappings whatever the workload. A page that falls
+// empty is handed back with madvise(MADV_DONTNEED): its memory leaves the
+// RSS, the mapping stays, and the page is reused before the slab grows.
 //
 // Small pages and few classes keep the memory a shard needs before every
 // class has a page small (33 classes x 16 KiB), so small limits work too.
 //
 // Why not malloc: a handle is half a pointer (the index and LRU links store
-// handles), chunks carry no allocator header, and every byte the shard holds
-// is a page it mapped, so the shard's accounting is exactly its memory.
+// handles), chunks carry no allocator header, and every byte the shard is
+// charged is a page it holds, so the shard's accounting is its memory.
 // Pages move between size classes: an empty page returns to a free pool, and
 // evacuate() empties a sparse page by moving its chunks into free chunks of
 // the same class elsewhere (the owner re-points its references).
@@ -25,15 +31,30 @@ namespace kv {
 using Handle = uint32_t;
 constexpr Handle kNoHandle = UINT32_MAX;
 
+// The memory system calls a slab makes, replaceable so tests can make them
+// fail. Each returns what the system call does (mmap: MAP_FAILED on error).
+struct MemoryCalls {
+  void* (*reserve)(size_t bytes);             // mmap, PROT_NONE
+  int (*make_usable)(void* at, size_t bytes);  // mprotect to read + write
+  int (*give_back)(void* at, size_t bytes);    // madvise MADV_DONTNEED
+  int (*unreserve)(void* at, size_t bytes);    // munmap
+};
+const MemoryCalls& system_memory_calls();
+
 class Slab {
  public:
   static constexpr size_t kPageSize = 16 * 1024;
+  static constexpr size_t kArenaPages = 128;  // 2 MiB made usable at a time
   static constexpr size_t kGranularity = 16;
   static constexpr size_t kMaxChunk = 528;
   static constexpr size_t kClassCount = kMaxChunk / kGranularity;
   static constexpr uint32_t kNoPage = UINT32_MAX;
+  // Page numbers have 21 bits in a handle; the last one would make
+  // kNoHandle a valid handle.
+  static constexpr size_t kMaxPages = (size_t{1} << 21) - 1;
 
-  Slab();
+  // Room for max_pages pages (at most kMaxPages), reserved at the first map_page().
+  explicit Slab(size_t max_pages, const MemoryCalls& calls = system_memory_calls());
   ~Slab();
   Slab(const Slab&) = delete;
   Slab& operator=(const Slab&) = delete;
@@ -43,7 +64,7 @@ class Slab {
   static size_t chunk_size(size_t size_class) { return (size_class + 1) * kGranularity; }
   static size_t chunks_per_page(size_t size_class) { return kPageSize / chunk_size(size_class); }
 
-  char* at(Handle handle) const { return pages_[handle >> kPageShift].memory + (size_t{handle & kOffsetMask} << 3); }
+  char* at(Handle handle) const { return base_ + (size_t{handle} << 3); }
 
   // A free chunk of the class from its partly used pages, else from a free
   // page; kNoHandle when neither exists (map or reclaim a page, then retry).
@@ -53,14 +74,21 @@ class Slab {
   // a chunk must overwrite its bytes 4..7, where a free chunk holds kFreeMark.
   bool in_use(Handle handle) const;
   static constexpr uint32_t kFreeMark = UINT32_MAX - 1;
-  // Returns a chunk. A page left empty becomes the free page, or is unmapped
-  // when there already is one, so deleted data gives memory back.
+  // Returns a chunk. A page left empty becomes the free page, or is given
+  // back when there already is one, so deleted data gives memory back.
   void release(Handle handle);
 
-  bool map_page();            // adds a free page; false when mmap fails
-  bool unmap_free_page();     // false when no page is free
+  // Adds a free page: a given-back one, else the next untouched one, making
+  // another arena usable if needed. False when the reservation is full or a
+  // system call fails (nothing changes then).
+  bool map_page();
+  // Gives a free page's memory back. False when no page is free or madvise
+  // fails (the page then stays free and charged).
+  bool give_back_free_page();
   bool has_free_page() const { return !free_pages_.empty(); }
-  size_t mapped_bytes() const { return mapped_pages_ * kPageSize; }
+  // Pages that hold memory: in use or free, not given back.
+  size_t charged_pages() const { return charged_pages_; }
+  size_t charged_bytes() const { return charged_pages_ * kPageSize; }
 
   bool has_free_chunk(size_t size_class) const { return partial_[size_class] != kNoPage; }
   // Whether the class's free chunks add up to a page: then its sparsest page
@@ -82,7 +110,6 @@ class Slab {
   static constexpr uint16_t kUnassigned = UINT16_MAX;
 
   struct Page {
-    char* memory = nullptr;
     uint16_t size_class = kUnassigned;
     uint16_t free_count = 0;
     uint16_t free_head = kNoChunk;  // chunk index; free chunks link through their first 2 bytes
@@ -90,20 +117,26 @@ class Slab {
     uint32_t next = kNoPage;
   };
 
+  char* page_memory(uint32_t number) const { return base_ + size_t{number} * kPageSize; }
   void assign(uint32_t page, size_t size_class);
+  void unassign(uint32_t page);
   void link_partial(uint32_t page);
   void unlink_partial(uint32_t page);
   Handle take_from(uint32_t page);
-  uint16_t& next_free(const Page& page, uint16_t chunk) const;
+  uint16_t& next_free(uint32_t page, uint16_t chunk) const;
   // Links the chunk in front of the page's free list, marked free.
-  void push_free(Page& page, uint16_t chunk);
+  void push_free(uint32_t page, uint16_t chunk);
 
-  std::vector<Page> pages_;
-  std::vector<uint32_t> free_pages_;      // mapped, no class
-  std::vector<uint32_t> unmapped_slots_;  // page numbers whose memory was returned
-  uint32_t partial_[kClassCount];         // head of each class's pages-with-free-chunks list
+  const MemoryCalls& calls_;
+  const size_t max_pages_;
+  char* base_ = nullptr;          // the reservation, max_pages_ pages
+  size_t usable_pages_ = 0;       // readable and writable: whole arenas from base_
+  std::vector<Page> pages_;       // every page touched so far
+  std::vector<uint32_t> free_pages_;   // charged, no class
+  std::vector<uint32_t> given_back_;   // memory handed back, not charged, reused first
+  uint32_t partial_[kClassCount];      // head of each class's pages-with-free-chunks list
   size_t free_chunks_[kClassCount] = {};  // free chunks in each class's pages
-  size_t mapped_pages_ = 0;
+  size_t charged_pages_ = 0;
 };
 
 }  // namespace kv
