@@ -185,6 +185,7 @@ bool Shard::reserve_locked(std::span<BatchPut> items) {
     }
   }
   batch_ = {};
+  if (!ok) trim_locked();  // compaction may have grown the expiry heap
   protected_ = kNoHandle;
   return ok;
 }
@@ -244,7 +245,8 @@ void Shard::commit_locked(std::span<BatchPut> items) {
 }
 
 void Shard::trim_locked() {
-  // A grown index or expiry heap takes memory too.
+  // A grown index or expiry heap (a TTL put, or a compaction that moved TTL
+  // entries) takes memory too.
   while (bytes_used_locked() > byte_limit_) {
     if (!slab_.has_free_page() && !reclaim_locked(Slab::kClassCount)) break;
     if (slab_.has_free_page() && !slab_.give_back_free_page()) break;
@@ -259,17 +261,19 @@ PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires
   compact_expiries_locked();
   protected_ = kNoHandle;
   Handle existing = touch_locked(item);
-  bool ok = reserve_chunk_locked(item, 0);
-  protected_ = kNoHandle;
-  if (!ok) return PutStatus::too_large;
+  if (!reserve_chunk_locked(item, 0)) {
+    trim_locked();  // compaction may have grown the expiry heap
+    return PutStatus::too_large;
+  }
   if (item.chunk == kNoHandle) {
     // Same chunk size, nothing allocated (so nothing moved): rewrite in place.
     rewrite_locked(existing, item);
-    return PutStatus::ok;
+  } else {
+    // A new size: the old entry (if any) stayed until the new chunk existed,
+    // so a put that cannot be stored loses nothing.
+    protected_ = kNoHandle;
+    commit_one_locked(item);
   }
-  // A new size: the old entry (if any) stayed until the new chunk existed,
-  // so a put that cannot be stored loses nothing.
-  commit_one_locked(item);
   trim_locked();
   return PutStatus::ok;
 }
