@@ -174,19 +174,32 @@ bool Shard::reserve_locked(std::span<BatchPut> items) {
   compact_expiries_locked();
   protected_ = kNoHandle;
   // Every entry the batch overwrites is protected before anything is evicted.
-  for (BatchPut& item : items) touch_locked(item);
+  size_t ttl_items = 0;
+  for (BatchPut& item : items) {
+    touch_locked(item);
+    ttl_items += item.expires_at != 0;
+  }
+  // The index grows now, not at commit, so it is charged before chunks are
+  // allocated (once committed, the batch's entries cannot be evicted).
+  index_.reserve(index_.size() + items.size());
   batch_ = items;
   bool ok = true;
   for (uint32_t i = 0; i < items.size() && ok; ++i) {
     ok = reserve_chunk_locked(items[i], i);
     if (!ok) {
       for (BatchPut& rest : items.subspan(i)) rest.chunk = kNoHandle;
-      cancel_locked(items.first(i));
     }
   }
+  if (ok) {
+    // The same for the expiry records the commit pushes (compaction may
+    // have pushed some already), then make room for all of it.
+    expiries_.reserve(expiries_.size() + ttl_items);
+    trim_locked();
+    ok = bytes_used_locked() <= byte_limit_;
+  }
   batch_ = {};
-  if (!ok) trim_locked();  // compaction may have grown the expiry heap
-  protected_ = kNoHandle;
+  // On success protected_ stays, for commit_locked or cancel_locked.
+  if (!ok) cancel_locked(items);
   return ok;
 }
 
@@ -195,6 +208,8 @@ void Shard::cancel_locked(std::span<BatchPut> items) {
     if (item.chunk != kNoHandle) slab_.release(item.chunk);
     item.chunk = kNoHandle;
   }
+  trim_locked();
+  protected_ = kNoHandle;
 }
 
 void Shard::rewrite_locked(Handle handle, const BatchPut& item) {
@@ -242,6 +257,7 @@ void Shard::commit_locked(std::span<BatchPut> items) {
   protected_ = kNoHandle;
   for (const BatchPut& item : items) commit_one_locked(item);
   trim_locked();
+  protected_ = kNoHandle;
 }
 
 void Shard::trim_locked() {
@@ -251,7 +267,6 @@ void Shard::trim_locked() {
     if (!slab_.has_free_page() && !reclaim_locked(Slab::kClassCount)) break;
     if (slab_.has_free_page() && !slab_.give_back_free_page()) break;
   }
-  protected_ = kNoHandle;
 }
 
 PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires_at) {
@@ -261,21 +276,20 @@ PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires
   compact_expiries_locked();
   protected_ = kNoHandle;
   Handle existing = touch_locked(item);
-  if (!reserve_chunk_locked(item, 0)) {
-    trim_locked();  // compaction may have grown the expiry heap
-    return PutStatus::too_large;
-  }
-  if (item.chunk == kNoHandle) {
+  bool ok = reserve_chunk_locked(item, 0);
+  if (ok && item.chunk == kNoHandle) {
     // Same chunk size, nothing allocated (so nothing moved): rewrite in place.
     rewrite_locked(existing, item);
-  } else {
+  } else if (ok) {
     // A new size: the old entry (if any) stayed until the new chunk existed,
     // so a put that cannot be stored loses nothing.
     protected_ = kNoHandle;
     commit_one_locked(item);
   }
+  // Index or expiry heap growth (or compaction) may need pages given back.
   trim_locked();
-  return PutStatus::ok;
+  protected_ = kNoHandle;
+  return ok ? PutStatus::ok : PutStatus::too_large;
 }
 
 bool Shard::get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value) {

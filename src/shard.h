@@ -93,7 +93,8 @@ class Shard {
   bool reserve_locked(std::span<BatchPut> items);
   // Stores the reserved items; cannot fail.
   void commit_locked(std::span<BatchPut> items);
-  // Returns the reserved chunks; no stored value has changed.
+  // Returns the reserved chunks (and any memory over the limit); no stored
+  // value has changed.
   void cancel_locked(std::span<BatchPut> items);
 
  private:
@@ -146,8 +147,8 @@ class Shard {
   bool reserve_chunk_locked(BatchPut& item, uint32_t index);
   void rewrite_locked(Handle handle, const BatchPut& item);
   void commit_one_locked(const BatchPut& item);
-  // Gives memory back until the shard is within its limit, never evicting
-  // protected_ or anything newer.
+  // Gives memory back until the shard is within its limit (if it can),
+  // never evicting protected_ or anything newer.
   void trim_locked();
   // Re-points the index and LRU neighbours (or a reservation) after the
   // slab moved a chunk.
