@@ -1,8 +1,10 @@
-// One cached item, stored in a slab chunk: a 15-byte header followed by the
-// key and value bytes (as memcached's items), so an entry costs one chunk.
+// One cached item, stored in a slab chunk: an 11-byte header, a 4-byte
+// expiry only for entries with a TTL, then the key and value bytes (as
+// memcached's items), so an entry costs one chunk.
 //
-//   0        4        8          12         14        15
-//   | newer  | older  | expires  | val size | key-1   | key bytes | value bytes |
+//   0        4        8          10       11                   11 or 15
+//   | newer  | older  | val size | key-1  | [expiry tick: TTL]  | key bytes | value bytes |
+//                       bit 15 of val size: the expiry is there
 //
 // LRU links are slab handles (32 bits), guarded by the owning shard's lock.
 #pragma once
@@ -18,33 +20,45 @@ namespace kv {
 struct Entry {
   Handle newer;
   Handle older;
-  uint32_t expires_at;     // expiry tick (clock.h); 0 = never
-  uint16_t value_size;     // 0..256
-  uint8_t key_size_minus_one;  // keys are 1..256 bytes
+  uint16_t value_size_and_flag;  // value size 0..256, kHasExpiry
+  uint8_t key_size_minus_one;    // keys are 1..256 bytes
 
-  static constexpr size_t kHeaderSize = 15;
-  static size_t size_for(size_t key_size, size_t value_size) { return kHeaderSize + key_size + value_size; }
+  static constexpr size_t kHeaderSize = 11;
+  static constexpr size_t kExpirySize = 4;
+  static constexpr uint16_t kHasExpiry = 0x8000;
+  static size_t size_for(size_t key_size, size_t value_size, bool has_expiry) {
+    return kHeaderSize + (has_expiry ? kExpirySize : 0) + key_size + value_size;
+  }
 
+  bool has_expiry() const { return (value_size_and_flag & kHasExpiry) != 0; }
+  // The expiry tick (clock.h); 0 = never.
+  uint32_t expires_at() const {
+    uint32_t tick = 0;
+    if (has_expiry()) std::memcpy(&tick, header_end(), sizeof tick);
+    return tick;
+  }
   size_t key_size() const { return size_t{key_size_minus_one} + 1; }
-  char* bytes() { return reinterpret_cast<char*>(this) + kHeaderSize; }
-  const char* bytes() const { return reinterpret_cast<const char*>(this) + kHeaderSize; }
+  size_t value_size() const { return value_size_and_flag & ~kHasExpiry; }
   std::string_view key() const { return {bytes(), key_size()}; }
-  std::string_view value() const { return {bytes() + key_size(), value_size}; }
-  size_t size() const { return size_for(key_size(), value_size); }
+  std::string_view value() const { return {bytes() + key_size(), value_size()}; }
+  size_t size() const { return size_for(key_size(), value_size(), has_expiry()); }
 
-  // The one copy of key and value into the store.
+  // The one copy of key and value into the store (the LRU links are kept).
   void fill(std::string_view key, std::string_view value, uint32_t expires) {
-    expires_at = expires;
+    value_size_and_flag = static_cast<uint16_t>(value.size() | (expires != 0 ? kHasExpiry : 0));
     key_size_minus_one = static_cast<uint8_t>(key.size() - 1);
-    store_value(value);
+    if (expires != 0) std::memcpy(header_end(), &expires, sizeof expires);
     std::memcpy(bytes(), key.data(), key.size());
+    std::memcpy(bytes() + key.size(), value.data(), value.size());
   }
-  void store_value(std::string_view value) {
-    value_size = static_cast<uint16_t>(value.size());
-    std::memcpy(bytes() + key_size(), value.data(), value.size());
-  }
+
+ private:
+  char* header_end() { return reinterpret_cast<char*>(this) + kHeaderSize; }
+  const char* header_end() const { return reinterpret_cast<const char*>(this) + kHeaderSize; }
+  const char* bytes() const { return header_end() + (has_expiry() ? kExpirySize : 0); }
+  char* bytes() { return header_end() + (has_expiry() ? kExpirySize : 0); }
 };
 
-static_assert(sizeof(Entry) <= 16 && offsetof(Entry, key_size_minus_one) == 14);
+static_assert(sizeof(Entry) <= 12 && offsetof(Entry, key_size_minus_one) == 10);
 
 }  // namespace kv

@@ -43,7 +43,7 @@ void Shard::unlink_locked(Handle handle) {
 void Shard::remove_locked(Handle handle) { remove_locked(handle, make_key(entry_locked(handle).key())); }
 
 void Shard::remove_locked(Handle handle, const KeyRef& key) {
-  if (entry_locked(handle).expires_at != 0) --ttl_entries_;
+  if (entry_locked(handle).has_expiry()) --ttl_entries_;
   index_.erase(key);
   unlink_locked(handle);
   slab_.release(handle);
@@ -59,7 +59,7 @@ void Shard::moved_locked(Handle from, Handle to) {
   (entry.older != kNoHandle ? entry_locked(entry.older).newer : oldest_) = to;
   if (copy_cursor_ == from) copy_cursor_ = to;
   if (protected_ == from) protected_ = to;
-  if (entry.expires_at != 0) track_expiry_locked(to, entry.expires_at);
+  if (entry.has_expiry()) track_expiry_locked(to, entry.expires_at());
   // The old chunk still holds the same key, so the lookup finds its slot.
   auto it = index_.find(make_key(entry.key()));
   const_cast<Handle&>(*it) = to;
@@ -74,7 +74,7 @@ void Shard::compact_expiries_locked() {
   if (expiries_.size() <= 2 * ttl_entries_ + 1024) return;
   std::erase_if(expiries_, [&](const Expiry& e) {
     return !slab_.in_use(e.handle) || entry_locked(e.handle).newer == kReserved ||
-           entry_locked(e.handle).expires_at != e.at;
+           entry_locked(e.handle).expires_at() != e.at;
   });
   // A rewrite back to an earlier expiry leaves two records for one entry.
   std::sort(expiries_.begin(), expiries_.end(),
@@ -139,7 +139,7 @@ Handle Shard::allocate_locked(size_t size_class) {
 }
 
 Handle Shard::touch_locked(BatchPut& item) {
-  size_t size_class = Slab::class_for(Entry::size_for(item.key.key.size(), item.value.size()));
+  size_t size_class = class_of(item);
   item.chunk = kReserved;
   auto it = index_.find(item.key);
   if (it == index_.end()) return kNoHandle;
@@ -160,7 +160,7 @@ Handle Shard::touch_locked(BatchPut& item) {
 bool Shard::reserve_chunk_locked(BatchPut& item, uint32_t index) {
   if (item.chunk != kReserved) return true;
   item.chunk = kNoHandle;
-  Handle chunk = allocate_locked(Slab::class_for(Entry::size_for(item.key.key.size(), item.value.size())));
+  Handle chunk = allocate_locked(class_of(item));
   if (chunk == kNoHandle) return false;
   Entry& entry = entry_locked(chunk);
   entry.newer = kReserved;
@@ -214,10 +214,10 @@ void Shard::cancel_locked(std::span<BatchPut> items) {
 
 void Shard::rewrite_locked(Handle handle, const BatchPut& item) {
   Entry& entry = entry_locked(handle);
-  entry.store_value(item.value);
-  ttl_entries_ += (item.expires_at != 0) - (entry.expires_at != 0);
-  if (item.expires_at != 0 && item.expires_at != entry.expires_at) track_expiry_locked(handle, item.expires_at);
-  entry.expires_at = item.expires_at;
+  ttl_entries_ += (item.expires_at != 0) - entry.has_expiry();
+  if (item.expires_at != 0 && item.expires_at != entry.expires_at()) track_expiry_locked(handle, item.expires_at);
+  // The same size class, not always the same layout (an expiry may come or go).
+  entry.fill(item.key.key, item.value, item.expires_at);
   if (handle != newest_) {
     unlink_locked(handle);
     link_newest_locked(handle);
@@ -240,7 +240,7 @@ void Shard::commit_one_locked(const BatchPut& item) {
       // Replaces an entry in another size class.
       Handle previous = *it;
       const_cast<Handle&>(*it) = handle;
-      if (entry_locked(previous).expires_at != 0) --ttl_entries_;
+      if (entry_locked(previous).has_expiry()) --ttl_entries_;
       unlink_locked(previous);
       slab_.release(previous);
     }
@@ -355,7 +355,7 @@ bool Shard::copy_batch(size_t max_entries,
     const Entry& entry = entry_locked(copy_cursor_);
     copy_cursor_ = entry.newer;
     --copy_budget_;
-    if (!expired_locked(entry)) out(entry.key(), entry.value(), entry.expires_at);
+    if (!expired_locked(entry)) out(entry.key(), entry.value(), entry.expires_at());
   }
   return copy_cursor_ != kNoHandle && copy_budget_ > 0;
 }

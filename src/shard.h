@@ -157,7 +157,10 @@ class Shard {
   uint64_t bytes_used_locked() const {
     return slab_.charged_bytes() + index_bytes_locked() + expiries_.capacity() * sizeof(Expiry);
   }
-  bool expired_locked(const Entry& entry) const { return is_expired(entry.expires_at, now_ms_); }
+  bool expired_locked(const Entry& entry) const { return is_expired(entry.expires_at(), now_ms_); }
+  static size_t class_of(const BatchPut& item) {
+    return Slab::class_for(Entry::size_for(item.key.key.size(), item.value.size(), item.expires_at != 0));
+  }
 
   // When an entry with a TTL gets a chunk or a new expiry; a record whose
   // chunk no longer holds an entry with that expiry is stale and skipped.

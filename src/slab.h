@@ -1,5 +1,5 @@
 // Per-shard memory for entries: 16 KiB pages carved into chunks of one size
-// class each (sizes in steps of 16 bytes), addressed by 32-bit handles.
+// class each (sizes in steps of 8 bytes), addressed by 32-bit handles.
 //
 //   handle = page number << 11 | (offset in page / 8)   so   at(handle) = base + handle * 8
 //
@@ -9,8 +9,9 @@
 // empty is handed back with madvise(MADV_DONTNEED): its memory leaves the
 // RSS, the mapping stays, and the page is reused before the slab grows.
 //
-// Small pages and few classes keep the memory a shard needs before every
-// class has a page small (33 classes x 16 KiB), so small limits work too.
+// Small pages keep the memory a shard needs before every class has a page
+// small (66 classes x 16 KiB), so small limits work too; 8-byte steps waste
+// under 8 bytes per entry.
 //
 // Why not malloc: a handle is half a pointer (the index and LRU links store
 // handles), chunks carry no allocator header, and every byte the shard is
@@ -45,7 +46,7 @@ class Slab {
  public:
   static constexpr size_t kPageSize = 16 * 1024;
   static constexpr size_t kArenaPages = 128;  // 2 MiB made usable at a time
-  static constexpr size_t kGranularity = 16;
+  static constexpr size_t kGranularity = 8;
   static constexpr size_t kMaxChunk = 528;
   static constexpr size_t kClassCount = kMaxChunk / kGranularity;
   static constexpr uint32_t kNoPage = UINT32_MAX;
