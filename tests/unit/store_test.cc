@@ -327,7 +327,8 @@ TEST_CASE("put_batch is all or nothing: a batch that runs out of memory changes 
   for (int i = 0; i < 10; ++i) CHECK(lookup(store, before[i]) == "small");
   CHECK(store.stats().bytes_used <= limit);
   // The reserved memory went back: a batch that fits is stored.
-  auto small = batch_of({"a", "b"}, {"1", "2"});
+  std::vector<std::string> small_keys{"a", "b"}, small_values{"1", "2"};  // the batch points into them
+  auto small = batch_of(small_keys, small_values);
   CHECK(store.put_batch(small) == PutStatus::ok);
   CHECK(lookup(store, "a") == "1");
   CHECK(lookup(store, "b") == "2");
