@@ -1,5 +1,7 @@
 #include "http_parser.h"
 
+#include "ascii.h"
+
 #include <array>
 #include <cstring>
 
@@ -35,23 +37,6 @@ constexpr auto kTokenTable = [] {
 constexpr bool is_tchar(unsigned char c) { return kTokenTable[c]; }
 
 constexpr bool is_field_value_char(unsigned char c) { return c == '\t' || (c >= 0x20 && c != 0x7f); }
-
-bool equals_ci(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    unsigned char x = a[i], y = b[i];
-    if (x >= 'A' && x <= 'Z') x |= 0x20;
-    if (y >= 'A' && y <= 'Z') y |= 0x20;
-    if (x != y) return false;
-  }
-  return true;
-}
-
-std::string_view trim_ows(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
 
 // Where the line starting at buf[pos] ends: the index of its '\n', or npos.
 // The returned line excludes a trailing '\r'.
