@@ -181,7 +181,8 @@ bool Shard::reserve_locked(std::span<BatchPut> items) {
   }
   // The index grows now, not at commit, so it is charged before chunks are
   // allocated (once committed, the batch's entries cannot be evicted).
-  index_.reserve(index_.size() + items.size());
+  index_pending_ = items.size();
+  index_.reserve(index_.size() + index_pending_);
   batch_ = items;
   bool ok = true;
   for (uint32_t i = 0; i < items.size() && ok; ++i) {
@@ -204,6 +205,7 @@ bool Shard::reserve_locked(std::span<BatchPut> items) {
 }
 
 void Shard::cancel_locked(std::span<BatchPut> items) {
+  index_pending_ = 0;
   for (BatchPut& item : items) {
     if (item.chunk != kNoHandle) slab_.release(item.chunk);
     item.chunk = kNoHandle;
@@ -256,6 +258,7 @@ void Shard::commit_one_locked(const BatchPut& item) {
 void Shard::commit_locked(std::span<BatchPut> items) {
   protected_ = kNoHandle;
   for (const BatchPut& item : items) commit_one_locked(item);
+  index_pending_ = 0;
   trim_locked();
   protected_ = kNoHandle;
 }
@@ -263,8 +266,18 @@ void Shard::commit_locked(std::span<BatchPut> items) {
 void Shard::trim_locked() {
   // A grown index or expiry heap (a TTL put, or a compaction that moved TTL
   // entries) takes memory too.
+  bool index_shrunk = false;
   while (bytes_used_locked() > byte_limit_) {
-    if (!slab_.has_free_page() && !reclaim_locked(Slab::kClassCount)) break;
+    if (!slab_.has_free_page() && !reclaim_locked(Slab::kClassCount)) {
+      // Nothing left to evict. The index may still be sized for entries
+      // evicted since it grew (a batch reserves its room before evicting):
+      // shrink it to what is left, once (a rehash walks the whole index).
+      if (index_shrunk) break;
+      index_shrunk = true;
+      index_.rehash(0);
+      index_.reserve(index_.size() + index_pending_);
+      continue;
+    }
     if (slab_.has_free_page() && !slab_.give_back_free_page()) break;
   }
 }

@@ -188,6 +188,7 @@ class Shard {
   uint64_t copy_budget_ = 0;         // entries the snapshot walk may still visit
   uint64_t now_ms_ = 0;          // the clock, read once per operation
   std::span<BatchPut> batch_;    // items being reserved (their chunks may move)
+  size_t index_pending_ = 0;     // index slots a reserved batch may still insert
   std::vector<Expiry> expiries_;  // min-heap on `at`
   uint64_t ttl_entries_ = 0;      // entries with an expiry
   uint64_t hits_ = 0, misses_ = 0, evictions_ = 0, expirations_ = 0;
