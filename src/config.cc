@@ -2,6 +2,9 @@
 
 #include <fmt/core.h>
 
+#include <arpa/inet.h>
+
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <string>
@@ -41,6 +44,12 @@ bool ends_with_ci(std::string_view text, std::string_view suffix) {
   return true;
 }
 
+bool is_ip_address(std::string_view text) {
+  std::string address(text);  // inet_pton wants a NUL-terminated string
+  in6_addr storage;
+  return inet_pton(AF_INET, address.c_str(), &storage) == 1 || inet_pton(AF_INET6, address.c_str(), &storage) == 1;
+}
+
 // A flag's setter returns an error message, or an empty string when the value is valid.
 struct Flag {
   std::string_view name;
@@ -73,7 +82,9 @@ const Flag kFlags[] = {
      [](std::string_view v, Config& c) { return set_int(v, c.port, 1, UINT16_MAX); }},
     {"bind", "address to listen on, IPv4 or IPv6 (default 0.0.0.0)", true,
      [](std::string_view v, Config& c) {
-       if (v.empty()) return std::string("expected an IP address");
+       // Checked here, not only at bind(): a malformed address is a configuration
+       // error (exit 2, which the unit's RestartPreventExitStatus= keeps from looping).
+       if (!is_ip_address(v)) return std::string("expected an IPv4 or IPv6 address such as 0.0.0.0, 127.0.0.1 or ::");
        c.bind = std::string(v);
        return std::string();
      }},
@@ -200,14 +211,9 @@ std::optional<double> parse_duration(std::string_view text) {
 }
 
 ConfigResult parse_config(const std::vector<std::string_view>& args, const EnvLookup& env, Config& config) {
-  for (const Flag& flag : kFlags) {
-    if (!flag.takes_value) continue;
-    std::string name = env_name(flag.name);
-    const char* value = env ? env(name.c_str()) : nullptr;
-    if (value == nullptr) continue;
-    std::string error = flag.apply(value, config);
-    if (!error.empty()) return {false, fmt::format("invalid {}={:?}: {}", name, value, error)};
-  }
+  // Flags first: a variable is read only for a flag the command line does not
+  // set, so a bad KVCACHE_PORT cannot stop `kvcache --port 7172`.
+  std::vector<const Flag*> given;
   for (size_t i = 0; i < args.size(); ++i) {
     std::string_view arg = args[i];
     if (arg.substr(0, 2) != "--") return {false, fmt::format("unexpected argument {:?}", arg)};
@@ -226,6 +232,17 @@ ConfigResult parse_config(const std::vector<std::string_view>& args, const EnvLo
     if (!flag->takes_value && value) return {false, fmt::format("flag --{} takes no value", arg)};
     std::string error = flag->apply(value.value_or(""), config);
     if (!error.empty()) return {false, fmt::format("invalid --{} {:?}: {}", arg, *value, error)};
+    given.push_back(flag);
+  }
+  // --help uses no setting, so it reads no variable.
+  if (config.help) return {};
+  for (const Flag& flag : kFlags) {
+    if (!flag.takes_value || std::find(given.begin(), given.end(), &flag) != given.end()) continue;
+    std::string name = env_name(flag.name);
+    const char* value = env ? env(name.c_str()) : nullptr;
+    if (value == nullptr) continue;
+    std::string error = flag.apply(value, config);
+    if (!error.empty()) return {false, fmt::format("invalid {}={:?}: {}", name, value, error)};
   }
   return {};
 }
@@ -234,9 +251,9 @@ std::string usage_text() {
   std::string text =
       "kvcache: an in-memory key-value cache over HTTP/1.1\n\n"
       "usage: kvcache [flags]\n\n"
-      "Every flag can also be set with an environment variable, KVCACHE_ + the\n"
-      "flag name in upper case with '-' as '_' (e.g. KVCACHE_MEMORY_LIMIT=512M).\n"
-      "Flags win over the environment.\n\nflags:\n";
+      "Every flag that takes a VALUE can also be set with an environment variable,\n"
+      "KVCACHE_ + the flag name in upper case with '-' as '_' (e.g.\n"
+      "KVCACHE_MEMORY_LIMIT=512M). Flags win over the environment.\n\nflags:\n";
   for (const Flag& flag : kFlags) {
     std::string left = fmt::format("  --{}{}", flag.name, flag.takes_value ? " VALUE" : "");
     text += fmt::format("{:<28}{}\n", left, flag.help);

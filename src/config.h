@@ -40,7 +40,9 @@ struct ConfigResult {
   std::string error;  // set when !ok
 };
 
-// Flags win over KVCACHE_* environment variables, which win over defaults.
+// Flags win over KVCACHE_* environment variables, which win over defaults. A
+// variable is read (and checked) only for a flag the command line leaves unset,
+// and none at all with --help.
 ConfigResult parse_config(const std::vector<std::string_view>& args, const EnvLookup& env, Config& config);
 
 std::string usage_text();

@@ -114,7 +114,7 @@ int main(int argc, char** argv) {
   // Connection buffers get their own share of the limit, the store the rest.
   BufferBudget buffers(memory_limit / kBufferBudgetDivisor);
   Store store(config.shards, store_budget(memory_limit - buffers.limit(), overhead), clock);
-  Metrics metrics(store, buffers, config.threads, memory_limit);
+  Metrics metrics(store, buffers, config.threads, memory_limit, config.max_connections);
   std::unique_ptr<Snapshotter> snapshots;
   if (!config.snapshot_path.empty()) {
     snapshots = std::make_unique<Snapshotter>(store, config, config.threads);

@@ -50,8 +50,9 @@ void WorkerMetrics::observe_latency(uint64_t nanoseconds) {
   latency_sum_ns.add(nanoseconds);
 }
 
-Metrics::Metrics(const Store& store, const BufferBudget& buffers, unsigned workers, uint64_t memory_limit)
-    : store_(store), buffers_(buffers), memory_limit_(memory_limit) {
+Metrics::Metrics(const Store& store, const BufferBudget& buffers, unsigned workers, uint64_t memory_limit,
+                 unsigned max_connections)
+    : store_(store), buffers_(buffers), memory_limit_(memory_limit), max_connections_(max_connections) {
   for (unsigned i = 0; i < workers; ++i) workers_.push_back(std::make_unique<WorkerMetrics>());
 }
 
@@ -113,6 +114,7 @@ void Metrics::render(std::string& out) const {
   uint64_t closed = sum(&WorkerMetrics::connections_closed);
   single(out, "kvcache_connections_open", "gauge", "Client connections currently open.",
          accepted >= closed ? accepted - closed : 0);
+  single(out, "kvcache_connections_max", "gauge", "--max-connections: open connections allowed.", max_connections_);
   single(out, "kvcache_connections_total", "counter", "Client connections accepted.", accepted);
   single(out, "kvcache_connections_rejected_total", "counter", "Connections refused over --max-connections.",
          sum(&WorkerMetrics::connections_rejected));

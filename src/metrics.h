@@ -54,7 +54,8 @@ struct WorkerMetrics {
 
 class Metrics {
  public:
-  Metrics(const Store& store, const BufferBudget& buffers, unsigned workers, uint64_t memory_limit);
+  Metrics(const Store& store, const BufferBudget& buffers, unsigned workers, uint64_t memory_limit,
+          unsigned max_connections);
   WorkerMetrics& worker(unsigned index) { return *workers_[index]; }
   // With snapshots on, their metrics join the exposition.
   void set_snapshot_metrics(const SnapshotMetrics* snapshot) { snapshot_ = snapshot; }
@@ -65,6 +66,7 @@ class Metrics {
   const Store& store_;
   const BufferBudget& buffers_;
   const uint64_t memory_limit_;  // for the whole process; the store gets what is left of it
+  const unsigned max_connections_;  // exported so that an alert can compare the open connections with it
   std::vector<std::unique_ptr<WorkerMetrics>> workers_;
   const SnapshotMetrics* snapshot_ = nullptr;
 };

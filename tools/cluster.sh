@@ -18,6 +18,12 @@
 #      (default: haproxy on PATH, else /usr/sbin/haproxy), RUN_DIR (default /tmp/kvcache-cluster-PORT),
 #      STATS_PORT (default PORT+100), NODE_FLAGS (extra kvcache flags,
 #      e.g. "--threads 1 --memory-limit 64M"). Every wait is bounded.
+#
+# Memory: the nodes share one machine, so "up N" gives each node
+# --memory-limit = 70% of the machine / N (what a single node's "auto" takes,
+# divided; the machine is the smaller of MemTotal and this cgroup's limit), and
+# says so on stderr. A --memory-limit in NODE_FLAGS wins. "add" gives the new
+# node the same share as the others, so N+1 nodes then hold (N+1)/N of it.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -50,6 +56,39 @@ setup_port() {  # setup_port PORT: the per-cluster paths and ports
 # A port somebody answers on is taken: a second kvcache would even join the
 # other one's SO_REUSEPORT group silently, so check before every start.
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Bytes the machine gives this process tree: MemTotal, or a smaller cgroup
+# memory limit (v2 memory.max, v1 memory.limit_in_bytes) here or up the tree,
+# the same sources as the binary's --memory-limit auto (src/memory_limit.cc).
+machine_memory() {
+  local best path dir file limit
+  best=$(($(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo) * 1024))
+  while IFS=: read -r _ controllers path; do
+    if [[ -z $controllers ]]; then
+      dir=/sys/fs/cgroup file=memory.max
+    elif [[ ,$controllers, == *,memory,* ]]; then
+      dir=/sys/fs/cgroup/memory file=memory.limit_in_bytes
+    else
+      continue
+    fi
+    while :; do
+      limit=$(cat "$dir${path%/}/$file" 2>/dev/null || true)
+      # "max" (v2) and v1's page-rounded LONG_MAX mean no limit.
+      if is_number "$limit" && ((limit > 0 && limit < 1 << 60 && limit < best)); then best=$limit; fi
+      [[ -z $path || $path == / ]] && break
+      path=${path%/*}
+    done
+  done </proc/self/cgroup
+  echo "$best"
+}
+
+node_memory_flag() {  # node_memory_flag N: "--memory-limit BYTES" for one of N nodes, unless NODE_FLAGS sets one
+  [[ " $NODE_FLAGS" == *" --memory-limit"* ]] && return 0
+  local share
+  share=$(($(machine_memory) / 10 * 7 / $1))
+  echo "memory: --memory-limit $share per node (70% of this machine's memory / $1 nodes; NODE_FLAGS=--memory-limit overrides)" >&2
+  echo "--memory-limit $share"
+}
 
 healthy() { curl -sf --max-time 1 -o /dev/null "http://127.0.0.1:$1/health"; }
 
@@ -87,8 +126,8 @@ node_count() {  # nodes recorded in the run directory
 start_node() {  # start_node I
   local i=$1 node_port=$((port + $1)) pid k
   port_in_use "$node_port" && die "port $node_port (node$i) is already in use"
-  # shellcheck disable=SC2086  # NODE_FLAGS is a list of flags
-  "$KVCACHE" --bind 127.0.0.1 --port "$node_port" $NODE_FLAGS \
+  # shellcheck disable=SC2086  # flag lists
+  "$KVCACHE" --bind 127.0.0.1 --port "$node_port" $memory_flag $NODE_FLAGS \
     </dev/null >"$run_dir/node$i.log" 2>&1 &
   pid=$!
   echo "$pid" >"$run_dir/node$i.pid"
@@ -155,6 +194,8 @@ cmd_up() {
   port_in_use "$stats_port" && die "port $stats_port (haproxy stats) is already in use"
   # Anything that fails from here on stops what was started.
   trap '[[ $up_done == 1 ]] || cmd_down >/dev/null 2>&1' EXIT
+  memory_flag=$(node_memory_flag "$n")
+  echo "$memory_flag" >"$run_dir/memory_flag"
   for ((i = 1; i <= n; i++)); do start_node "$i"; done
   render_config "$n"
   # The background subshell execs HAProxy's master: $! is the master's pid.
@@ -178,6 +219,7 @@ cmd_add() {
   [[ -n $master ]] || die "no cluster running from $run_dir"
   n=$(($(node_count) + 1))
   ((n <= MAX_NODES)) || die "at most $MAX_NODES nodes"
+  memory_flag=$(cat "$run_dir/memory_flag" 2>/dev/null || true)
   start_node "$n"
   render_config "$n"
   # SIGUSR2: the master re-reads the config and starts new workers, which

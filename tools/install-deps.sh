@@ -4,7 +4,10 @@
 set -euo pipefail
 
 build=(meson ninja-build pkg-config g++ cmake libevent-dev libsimdjson-dev libfmt-dev libabsl-dev doctest-dev libisal-dev libdeflate-dev)
-test=(python3 python3-pytest python3-requests python3-prometheus-client python3-yaml systemd curl haproxy)
+# prometheus for promtool, docker-compose for the offline compose check,
+# debootstrap + systemd-container to boot the unit under a real systemd.
+test=(python3 python3-pytest python3-requests python3-prometheus-client python3-yaml systemd curl haproxy
+  prometheus docker-compose debootstrap systemd-container)
 sanitize=(clang libclang-rt-14-dev llvm)
 bench=(wrk nginx-light redis-server memcached python3-locust python3-matplotlib valgrind)
 

@@ -60,7 +60,7 @@ def free_base_port():
 
 
 class Cluster:
-    def __init__(self, run_dir, port, node_flags=""):
+    def __init__(self, run_dir, port, node_flags="--memory-limit 64M"):
         self.run_dir = run_dir
         self.port = port
         self.node_flags = node_flags
@@ -70,7 +70,7 @@ class Cluster:
 
     def sh(self, *args, check=True):
         env = dict(os.environ, RUN_DIR=str(self.run_dir), KVCACHE=KVCACHE_BIN, HAPROXY=HAPROXY,
-                   NODE_FLAGS=f"--threads 1 --memory-limit 64M {self.node_flags}")
+                   NODE_FLAGS=f"--threads 1 {self.node_flags}")
         try:
             result = subprocess.run(["bash", str(CLUSTER_SH), *args], env=env, capture_output=True,
                                     text=True, timeout=90, stdin=subprocess.DEVNULL)
@@ -153,7 +153,7 @@ def make_cluster(tmp_path):
     require_binary()
     clusters = []
 
-    def factory(node_flags=""):
+    def factory(node_flags="--memory-limit 64M"):
         c = Cluster(tmp_path / f"cluster{len(clusters)}", free_base_port(), node_flags)
         clusters.append(c)
         return c
@@ -216,6 +216,23 @@ def test_up_prints_one_line_per_process_with_its_pid(tmp_path, make_cluster):
     lines = c.up(2).strip().splitlines()
     assert [line.split()[:2] for line in lines] == [["node1", "pid"], ["node2", "pid"], ["haproxy", "pid"]]
     assert [int(line.split()[2]) for line in lines] == [c.pid("node1"), c.pid("node2"), c.pid("haproxy")]
+
+
+def metric(url, name):
+    text = requests.get(url + "/metrics", timeout=TIMEOUT).text
+    values = [float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " ")]
+    assert len(values) == 1, (name, text[:500])
+    return values[0]
+
+
+def test_up_divides_the_machines_memory_among_the_nodes(make_cluster, start_server):
+    # what one node alone takes with "auto": 70% of this machine (or cgroup)
+    single = metric(start_server("--memory-limit", "auto").url, "kvcache_memory_limit_bytes")
+    c = make_cluster(node_flags="")
+    c.up(3)
+    limits = [metric(c.node_url(i), "kvcache_memory_limit_bytes") for i in (1, 2, 3)]
+    assert all(abs(limit - single / 3) <= 1 << 20 for limit in limits), (single, limits)
+    assert sum(limits) <= single
 
 
 def test_down_stops_exactly_its_own_processes(make_cluster, start_server):
@@ -515,7 +532,7 @@ def test_add_a_node_with_a_graceful_reload(make_cluster):
 def test_bearer_tokens_pass_through_the_proxy(make_cluster, tmp_path):
     token = "cluster-token-0123456789"
     (tmp_path / "tokens").write_text(token + "\n")
-    c = make_cluster(f"--auth-token-file {tmp_path / 'tokens'}")
+    c = make_cluster(f"--memory-limit 64M --auth-token-file {tmp_path / 'tokens'}")
     c.up(2)
     # HAProxy's GET /health checks need no token: both nodes are UP.
     deadline = time.monotonic() + 10

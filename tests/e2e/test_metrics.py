@@ -42,6 +42,12 @@ def test_exposition_parses_and_has_every_family(start_server):
             assert line.split()[2].endswith("_total"), line
 
 
+def test_max_connections_is_exported_for_the_alert(start_server):
+    # deploy/prometheus/kvcache-rules.yml compares kvcache_connections_open with it
+    _, families = scrape(start_server("--max-connections", "321"))
+    assert value(families, "kvcache_connections_max") == 321
+
+
 def test_counters_move_with_requests(start_server):
     server = start_server("--memory-limit", "64M")
     _, before = scrape(server)

@@ -70,6 +70,9 @@ def test_help_exits_0_and_lists_every_flag():
     ["--snapshot-interval", "soon"],
     ["--snapshot-timeout", "0"],
     ["--nope"],
+    ["--bind", "localhost"],
+    ["--bind", "127.0.0.1:7171"],
+    ["--bind", "300.1.2.3"],
 ], ids=lambda a: " ".join(a))
 def test_bad_flag_exits_2_with_message(args):
     # a free port, so that a wrongly accepted flag cannot collide with anything
@@ -86,6 +89,24 @@ def test_bad_env_value_exits_2_with_message(env):
     p = run_binary(args, env=env, timeout=5)
     assert p.returncode == 2, f"exit {p.returncode}, stderr {p.stderr!r}"
     assert p.stderr.strip()
+
+
+def test_bad_env_bind_exits_2():
+    # exit 2 is what the unit's RestartPreventExitStatus= stops restart loops on
+    p = run_binary(["--port", str(free_port())], env={"KVCACHE_BIND": "not-an-address"}, timeout=5)
+    assert p.returncode == 2, f"exit {p.returncode}, stderr {p.stderr!r}"
+    assert b"KVCACHE_BIND" in p.stderr
+
+
+def test_flag_overrides_a_bad_env_value(start_server):
+    srv = start_server(env={"KVCACHE_PORT": "abc", "KVCACHE_BIND": "nowhere"})
+    assert requests.get(f"{srv.url}/health", timeout=2).content == OK_HEALTH
+
+
+def test_help_ignores_bad_env_values():
+    p = run_binary(["--help"], env={"KVCACHE_PORT": "abc", "KVCACHE_MEMORY_LIMIT": "lots"}, timeout=5)
+    assert p.returncode == 0, p.stderr
+    assert b"--port" in p.stdout
 
 
 @pytest.mark.parametrize("value", ["2", "2s", "500ms", "0.5"])

@@ -102,6 +102,42 @@ TEST_CASE("bad values are errors that name the flag") {
   CHECK(result.error.find("KVCACHE_PORT") != std::string::npos);
 }
 
+TEST_CASE("a variable is checked only where it is used") {
+  // The flag overrides the bad variable, which is then never read.
+  Config overridden;
+  REQUIRE(parse({"--port", "19102"}, overridden, {{"KVCACHE_PORT", "abc"}}).ok);
+  CHECK(overridden.port == 19102);
+  Config overridden_bind;
+  REQUIRE(parse({"--bind=127.0.0.1"}, overridden_bind, {{"KVCACHE_BIND", "nowhere"}}).ok);
+  CHECK(overridden_bind.bind == "127.0.0.1");
+  // --help uses no setting.
+  Config help;
+  REQUIRE(parse({"--help"}, help, {{"KVCACHE_PORT", "abc"}, {"KVCACHE_MEMORY_LIMIT", "lots"}}).ok);
+  CHECK(help.help);
+  // A bad variable that nothing overrides is still an error.
+  Config used;
+  ConfigResult result = parse({"--port", "19102"}, used, {{"KVCACHE_MEMORY_LIMIT", "lots"}});
+  CHECK_FALSE(result.ok);
+  CHECK(result.error.find("KVCACHE_MEMORY_LIMIT") != std::string::npos);
+}
+
+TEST_CASE("--bind takes an IPv4 or IPv6 address, checked at parse time") {
+  for (std::string_view good : {"0.0.0.0", "127.0.0.1", "::", "::1", "fe80::1"}) {
+    Config config;
+    CAPTURE(good);
+    CHECK(parse({"--bind", good}, config).ok);
+  }
+  for (std::string_view bad : {"localhost", "1.2.3", "300.1.1.1", "127.0.0.1:7171", "[::1]", " 127.0.0.1", ""}) {
+    Config config;
+    CAPTURE(bad);
+    ConfigResult result = parse({"--bind", bad}, config);
+    CHECK_FALSE(result.ok);
+    CHECK(result.error.find("--bind") != std::string::npos);
+    Config from_env;
+    CHECK_FALSE(parse({}, from_env, {{"KVCACHE_BIND", std::string(bad)}}).ok);
+  }
+}
+
 TEST_CASE("byte sizes and durations") {
   CHECK(parse_byte_size("1048576") == 1048576u);
   CHECK(parse_byte_size("64k") == 65536u);

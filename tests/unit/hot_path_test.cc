@@ -77,7 +77,7 @@ TEST_CASE("gets and puts allocate nothing once warm") {
   FixedClock clock;
   Store store(16, 64 << 20, clock);
   BufferBudget buffers(8 << 20);
-  Metrics metrics(store, buffers, 1, 64 << 20);
+  Metrics metrics(store, buffers, 1, 64 << 20, 100);
   http::DateHeader date;
   RequestHandler handler(store, metrics, metrics.worker(0), date);
 
@@ -119,7 +119,7 @@ TEST_CASE("with a token, gzip bodies and gzip responses, warm requests allocate 
   FixedClock clock;
   Store store(16, 64 << 20, clock);
   BufferBudget buffers(8 << 20);
-  Metrics metrics(store, buffers, 1, 64 << 20);
+  Metrics metrics(store, buffers, 1, 64 << 20, 100);
   http::DateHeader date;
   TokenStore tokens(parse_tokens("0123456789abcdef\n", "test").tokens);
   RequestHandler handler(store, metrics, metrics.worker(0), date, &tokens);
