@@ -15,7 +15,9 @@
 #include <signal.h>
 #include <sys/resource.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <memory>
 #include <thread>
@@ -30,13 +32,20 @@ unsigned available_cpus() {
   return hardware > 0 ? hardware : 1;
 }
 
-// Every connection is a file descriptor: take all the kernel allows us.
+// Every connection is a file descriptor: take all the kernel allows us. Under
+// the systemd unit's SystemCallFilter=~@resources this still works: glibc's
+// setrlimit() is the prlimit64 call, which @system-service allows; a sandbox
+// that refuses it gets a warning, and the start-up line shows the limit in force.
 rlim_t raise_open_files_limit() {
   rlimit limit{};
   if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 0;
   if (limit.rlim_cur < limit.rlim_max) {
+    rlim_t soft = limit.rlim_cur;
     limit.rlim_cur = limit.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &limit);
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+      kv::log(kv::LogLevel::warn, "cannot raise the open files limit from {} to {}: {}", soft, limit.rlim_max,
+              std::strerror(errno));
+    }
     getrlimit(RLIMIT_NOFILE, &limit);
   }
   return limit.rlim_cur;

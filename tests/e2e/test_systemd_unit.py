@@ -86,6 +86,11 @@ def verify_root(tmp_path):
     else:
         target.write_text("#!/bin/sh\nexit 0\n")
     target.chmod(target.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    # ExecReload=/bin/kill (procps) must exist in the root too.
+    kill = root / "bin" / "kill"
+    kill.parent.mkdir()
+    kill.write_text("#!/bin/sh\nexit 0\n")
+    kill.chmod(0o755)
     for system_dir in ("/usr/lib/systemd/system", "/lib/systemd/system"):
         if os.path.isdir(system_dir):
             shutil.copytree(system_dir, root / "usr" / "lib" / "systemd" / "system", symlinks=True)
@@ -101,6 +106,8 @@ def test_unit_has_required_directives():
     assert d.get("EnvironmentFile") == ["-/etc/kvcache/kvcache.env"]
     assert d.get("Type", [""])[0] in ("simple", "exec")
     assert d.get("Restart") == ["on-failure"]
+    # systemctl reload: SIGHUP re-reads the token file
+    assert d.get("ExecReload") == ["/bin/kill -HUP $MAINPID"]
     assert d.get("LimitNOFILE") == ["65536"]
     assert d.get("KillSignal") == ["SIGTERM"]
     assert d.get("DynamicUser") == ["yes"]
