@@ -15,7 +15,8 @@
 # deploy/haproxy/haproxy.cfg, the shipped file.
 #
 # Env: KVCACHE (binary, default build/kvcache, built if missing), HAPROXY
-#      (default: haproxy on PATH, else /usr/sbin/haproxy), RUN_DIR (default /tmp/kvcache-cluster-PORT),
+#      (default: haproxy on PATH, else /usr/sbin/haproxy), HAPROXY_TEMPLATE (a
+#      config in place of the shipped one, e.g. a variant to measure), RUN_DIR (default /tmp/kvcache-cluster-PORT),
 #      STATS_PORT (default PORT+100), NODE_FLAGS (extra kvcache flags,
 #      e.g. "--threads 1 --memory-limit 64M"). Every wait is bounded.
 #
@@ -28,7 +29,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
-template=$repo/deploy/haproxy/haproxy.cfg
+template=${HAPROXY_TEMPLATE:-$repo/deploy/haproxy/haproxy.cfg}
 # Debian installs it in /usr/sbin, which is not on a normal user's PATH.
 HAPROXY=${HAPROXY:-$(command -v haproxy || echo /usr/sbin/haproxy)}
 KVCACHE=${KVCACHE:-$repo/build/kvcache}
@@ -164,7 +165,8 @@ wait_nodes_up() {  # wait_nodes_up N: HAProxy sees node1..nodeN UP, within 10 s
   local n=$1 i k up
   for ((k = 0; k < 100; k++)); do
     up=0
-    for ((i = 1; i <= n; i++)); do [[ $(node_status "$i") == UP ]] && up=$((up + 1)); done
+    # "no check": a config without health checks (tools/bench/proxy_factors.sh nocheck)
+    for ((i = 1; i <= n; i++)); do [[ $(node_status "$i") == @(UP|no check) ]] && up=$((up + 1)); done
     ((up == n)) && return 0
     sleep 0.1
   done

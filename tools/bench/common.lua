@@ -9,6 +9,9 @@
 --   KEY_MODE    "random" (default): uniform random key from the pool per request;
 --               "unique" (put mode): every put uses a new, never-seen key
 --               (<KEY_PREFIX>u<salt>.<thread>.<seq>), so under --memory-limit every put evicts.
+--   DELAY_MS    unset/0 (default): each connection sends as fast as it is answered; N: it
+--               waits N ms before each request, so targets of different speed get about
+--               the same offered rate, connections / (N ms + latency)
 --
 -- Status accounting, per thread, merged in done() via thread:get():
 --   2xx           expected for everything
@@ -30,6 +33,10 @@ local KEYS = math.floor(env_num("KEYS", 5000))
 local VALUE_LEN = math.floor(env_num("VALUE_LEN", 128))
 local PUT_RATIO = env_num("PUT_RATIO", 0.3)
 if mode == "get" then PUT_RATIO = 0 elseif mode == "put" then PUT_RATIO = 1 end
+local DELAY_MS = env_num("DELAY_MS", 0)
+if DELAY_MS > 0 then
+  function delay() return DELAY_MS end  -- wrk's hook: ms to wait before the next request
+end
 local KEY_PREFIX = os.getenv("KEY_PREFIX") or "key:"
 local KEY_MODE = os.getenv("KEY_MODE") or "random"
 if KEYS < 1 then error("KEYS must be >= 1") end
