@@ -1,7 +1,8 @@
 // The process-wide budget of connection buffers: a connection's carried-over
 // input and its unsent output, charged by every worker loop against one share
 // of --memory-limit. Spending it never fails; a loop that finds it spent
-// stops producing output for the connections that hold it (worker.cc).
+// stops producing output for the connections that hold it and stops growing
+// their partial requests (connection.h).
 #pragma once
 
 #include <atomic>

@@ -1,4 +1,5 @@
-// Monotonic milliseconds for TTLs, behind an interface so tests can move time by hand.
+// Monotonic time behind an interface so tests can move it by hand: milliseconds
+// for TTLs (the store), seconds for connection deadlines (connection.h).
 #pragma once
 
 #include <cstdint>
@@ -11,6 +12,8 @@ class Clock {
   virtual ~Clock() = default;
   // Monotonic milliseconds.
   virtual uint64_t now_ms() const = 0;
+  // Monotonic seconds; a clock that keeps finer time than milliseconds overrides it.
+  virtual double now() const { return static_cast<double>(now_ms()) * 1e-3; }
 };
 
 class MonotonicClock final : public Clock {

@@ -87,17 +87,19 @@ InflateStatus Inflater::inflate(std::string_view in, std::string_view& out) {
   return InflateStatus::ok;
 }
 
-Deflater::Deflater() = default;
+Deflater::Deflater() : compressor_(libdeflate_alloc_compressor(kCompressionLevel)) {
+  if (compressor_ == nullptr) throw std::bad_alloc();
+}
 
-Deflater::~Deflater() {
-  if (compressor_ != nullptr) libdeflate_free_compressor(compressor_);
+Deflater::~Deflater() { libdeflate_free_compressor(compressor_); }
+
+void Deflater::shrink(size_t keep) {
+  if (capacity_ <= keep) return;
+  buffer_.reset();
+  capacity_ = 0;
 }
 
 std::string_view Deflater::compress(std::string_view in) {
-  if (compressor_ == nullptr) {
-    compressor_ = libdeflate_alloc_compressor(kCompressionLevel);
-    if (compressor_ == nullptr) throw std::bad_alloc();
-  }
   size_t bound = libdeflate_gzip_compress_bound(compressor_, in.size());
   if (bound > capacity_) {
     buffer_.reset(new char[bound]);

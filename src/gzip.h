@@ -51,7 +51,8 @@ class Inflater {
   std::unique_ptr<char[]> buffer_;
 };
 
-// Compresses response bodies into a buffer that grows to the largest one seen.
+// Compresses response bodies into a buffer that grows to the largest one seen
+// (shrink() gives an outsized one back).
 class Deflater {
  public:
   Deflater();
@@ -61,9 +62,11 @@ class Deflater {
 
   // Returns the gzip stream of `in`, valid until the next call.
   std::string_view compress(std::string_view in);
+  // Gives back an output buffer grown past `keep` bytes (for an outsized input).
+  void shrink(size_t keep);
 
  private:
-  libdeflate_compressor* compressor_ = nullptr;  // created on first use
+  libdeflate_compressor* compressor_;  // created at construction: nothing on the request path throws
   std::unique_ptr<char[]> buffer_;
   size_t capacity_ = 0;
 };

@@ -28,8 +28,6 @@ constexpr Route kRoutes[] = {
 
 constexpr std::string_view kKeyNotFound = "Key not found.";
 constexpr std::string_view kHealthy = R"({"status":"OK"})";
-// mget and metrics bodies are built here first; most fit without growing it.
-constexpr size_t kScratchReserve = 64 * 1024;
 // Bodies built in scratch_ may be sent compressed, so caches must key on Accept-Encoding.
 constexpr std::string_view kVary = "Vary: Accept-Encoding\r\n";
 constexpr std::string_view kGzipHeaders = "Content-Encoding: gzip\r\nVary: Accept-Encoding\r\n";
@@ -47,7 +45,7 @@ RequestHandler::RequestHandler(Store& store, const Metrics& metrics, WorkerMetri
       date_(date),
       inflater_(http::kMaxBodyBytes, RequestBodyDecoder::kPadding) {
   if (tokens != nullptr) tokens_.emplace(*tokens);
-  scratch_.reserve(kScratchReserve);
+  scratch_.reserve(kScratchKeepCapacity);
   batch_.reserve(kMaxBatchItems);
 }
 
@@ -71,6 +69,14 @@ void RequestHandler::body_response(int code, std::string_view content_type, Conn
   }
   http::append_head(out, {code, body.size(), mode, headers, content_type}, date_);
   out += body;
+}
+
+void RequestHandler::trim() {
+  deflater_.shrink(kScratchKeepCapacity);
+  if (scratch_.capacity() <= kScratchKeepCapacity) return;
+  std::string usual;
+  usual.reserve(kScratchKeepCapacity);
+  scratch_.swap(usual);
 }
 
 bool RequestHandler::admit(const http::Request& request, std::string_view& body, ConnectionMode mode,

@@ -21,6 +21,10 @@
 
 namespace kv {
 
+// Bodies built before their head (mget, metrics) go to a scratch buffer kept
+// at this capacity; an outsized one grows it until trim().
+constexpr size_t kScratchKeepCapacity = 64 * 1024;
+
 // One per worker thread; holds that thread's reusable scratch buffers.
 class RequestHandler {
  public:
@@ -31,7 +35,7 @@ class RequestHandler {
   // Appends the full response to out (its head alone for HEAD). `body` is
   // followed by RequestBodyDecoder::kPadding readable bytes. A response body
   // built larger than `body_limit` is replaced by a 503 (the connection
-  // buffer budget is spent; see worker.cc).
+  // buffer budget is spent; see connection.h).
   void handle(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out,
               size_t body_limit = SIZE_MAX);
 
@@ -46,6 +50,10 @@ class RequestHandler {
   void enable_snapshots(Snapshotter* snapshots, std::function<void()> wake);
   bool take_deferred() { return std::exchange(deferred_, false); }
   void finish_snapshot(std::string& out);
+
+  // Gives back what an outsized body (a large /mget) grew: scratch_ and the compressor's output.
+  void trim();
+  size_t scratch_capacity() const { return scratch_.capacity(); }
 
  private:
   void route(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);

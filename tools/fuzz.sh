@@ -8,11 +8,14 @@
 # Prints the executions each target reached (libFuzzer's "#N DONE" line) and
 # exits non-zero if any target or regression crashes; new crashing inputs are
 # left in build-fuzz/fuzz-out/<target>/artifacts/.
-# Usage: tools/fuzz.sh [seconds-per-target]   (default 60)
+# Usage: tools/fuzz.sh [seconds-per-target [target...]]   (default 60 s, every target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
-targets=(fuzz_http_parser fuzz_url fuzz_request_body fuzz_store fuzz_snapshot_loader fuzz_gzip)
+shift || true
+# The targets are listed once, in tests/fuzz/meson.build.
+read -r -a targets <<<"$(sed -nE "s/^fuzz_targets = \[(.*)\]/\1/p" tests/fuzz/meson.build | tr -d "',")"
+[ $# -gt 0 ] && targets=("$@")
 
 tools/install-deps.sh sanitize
 

@@ -2,9 +2,10 @@
 # Runs the test suite under the sanitizers, with clang:
 #  1. build-asan (-Db_sanitize=address,undefined): the whole meson test suite,
 #     unit and e2e (the e2e suite starts build-asan/kvcache via KVCACHE_BIN);
-#  2. build-tsan (-Db_sanitize=thread): the concurrency-relevant e2e tests
-#     (concurrent clients, pipelining, slow clients, drain, connection limit,
-#     eviction) against the TSan binary.
+#  2. build-tsan (-Db_sanitize=thread): the connection unit tests (a
+#     connection waiting on the snapshot thread's answer), then the
+#     concurrency-relevant e2e tests (concurrent clients, pipelining, slow
+#     clients, drain, connection limit, eviction) against the TSan binary.
 # Sanitizer reports go to files (log_path) and any report fails the run, even
 # one from a server process whose test would otherwise pass.
 # Usage: tools/sanitize.sh [asan|tsan]   (default: both)
@@ -62,7 +63,7 @@ if [ "$what" = all ] || [ "$what" = tsan ]; then
     CC=clang CXX=clang++ meson setup "$build" -Db_sanitize=thread -Db_lundef=false \
       -Dbuildtype=debugoptimized -Dcpp_args=-fno-omit-frame-pointer
   fi
-  ninja -C "$build" kvcache
+  ninja -C "$build" kvcache tests/connection_test
   reports="$PWD/$build/sanitizer-reports"
   rm -rf "$reports"
   mkdir -p "$reports"
@@ -86,6 +87,11 @@ if [ "$what" = all ] || [ "$what" = tsan ]; then
   # others, timeouts firing while others are served, SIGTERM drain with work
   # in flight, the shared connection limit, eviction under load, and the
   # snapshot thread beside the loops (test_snapshot.py).
+  rc=0
+  TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:log_path=$reports/tsan" \
+    TSAN_SYMBOLIZER_PATH="$symbolizer" "${wrap[@]}" "$build/tests/connection_test" || rc=$?
+  echo "tsan: connection_test exit $rc"
+  [ "$rc" -ne 0 ] && status=1
   selection="concurrent or pipelined or burst or slow_client or read_timeout or sigterm \
 or max_connections or memory_limit or byte_by_byte or fragments or snapshot"
   start=$SECONDS

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs the whole test suite: the
-# doctest units (tests/meson.build: http_parser, store, config, request_body,
-# url_json, and hot_path outside sanitizer builds) and the end-to-end pytest
-# suite (tests/e2e) against the real binary over loopback sockets.
+# Installs what is missing, builds, and runs the whole test suite: every
+# doctest unit listed in tests/meson.build (hot_path only outside sanitizer
+# builds) and the end-to-end pytest suite (tests/e2e) against the real binary
+# over loopback sockets.
 # Extra arguments go to `meson test` (e.g. --suite unit).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,11 +1,13 @@
 // The request path allocates nothing once warm: every malloc in this test
 // binary is counted (glibc lets the executable interpose malloc), and a
-// stream of parsed-and-answered gets and puts must not add to the count.
+// stream of requests read, framed, answered and sent by the shipped
+// Connection (through a fake socket, fake_io.h) must not add to the count.
 #include "auth.h"
+#include "connection.h"
+#include "fake_io.h"
 #include "gzip.h"
 #include "handlers.h"
 #include "log.h"
-#include "http_framing.h"
 #include "metrics.h"
 #include "store.h"
 
@@ -16,6 +18,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 extern "C" {
 void* __libc_malloc(size_t);
@@ -49,109 +52,118 @@ int posix_memalign(void** out, size_t alignment, size_t size) {
 }
 
 using namespace kv;
+using namespace kv::testing;
 
 namespace {
 
-class FixedClock final : public Clock {
- public:
-  uint64_t now_ms() const override { return 1000; }
+// One loop and one keep-alive connection on a fake socket.
+struct Loop {
+  explicit Loop(const TokenStore* tokens = nullptr)
+      : store(16, 64 << 20, clock),
+        buffers(8 << 20),
+        metrics(store, buffers, 1, 64 << 20, 100),
+        handler(store, metrics, metrics.worker(0), date, tokens),
+        loop(config, clock, buffers, metrics.worker(0), handler),
+        io(clock),
+        connection(loop, io) {
+    connection.start();
+  }
+
+  // Each batch arrives as one read; every response goes out.
+  void serve(const std::vector<std::string>& batches) {
+    for (const std::string& batch : batches) {
+      io.incoming.assign(batch);
+      pump(connection, io);
+      REQUIRE(io.incoming.empty());
+      REQUIRE(connection.carried_input() == 0);
+    }
+  }
+
+  Config config;
+  FakeClock clock;
+  Store store;
+  BufferBudget buffers;
+  Metrics metrics;
+  http::DateHeader date;
+  RequestHandler handler;
+  LoopContext loop;
+  FakeIo io;
+  Connection connection;
 };
 
-// Frames each request in `wire` and answers it, through the functions Worker::process calls.
-void serve(const std::string& wire, RequestHandler& handler, std::string& out) {
-  static char body_buffer[http::kMaxBodyBytes + RequestBodyDecoder::kPadding];
-  http::FrameState state;
-  size_t pos = 0;
-  while (pos < wire.size()) {
-    http::Request request;
-    http::Frame frame = http::frame_request(wire.data() + pos, wire.size() - pos, state, request, body_buffer);
-    REQUIRE(frame.status == http::Status::complete);
-    handler.handle(request, frame.body, http::ConnectionMode::keep_alive, out);
-    pos += frame.consumed;
-  }
+// Room for everything the measured run receives and sends, so the fake socket allocates nothing.
+void reserve(Loop& loop, const std::vector<std::string>& batches) {
+  size_t largest = 0;
+  for (const std::string& batch : batches) largest = std::max(largest, batch.size());
+  loop.io.incoming.reserve(largest);
+  loop.io.sent.reserve(64 << 20);
 }
 
 }  // namespace
 
 TEST_CASE("gets and puts allocate nothing once warm") {
-  FixedClock clock;
-  Store store(16, 64 << 20, clock);
-  BufferBudget buffers(8 << 20);
-  Metrics metrics(store, buffers, 1, 64 << 20, 100);
-  http::DateHeader date;
-  RequestHandler handler(store, metrics, metrics.worker(0), date);
-
+  Loop l;
   std::string value(128, 'v');
-  std::string wire;
+  std::vector<std::string> batches;
   for (int i = 0; i < 500; ++i) {
     std::string key = "key:" + std::to_string(i);
     std::string body = R"({"key":")" + key + R"(","value":")" + value + R"("})";
-    wire += "POST /put HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
-            std::to_string(body.size()) + "\r\n\r\n" + body;
+    std::string wire = "POST /put HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+                       std::to_string(body.size()) + "\r\n\r\n" + body;
     wire += "GET /get?key=" + key + " HTTP/1.1\r\nHost: x\r\n\r\n";
     wire += "HEAD /get?key=" + key + " HTTP/1.1\r\nHost: x\r\n\r\n";
     wire += fmt::format("POST /put HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{}\r\n0\r\n\r\n",
                         body.size(), body);
     wire += "GET /get?key=missing" + std::to_string(i) + " HTTP/1.1\r\nHost: x\r\n\r\n";
+    batches.push_back(wire);
   }
-  wire.append(RequestBodyDecoder::kPadding, '\0');  // simdjson reads past a body in place
-  std::string_view requests(wire.data(), wire.size() - RequestBodyDecoder::kPadding);
-
-  std::string copy(requests);
-  copy.reserve(wire.size());  // keeps the padding readable past the last body
-  std::string out;
-  out.reserve(1 << 20);
+  reserve(l, batches);
   size_t cold = allocations.load();
-  serve(copy, handler, out);  // warm: the keys exist now, the index has grown
+  l.serve(batches);  // warm: the keys exist now, the index has grown
   CHECK(allocations.load() > cold);  // the counter does see the store's allocations
-  out.clear();
+  l.io.sent.clear();
 
   size_t before = allocations.load();
-  serve(copy, handler, out);
+  l.serve(batches);
   size_t after = allocations.load();
   CHECK(after - before == 0);
-  CHECK(out.find("HTTP/1.1 200 OK") != std::string::npos);
-  CHECK(out.find("Key not found.") != std::string::npos);
-  CHECK(store.stats().entries == 500);
+  CHECK(l.io.sent.find("HTTP/1.1 200 OK") != std::string::npos);
+  CHECK(l.io.sent.find("Key not found.") != std::string::npos);
+  CHECK(l.store.stats().entries == 500);
+  CHECK(l.io.recv_calls == 2 * batches.size());  // one recv per read event
+  CHECK(l.io.send_calls == 2 * batches.size());  // one send per batch
 }
 
 TEST_CASE("with a token, gzip bodies and gzip responses, warm requests allocate nothing either") {
-  FixedClock clock;
-  Store store(16, 64 << 20, clock);
-  BufferBudget buffers(8 << 20);
-  Metrics metrics(store, buffers, 1, 64 << 20, 100);
-  http::DateHeader date;
   TokenStore tokens(parse_tokens("0123456789abcdef\n", "test").tokens);
-  RequestHandler handler(store, metrics, metrics.worker(0), date, &tokens);
+  Loop l(&tokens);
   set_log_level(LogLevel::error);  // the once-a-second 401 log line formats a string; it is not per request
 
   gzip::Deflater deflater;
   std::string value(128, 'v');
   std::string keys;
-  std::string wire;
+  std::vector<std::string> batches;
   for (int i = 0; i < 100; ++i) {
     std::string key = "key:" + std::to_string(i);
     keys += (i ? ",\"" : "\"") + key + "\"";
     std::string body(deflater.compress(R"({"key":")" + key + R"(","value":")" + value + R"("})"));
-    wire += "POST /put HTTP/1.1\r\nAuthorization: Bearer 0123456789abcdef\r\nContent-Encoding: gzip\r\n"
-            "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    std::string wire = "POST /put HTTP/1.1\r\nAuthorization: Bearer 0123456789abcdef\r\nContent-Encoding: gzip\r\n"
+                       "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
     wire += "GET /get?key=" + key + " HTTP/1.1\r\nAuthorization: Bearer 0123456789abcdef\r\n\r\n";
     wire += "GET /get?key=" + key + " HTTP/1.1\r\n\r\n";  // 401
+    batches.push_back(wire);
   }
   std::string mget = R"({"keys":[)" + keys + "]}";
-  wire += "POST /mget HTTP/1.1\r\nAuthorization: Bearer 0123456789abcdef\r\nAccept-Encoding: gzip\r\n"
-          "Content-Length: " + std::to_string(mget.size()) + "\r\n\r\n" + mget;
-  std::string copy(wire);
-  copy.reserve(wire.size() + RequestBodyDecoder::kPadding);
-  std::string out;
-  out.reserve(1 << 20);
-  serve(copy, handler, out);  // warm: keys stored, compressor and its buffer created
-  out.clear();
+  batches.push_back("POST /mget HTTP/1.1\r\nAuthorization: Bearer 0123456789abcdef\r\nAccept-Encoding: gzip\r\n"
+                    "Content-Length: " + std::to_string(mget.size()) + "\r\n\r\n" + mget);
+  reserve(l, batches);
+  l.serve(batches);  // warm: keys stored, the compressor's buffer grown
+  l.io.sent.clear();
 
   size_t before = allocations.load();
-  serve(copy, handler, out);
+  l.serve(batches);
   CHECK(allocations.load() - before == 0);
-  CHECK(out.find("Content-Encoding: gzip") != std::string::npos);
-  CHECK(out.find("HTTP/1.1 401 Unauthorized") != std::string::npos);
-  CHECK(store.stats().entries == 100);
+  CHECK(l.io.sent.find("Content-Encoding: gzip") != std::string::npos);
+  CHECK(l.io.sent.find("HTTP/1.1 401 Unauthorized") != std::string::npos);
+  CHECK(l.store.stats().entries == 100);
 }

@@ -1,0 +1,355 @@
+#include "connection.h"
+
+#include "request_body.h"
+
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+#include <utility>
+
+namespace kv {
+namespace {
+
+constexpr uint64_t kNanosPerSecond = 1000000000;
+
+// Request latency wants better than the coarse clock's 4 ms; it is only measured, never acted on.
+uint64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);  // vDSO
+  return static_cast<uint64_t>(ts.tv_sec) * kNanosPerSecond + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// An empty std::string holds no heap memory (its inline capacity is not charged).
+size_t held(const std::string& s) {
+  static const size_t inline_capacity = std::string().capacity();
+  return s.capacity() > inline_capacity ? s.capacity() : 0;
+}
+
+}  // namespace
+
+LoopContext::LoopContext(const Config& config, const Clock& clock, BufferBudget& buffers, WorkerMetrics& counters,
+                         RequestHandler& handler)
+    : config(config),
+      clock(clock),
+      buffers(buffers),
+      counters(counters),
+      handler(handler),
+      // The padding lets simdjson read past a body in place.
+      input(new char[kInputCapacity + RequestBodyDecoder::kPadding]),
+      chunked_body(new char[http::kMaxBodyBytes + RequestBodyDecoder::kPadding]) {
+  output.reserve(kOutputKeepCapacity);
+}
+
+Connection* LoopContext::deliver_deferred() {
+  Connection* c = std::exchange(deferred, nullptr);
+  handler.finish_snapshot(output);
+  if (c == nullptr) {
+    output.clear();  // the client left before its answer
+    return nullptr;
+  }
+  c->waiting_ = false;
+  c->resume();
+  return c;
+}
+
+void LoopContext::trim() {
+  if (output.capacity() > kOutputKeepCapacity && output.empty()) {
+    std::string usual;
+    usual.reserve(kOutputKeepCapacity);
+    output.swap(usual);
+  }
+  handler.trim();
+}
+
+Connection::Connection(LoopContext& loop, ConnectionIo& io) : loop_(loop), io_(io) {}
+
+Connection::~Connection() { close(); }
+
+void Connection::start() {
+  last_active_ = loop_.clock.now();
+  set_reading(true);
+  io_.arm_timer(loop_.config.idle_timeout);
+}
+
+void Connection::start_rejected() {
+  last_active_ = loop_.clock.now();
+  loop_.handler.reject(503, "too many connections", loop_.output);
+  closing_ = true;
+  flush();  // arms the send timeout if the client does not take it at once
+}
+
+void Connection::close() {
+  if (closed_) return;
+  closed_ = true;
+  io_.close();
+  if (loop_.deferred == this) loop_.deferred = nullptr;
+  loop_.buffers.recharge(charged_, 0);
+  charged_ = 0;
+}
+
+void Connection::set_reading(bool on) {
+  if (reading_ == on) return;
+  reading_ = on;
+  io_.want_read(on);
+}
+
+void Connection::set_writing(bool on) {
+  if (writing_ == on) return;
+  writing_ = on;
+  io_.want_write(on);
+}
+
+size_t Connection::load_input() {
+  size_t n = input_.size();
+  std::memcpy(loop_.input.get(), input_.data(), n);
+  return n;
+}
+
+void Connection::recharge() {
+  size_t now = held(input_) + held(output_) + io_.held_bytes();
+  if (now == charged_) return;
+  loop_.buffers.recharge(charged_, now);
+  charged_ = now;
+}
+
+size_t Connection::output_allowance() const { return loop_.buffers.spent() ? kBufferFloor : kOutputHighWater; }
+
+void Connection::on_readable() {
+  if (closed_) return;
+  lingering_ ? discard() : (void)read();
+}
+
+bool Connection::read() {
+  size_t n = load_input();
+  if (n == kInputCapacity) {
+    // Unreachable while the parser enforces its limits; never read zero bytes and call it EOF.
+    loop_.handler.reject(413, "request too large", loop_.output);
+    closing_ = true;
+    input_.clear();
+    return flush();
+  }
+  size_t room = kInputCapacity - n;
+  if (loop_.buffers.spent()) {
+    if (n > 0) {
+      // The budget is spent and this partial request would grow: read no more
+      // until there is room again; the read timeout still ends it with a 408.
+      starved_ = true;
+      set_reading(false);
+      schedule();
+      return true;
+    }
+    room = std::min(room, kBufferFloor);  // what a connection holds stays small
+  }
+  IoResult got = io_.recv(loop_.input.get() + n, room);
+  size_t bytes = 0;
+  switch (got.kind) {
+    case IoResult::would_block: return true;
+    case IoResult::error: close(); return false;
+    case IoResult::eof:
+      // The client will send no more: answer what it sent, then close.
+      peer_closed_ = true;
+      set_reading(false);
+      break;
+    case IoResult::ok: bytes = got.bytes; break;
+  }
+  last_active_ = loop_.clock.now();
+  return consume(n + bytes);
+}
+
+bool Connection::consume(size_t n) {
+  loop_.batch_started_ns = now_ns();
+  for (;;) {
+    size_t used = process(n);
+    bool held_back = !closing_ && used < n && (waiting_ || output_.size() + loop_.output.size() >= output_allowance());
+    // A FIN means no more requests, not "forget the ones you have": close once
+    // every complete request is answered (a partial one can never complete).
+    if (peer_closed_ && !held_back) closing_ = true;
+    if (closing_ || used == n) {
+      input_.clear();
+      if (input_.capacity() > kInputKeepCapacity) std::string().swap(input_);  // idle connections hold no big buffers
+      request_started_ = 0;
+    } else if (held_back) {
+      // Whole requests waiting for the client to read (or for the deferred
+      // response): the idle and send timeouts cover a client that never
+      // reads, not the read timeout.
+      input_.assign(loop_.input.get() + used, n - used);
+      request_started_ = 0;
+    } else {
+      input_.assign(loop_.input.get() + used, n - used);
+      if (used > 0 || request_started_ == 0) {
+        // A request has begun: it must be complete within the read timeout.
+        request_started_ = loop_.clock.now();
+        schedule();
+      }
+    }
+    if (!flush()) return false;
+    // Requests held back by a backlog the socket has now taken: answer them too.
+    if (!held_back || !output_.empty() || waiting_) return true;
+    n = load_input();
+  }
+}
+
+size_t Connection::process(size_t n) {
+  const char* in = loop_.input.get();
+  size_t pos = 0;
+  const bool spent = loop_.buffers.spent();
+  const size_t allowance = spent ? kBufferFloor : kOutputHighWater;
+  // While the budget is spent, a body larger than the floor gets a 503 instead.
+  const size_t body_limit = spent ? kBufferFloor : SIZE_MAX;
+  std::string& out = loop_.output;
+  while (!closing_ && !waiting_ && pos < n && output_.size() + out.size() < allowance) {
+    http::Request request;
+    http::Frame frame = http::frame_request(in + pos, n - pos, framing_, request, loop_.chunked_body.get());
+    if (frame.status == http::Status::incomplete) {
+      if (frame.send_continue) out += http::kContinueResponse;
+      break;
+    }
+    if (frame.status == http::Status::error) {
+      loop_.handler.reject(frame.error.code, frame.error.message, out, request.method);
+      closing_ = true;
+      break;
+    }
+    bool keep_alive = request.keep_alive && !loop_.draining;
+    http::ConnectionMode mode = !keep_alive    ? http::ConnectionMode::close
+                                : request.http10 ? http::ConnectionMode::keep_alive_explicit
+                                                 : http::ConnectionMode::keep_alive;
+    loop_.handler.handle(request, frame.body, mode, out, body_limit);
+    closing_ = !keep_alive;
+    pos += frame.consumed;
+    if (loop_.handler.take_deferred()) {
+      // Answered by LoopContext::deliver_deferred when it is ready; the
+      // requests behind it wait, as responses go out in order.
+      waiting_ = true;
+      loop_.deferred = this;
+      break;
+    }
+    loop_.counters.observe_latency(now_ns() - loop_.batch_started_ns);
+  }
+  return pos;
+}
+
+bool Connection::flush() {
+  std::string& out = loop_.output;
+  bool was_pending = !output_.empty();
+  if (!out.empty() || was_pending) {
+    std::string& pending = was_pending ? output_.append(out) : out;
+    IoResult sent = io_.send(pending.data(), pending.size());
+    if (sent.kind == IoResult::error || sent.kind == IoResult::eof) {
+      out.clear();
+      close();
+      return false;
+    }
+    size_t done = sent.kind == IoResult::ok ? sent.bytes : 0;
+    if (done > 0) last_active_ = last_sent_ = loop_.clock.now();
+    if (&pending == &out) {
+      if (done < out.size()) output_.assign(out, done);
+    } else {
+      output_.erase(0, done);
+      // A drained backlog gives its memory back: idle connections hold no buffers.
+      if (output_.empty()) std::string().swap(output_);
+    }
+    out.clear();
+  }
+  bool backlog = !output_.empty();
+  recharge();
+  set_writing(backlog);
+  if (!backlog && closing_ && !waiting_) {
+    finish();
+    return false;
+  }
+  if (backlog && !was_pending) {
+    last_sent_ = loop_.clock.now();  // --send-timeout counts from here
+    schedule();
+  }
+  // Pause reading while the client is not taking its responses.
+  set_reading(!closing_ && !peer_closed_ && !waiting_ && !starved_ && output_.size() < output_allowance());
+  return true;
+}
+
+void Connection::finish() {
+  // After the client's FIN nothing is left unread that could make the kernel reset.
+  if (peer_closed_) return close();
+  // Closing with unread input makes Linux send RST and drop what it has not
+  // sent yet, the last responses included. Send FIN instead, then read and
+  // discard for a bounded time before closing.
+  io_.shutdown_write();
+  lingering_ = true;
+  starved_ = false;
+  double now = loop_.clock.now();
+  linger_until_ = now + kLingerTime;
+  linger_quiet_until_ = now + kLingerQuiet;
+  std::string().swap(input_);
+  recharge();
+  set_writing(false);
+  set_reading(true);
+  schedule();
+}
+
+void Connection::discard() {
+  IoResult got = io_.recv(loop_.input.get(), kInputCapacity);
+  if (got.kind == IoResult::would_block) return;
+  if (got.kind == IoResult::ok) {
+    // The timer, when it fires, finds the later deadline and waits on.
+    linger_quiet_until_ = std::min(loop_.clock.now() + kLingerQuiet, linger_until_);
+    return;
+  }
+  close();  // the client closed, or the connection failed
+}
+
+void Connection::on_writable() {
+  if (closed_) return;
+  resume();
+}
+
+void Connection::resume() {
+  if (!flush() || !output_.empty()) return;
+  // Once drained, answer requests that were already read but held back.
+  if (!closing_ && !input_.empty() && !consume(load_input())) return;
+  if (loop_.draining) drain();
+}
+
+void Connection::drain() {
+  // Output still queued: resume() calls this again once it is sent.
+  if (closed_ || lingering_ || closing_ || waiting_ || !output_.empty()) return;
+  // One look at what the client has sent: a request is answered with "Connection: close".
+  if (input_.empty() && !read()) return;
+  if (input_.empty() && output_.empty() && !closing_) close();
+}
+
+double Connection::next_deadline() const {
+  if (lingering_) return std::min(linger_until_, linger_quiet_until_);
+  double next = last_active_ + loop_.config.idle_timeout;
+  if (!output_.empty()) next = std::min(next, last_sent_ + loop_.config.send_timeout);
+  if (request_started_ != 0) next = std::min(next, request_started_ + loop_.config.read_timeout);
+  return next;
+}
+
+void Connection::schedule() {
+  io_.arm_timer(next_deadline() - loop_.clock.now());
+}
+
+void Connection::on_timer() {
+  if (closed_) return;
+  double now = loop_.clock.now();
+  // A connection waiting on a deferred response obeys these deadlines too:
+  // its client may stop reading (send), or the wait may outlast the idle timeout.
+  if (now < next_deadline()) return schedule();
+  if (lingering_ || (!output_.empty() && now >= last_sent_ + loop_.config.send_timeout)) {
+    // Lingered long enough, or the client took nothing for --send-timeout:
+    // what it holds goes back to the buffer budget.
+    return close();
+  }
+  if (request_started_ != 0 && now >= request_started_ + loop_.config.read_timeout) {
+    loop_.handler.reject(408, "request timeout", loop_.output);
+    closing_ = true;
+    starved_ = false;
+    input_.clear();
+    request_started_ = 0;
+    // A client that does not read even this is dropped at the send timeout.
+    if (flush()) schedule();
+    return;
+  }
+  close();  // idle
+}
+
+}  // namespace kv

@@ -1,0 +1,165 @@
+// One HTTP/1.1 connection's whole life, written once against ConnectionIo
+// (connection_io.h) and an injected clock: read, frame and answer requests,
+// decide when to flush, pause for a client that does not read (backpressure),
+// answer what was sent before a client's FIN (half-close), close without
+// losing a response (lingering close), the read, send and idle deadlines,
+// drain on SIGTERM, the buffer budget, and waiting on a deferred response
+// (POST /snapshot). The worker (worker.cc) owns the event loop and turns its
+// events into on_readable(), on_writable() and on_timer(); the unit tests do
+// the same with a fake I/O and clock (tests/unit/connection_test.cc).
+#pragma once
+
+#include "buffer_budget.h"
+#include "config.h"
+#include "connection_io.h"
+#include "handlers.h"
+#include "http_framing.h"
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace kv {
+
+class Connection;
+
+// Every request within the parser's limits fits in the read buffer, with room
+// to spare for the bytes that show it is over them.
+constexpr size_t kInputCapacity = http::kMaxRequestBytes + 16 * 1024;
+// Stop reading a connection whose unsent responses exceed this; resume once drained.
+constexpr size_t kOutputHighWater = 256 * 1024;
+// While the connection buffer budget is spent, a connection may still hold
+// this much: a response that fits is sent (a larger one gets a 503) and a
+// read takes at most this much. A connection holding a partial request is not
+// read any further (its input would grow) until its read timeout answers 408,
+// so partial requests cannot grow past the budget; resuming them all when it
+// has room again would only refill it at once.
+constexpr size_t kBufferFloor = 16 * 1024;
+// Lingering close, bounded by time only (as nginx's lingering_time and
+// lingering_timeout): after the last response our side is shut down and what
+// the client still sends is read and discarded, for at most kLingerTime in
+// all and kLingerQuiet without anything arriving. Discarding costs CPU, not
+// memory; a byte cap would close on a client that is still sending, and the
+// kernel would then reset the connection and drop its unread responses.
+constexpr double kLingerTime = 30.0;
+constexpr double kLingerQuiet = 3.0;
+// Carried-over input shrinks back to nothing once it has grown past this.
+constexpr size_t kInputKeepCapacity = 4096;
+// The loop's own output buffer is kept at this capacity: a batch stops past
+// the high-water mark, so room for it and one more response. An outsized
+// response (a large /mget) grows it; trim() shrinks it back.
+constexpr size_t kOutputKeepCapacity = 2 * kOutputHighWater;
+
+// What a loop's connections share: the read buffer, the responses of the
+// batch being answered, the chunked-body buffer, the request handler, the
+// deferred-response slot. One per worker thread (or per unit test).
+struct LoopContext {
+  LoopContext(const Config& config, const Clock& clock, BufferBudget& buffers, WorkerMetrics& counters,
+              RequestHandler& handler);
+
+  // The response of the deferred request (POST /snapshot) is ready: it goes
+  // to the connection waiting for it, if that is still open. Returns that
+  // connection (it may have closed meanwhile: see Connection::closed()).
+  Connection* deliver_deferred();
+  // Gives back what an outsized response grew (here and in the handler): the
+  // memory limit sets aside only the usual sizes a thread. Called now and
+  // then (the worker's tick), so a burst of them does not reallocate each time.
+  void trim();
+
+  const Config& config;
+  const Clock& clock;
+  BufferBudget& buffers;
+  WorkerMetrics& counters;
+  RequestHandler& handler;
+  std::unique_ptr<char[]> input;         // read buffer (kInputCapacity and the JSON parser's padding)
+  std::unique_ptr<char[]> chunked_body;  // decoded chunked bodies
+  std::string output;                    // responses of the connection being served
+  Connection* deferred = nullptr;        // waiting for its deferred response
+  bool draining = false;                 // stopping: answer what was sent, then close
+  uint64_t batch_started_ns = 0;         // when the batch being answered was read
+};
+
+class Connection {
+ public:
+  Connection(LoopContext& loop, ConnectionIo& io);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // A new connection: read requests (and start the idle timer).
+  void start();
+  // A connection over --max-connections: a 503, then closed like any final response.
+  void start_rejected();
+
+  // Events from the loop. After any of them the connection may be closed().
+  void on_readable();
+  void on_writable();
+  void on_timer();
+  // Stopping (SIGTERM): answer what the client has sent with
+  // "Connection: close", or close at once if it has nothing half-read and
+  // nothing left to send.
+  void drain();
+  // Closes now (the server is going away).
+  void close();
+
+  bool closed() const { return closed_; }
+  // For tests and the worker's bookkeeping.
+  bool lingering() const { return lingering_; }
+  bool waiting() const { return waiting_; }
+  bool reading() const { return reading_; }
+  bool writing() const { return writing_; }
+  size_t carried_input() const { return input_.size(); }
+  size_t pending_output() const { return output_.size(); }
+  size_t charged() const { return charged_; }
+
+ private:
+  friend struct LoopContext;
+  // These return false when the connection was closed.
+  bool read();
+  // Answers the complete requests among the n bytes at the front of the read
+  // buffer and keeps the rest for later.
+  bool consume(size_t n);
+  // Parses and answers requests; returns the bytes they took.
+  size_t process(size_t n);
+  bool flush();
+  // After the last response: lingering close (or close at once after the client's FIN).
+  void finish();
+  // Reads and drops what a lingering connection still sends.
+  void discard();
+  // After a deferred response or a drained backlog: answer what came in behind it.
+  void resume();
+  // Brings the connection's charge to the buffer budget up to date.
+  void recharge();
+  size_t output_allowance() const;
+  // The earliest of the connection's deadlines (read, send, idle, linger).
+  double next_deadline() const;
+  void schedule();
+  void set_reading(bool on);
+  void set_writing(bool on);
+  // Copies the carried-over input to the front of the read buffer; returns its size.
+  size_t load_input();
+
+  LoopContext& loop_;
+  ConnectionIo& io_;
+  std::string input_;         // unparsed bytes of a request still arriving
+  std::string output_;        // response bytes the socket has not taken yet
+  http::FrameState framing_;  // of the request at the front of input_
+  double request_started_ = 0;  // 0: no partial request
+  double last_active_ = 0;
+  double last_sent_ = 0;        // last send progress while output is pending (--send-timeout)
+  double linger_until_ = 0;     // lingering: close by then at the latest
+  double linger_quiet_until_ = 0;  // lingering: close by then unless something arrives
+  size_t charged_ = 0;          // bytes of input + output + I/O state charged to the buffer budget
+  bool closing_ = false;        // close as soon as output is flushed
+  bool lingering_ = false;      // our side is shut down; discarding what still arrives
+  bool peer_closed_ = false;    // the client shut down its sending side
+  bool starved_ = false;        // not read: its input would grow while the budget is spent; until its read timeout
+  bool reading_ = false;
+  bool writing_ = false;
+  bool waiting_ = false;        // for a deferred response: nothing more is answered until it comes
+  bool closed_ = false;
+};
+
+}  // namespace kv

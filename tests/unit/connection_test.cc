@@ -1,0 +1,390 @@
+// The connection's promises, proven on the shipped state machine through a
+// scripted I/O and a hand-moved clock (fake_io.h): backpressure, half-close,
+// lingering close, the read/send/idle deadlines, drain, the buffer budget and
+// a connection waiting on a deferred response.
+#include "connection.h"
+#include "fake_io.h"
+#include "handlers.h"
+#include "metrics.h"
+#include "snapshot.h"
+#include "store.h"
+
+#include <doctest/doctest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+using namespace kv;
+using namespace kv::testing;
+
+namespace {
+
+constexpr std::string_view kGet = "GET /get?key=k HTTP/1.1\r\nHost: x\r\n\r\n";
+
+size_t count(const std::string& haystack, std::string_view needle) {
+  size_t n = 0;
+  for (size_t at = haystack.find(needle); at != std::string::npos; at = haystack.find(needle, at + needle.size())) ++n;
+  return n;
+}
+
+std::string repeat(std::string_view piece, int times) {
+  std::string out;
+  for (int i = 0; i < times; ++i) out += piece;
+  return out;
+}
+
+// One loop with its store and handler, and one connection on a fake socket.
+struct Fixture {
+  explicit Fixture(uint64_t budget = 8 << 20, Config settings = {})
+      : config(std::move(settings)),
+        store(16, 64 << 20, clock),
+        buffers(budget),
+        metrics(store, buffers, 1, 64 << 20, 100),
+        handler(store, metrics, metrics.worker(0), date),
+        loop(config, clock, buffers, metrics.worker(0), handler),
+        io(clock),
+        connection(loop, io) {
+    connection.start();
+  }
+
+  void send(std::string_view bytes) {
+    io.incoming += bytes;
+    pump(connection, io);
+  }
+  void advance(double seconds) { testing::advance(connection, io, clock, seconds); }
+
+  Config config;
+  FakeClock clock;
+  Store store;
+  BufferBudget buffers;
+  Metrics metrics;
+  http::DateHeader date;
+  RequestHandler handler;
+  LoopContext loop;
+  FakeIo io;
+  Connection connection;
+};
+
+}  // namespace
+
+TEST_CASE("requests are answered in order, one recv per read event and one send per batch") {
+  Fixture f;
+  f.send(repeat(kGet, 50));
+  CHECK(count(f.io.sent, "HTTP/1.1 404 Not Found") == 50);
+  CHECK(f.io.recv_calls == 1);
+  CHECK(f.io.send_calls == 1);
+  CHECK(f.io.reading);
+  CHECK(!f.io.closed);
+  CHECK(f.connection.charged() == 0);  // nothing carried over, nothing pending
+}
+
+TEST_CASE("backpressure: a client that does not read stops being read, and is served once it reads") {
+  Fixture f;
+  f.io.send_room = 0;
+  const int requests = 20000;  // answers far beyond kOutputHighWater
+  f.send(repeat(kGet, requests));
+  CHECK(!f.io.reading);  // paused: its responses are not being taken
+  CHECK(f.io.writing);
+  CHECK(f.connection.pending_output() >= kOutputHighWater);
+  CHECK(f.connection.pending_output() < kOutputHighWater + 64 * 1024);
+  CHECK(f.connection.carried_input() > 0);  // whole requests held back, unanswered
+  CHECK(f.buffers.used() == f.connection.charged());
+  f.io.send_room = SIZE_MAX;
+  pump(f.connection, f.io);
+  CHECK(count(f.io.sent, "HTTP/1.1 404") == requests);
+  CHECK(f.io.reading);
+  CHECK(f.connection.pending_output() == 0);
+  CHECK(f.connection.charged() == 0);
+  CHECK(f.buffers.used() == 0);
+}
+
+TEST_CASE("half-close: every request held back before the client's FIN is answered, then the connection closes") {
+  Fixture f;
+  f.io.send_room = 4096;
+  const int requests = 5000;
+  f.io.incoming = repeat(kGet, requests);
+  f.io.client_fin = true;
+  pump(f.connection, f.io);
+  CHECK(!f.io.closed);  // answers still queued behind a slow reader
+  for (int i = 0; i < 100000 && !f.io.closed; ++i) {
+    f.io.send_room = 4096;  // the client reads a little at a time
+    pump(f.connection, f.io);
+  }
+  CHECK(count(f.io.sent, "HTTP/1.1 404") == requests);
+  CHECK(f.io.closed);
+  CHECK(!f.io.shut);  // after the client's FIN there is nothing to linger for
+  CHECK(f.buffers.used() == 0);
+}
+
+TEST_CASE("half-close: a partial request before the FIN is dropped, the complete ones answered") {
+  Fixture f;
+  f.io.incoming = std::string(kGet) + "GET /get?ke";
+  f.io.client_fin = true;
+  pump(f.connection, f.io);
+  CHECK(count(f.io.sent, "HTTP/1.1 404") == 1);
+  CHECK(f.io.closed);
+}
+
+TEST_CASE("lingering close: bounded by time, not by what the client sends") {
+  Fixture f;
+  f.send(std::string(kGet) + "GET / HTTP/1.1\r\nno colon\r\n\r\n");
+  CHECK(count(f.io.sent, "HTTP/1.1 404") == 1);
+  CHECK(count(f.io.sent, "HTTP/1.1 400") == 1);
+  CHECK(f.io.shut);  // FIN after the last response
+  CHECK(f.connection.lingering());
+  CHECK(f.io.reading);
+
+  SUBCASE("a client still sending is read and discarded until kLingerTime, however much it sends") {
+    std::string chunk(64 * 1024, 'x');
+    double elapsed = 0;
+    size_t discarded = 0;
+    while (elapsed + 1 < kLingerTime) {
+      f.send(chunk);
+      discarded += chunk.size();
+      f.advance(1);
+      elapsed += 1;
+      REQUIRE(!f.io.closed);
+    }
+    CHECK(discarded > 1024 * 1024);  // far past the old 256 KiB cap
+    CHECK(f.io.incoming.empty());
+    f.send(chunk);
+    f.advance(2);
+    CHECK(f.io.closed);
+  }
+  SUBCASE("a client that goes quiet is closed after kLingerQuiet") {
+    f.advance(kLingerQuiet - 0.5);
+    CHECK(!f.io.closed);
+    f.advance(1);
+    CHECK(f.io.closed);
+  }
+  SUBCASE("the client's FIN ends the linger at once") {
+    f.io.client_fin = true;
+    pump(f.connection, f.io);
+    CHECK(f.io.closed);
+  }
+  CHECK(f.buffers.used() == 0);
+}
+
+TEST_CASE("read timeout: a stalled partial request gets a 408, then the connection lingers") {
+  Fixture f;
+  f.send("GET /get?key=k HTTP/1.1\r\nHo");
+  CHECK(f.connection.carried_input() > 0);
+  f.advance(f.config.read_timeout - 0.1);
+  CHECK(f.io.sent.empty());
+  f.send("st");  // progress within a request does not restart its clock
+  f.advance(0.2);
+  CHECK(count(f.io.sent, "HTTP/1.1 408 Request Timeout") == 1);
+  CHECK(f.io.sent.find("Connection: close") != std::string::npos);
+  CHECK(f.connection.lingering());
+}
+
+TEST_CASE("send timeout: a client that takes nothing is dropped and its output returned to the budget") {
+  Fixture f;
+  f.io.send_room = 0;
+  f.send(repeat(kGet, 100));
+  CHECK(f.buffers.used() > 0);
+  f.advance(f.config.send_timeout - 1);
+  CHECK(!f.io.closed);
+  f.io.send_room = 10;  // progress restarts the send timeout
+  pump(f.connection, f.io);
+  f.io.send_room = 0;
+  f.advance(f.config.send_timeout - 1);
+  CHECK(!f.io.closed);
+  f.advance(2);
+  CHECK(f.io.closed);
+  CHECK(f.buffers.used() == 0);
+}
+
+TEST_CASE("idle timeout: a keep-alive connection with nothing to do is closed") {
+  Fixture f;
+  f.send(kGet);
+  f.advance(f.config.idle_timeout - 1);
+  CHECK(!f.io.closed);
+  f.send(kGet);  // activity restarts it
+  f.advance(f.config.idle_timeout - 1);
+  CHECK(!f.io.closed);
+  f.advance(2);
+  CHECK(f.io.closed);
+}
+
+TEST_CASE("errors from the socket close the connection and give its buffers back") {
+  Fixture f;
+  f.io.send_room = 0;
+  f.send(repeat(kGet, 100));
+  CHECK(f.buffers.used() > 0);
+  f.io.reset = true;
+  f.io.send_room = 100;
+  pump(f.connection, f.io);
+  CHECK(f.io.closed);
+  CHECK(f.buffers.used() == 0);
+}
+
+TEST_CASE("drain: idle connections close, sent requests are answered with Connection: close, partial ones wait") {
+  SUBCASE("idle") {
+    Fixture f;
+    f.send(kGet);
+    f.loop.draining = true;
+    f.connection.drain();
+    CHECK(f.io.closed);
+  }
+  SUBCASE("a request already in the socket") {
+    Fixture f;
+    f.io.incoming = kGet;  // arrived, not read yet
+    f.loop.draining = true;
+    f.connection.drain();
+    CHECK(count(f.io.sent, "HTTP/1.1 404") == 1);
+    CHECK(f.io.sent.find("Connection: close") != std::string::npos);
+    CHECK((f.io.closed || f.connection.lingering()));
+  }
+  SUBCASE("a partial request is given its read timeout") {
+    Fixture f;
+    f.send("GET /get?key=k HTTP/1.1\r\n");
+    f.loop.draining = true;
+    f.connection.drain();
+    CHECK(!f.io.closed);
+    f.send("\r\n");
+    CHECK(count(f.io.sent, "HTTP/1.1 404") == 1);
+    CHECK(f.io.sent.find("Connection: close") != std::string::npos);
+  }
+  SUBCASE("output still queued is sent first") {
+    Fixture f;
+    f.io.send_room = 0;
+    f.send(repeat(kGet, 3000));
+    f.loop.draining = true;
+    f.connection.drain();
+    CHECK(!f.io.closed);
+    f.io.send_room = SIZE_MAX;
+    pump(f.connection, f.io);
+    // The first request answered after the drain began closes the connection.
+    size_t answered = count(f.io.sent, "HTTP/1.1 404");
+    CHECK(answered < 3000);
+    CHECK(count(f.io.sent, "Connection: close") == 1);
+    CHECK(f.io.sent.rfind("HTTP/1.1 404") < f.io.sent.find("Connection: close"));
+    CHECK((f.io.closed || f.connection.lingering()));
+  }
+}
+
+TEST_CASE("buffer budget spent: a partial request stops being read; its read timeout answers 408") {
+  Fixture f(1 << 20);
+  f.buffers.recharge(0, f.buffers.limit());  // other connections hold it all
+  // A well-behaved request is still answered.
+  f.send(kGet);
+  CHECK(count(f.io.sent, "HTTP/1.1 404") == 1);
+
+  std::string head = "POST /put HTTP/1.1\r\nContent-Length: 65536\r\n\r\n";
+  f.io.incoming = head + std::string(60000, 'a');
+  pump(f.connection, f.io);
+  // One read of at most kBufferFloor was taken; then reading stopped.
+  CHECK(f.connection.carried_input() <= kBufferFloor);
+  CHECK(f.connection.carried_input() > 0);
+  CHECK(!f.io.reading);
+  size_t held = f.connection.charged();
+  f.advance(f.config.read_timeout / 2);
+  CHECK(f.connection.carried_input() <= kBufferFloor);
+  CHECK(f.connection.charged() == held);  // it did not grow
+  f.advance(f.config.read_timeout);
+  CHECK(count(f.io.sent, "HTTP/1.1 408") == 1);
+  CHECK(f.buffers.used() == f.buffers.limit());  // all it held went back
+}
+
+TEST_CASE("after an outsized response, trim() gives the loop's buffers back") {
+  Fixture f;
+  std::string value(256, '\x01');  // 6 bytes each once JSON-escaped
+  std::string keys;
+  for (int i = 0; i < 1000; ++i) {
+    std::string key = "key" + std::to_string(i);
+    f.store.put(make_key(key), value, 0);
+    keys += (i ? ",\"" : "\"") + key + "\"";
+  }
+  std::string body = "{\"keys\":[" + keys + "]}";
+  f.send("POST /mget HTTP/1.1\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+  CHECK(f.io.sent.size() > kOutputKeepCapacity);  // the response outgrew them
+  CHECK(f.loop.output.capacity() > kOutputKeepCapacity);
+  CHECK(f.handler.scratch_capacity() > kScratchKeepCapacity);
+  f.loop.trim();
+  CHECK(f.loop.output.capacity() <= kOutputKeepCapacity);
+  CHECK(f.handler.scratch_capacity() <= kScratchKeepCapacity);
+  f.send(kGet);  // and it still serves
+  CHECK(count(f.io.sent, "HTTP/1.1 404") == 1);
+}
+
+namespace {
+
+std::string temporary_path() {
+  char name[] = "/tmp/kvcache-connection-test-XXXXXX";
+  int fd = mkstemp(name);
+  REQUIRE(fd >= 0);
+  ::close(fd);
+  unlink(name);
+  return name;
+}
+
+}  // namespace
+
+TEST_CASE("waiting on a deferred response (POST /snapshot)") {
+  Config config;
+  config.snapshot_path = temporary_path();
+  Fixture f(8 << 20, config);
+  Snapshotter snapshots(f.store, f.config, 1);
+  snapshots.start();
+  std::atomic<bool> done{false};
+  f.handler.enable_snapshots(&snapshots, [&done] { done = true; });
+  auto wait_done = [&done] {
+    for (int i = 0; i < 1000 && !done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE(done);
+  };
+
+  SUBCASE("the answer comes in order, before the requests sent behind it") {
+    f.send("POST /snapshot HTTP/1.1\r\nContent-Length: 0\r\n\r\n" + std::string(kGet));
+    CHECK(f.connection.waiting());
+    CHECK(!f.io.reading);
+    CHECK(f.io.sent.empty());
+    wait_done();
+    CHECK(f.loop.deliver_deferred() == &f.connection);
+    pump(f.connection, f.io);
+    size_t snapshot_at = f.io.sent.find("HTTP/1.1 200 OK");
+    size_t get_at = f.io.sent.find("HTTP/1.1 404");
+    CHECK(snapshot_at != std::string::npos);
+    CHECK(get_at != std::string::npos);
+    CHECK(snapshot_at < get_at);
+    CHECK(f.io.reading);
+  }
+  SUBCASE("the idle timeout still ends a wait that outlasts it") {
+    f.send("POST /snapshot HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    CHECK(f.connection.waiting());
+    f.advance(f.config.idle_timeout + 1);
+    CHECK(f.io.closed);
+    CHECK(f.loop.deferred == nullptr);
+    wait_done();
+    CHECK(f.loop.deliver_deferred() == nullptr);  // its answer goes nowhere
+    CHECK(f.loop.output.empty());
+  }
+  SUBCASE("the send timeout still drops a client that takes nothing while it waits") {
+    f.io.send_room = 0;
+    f.send(repeat(kGet, 10) + "POST /snapshot HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    CHECK(f.connection.waiting());
+    CHECK(f.connection.pending_output() > 0);
+    f.advance(f.config.send_timeout + 1);
+    CHECK(f.io.closed);
+    CHECK(f.buffers.used() == 0);
+    wait_done();
+    CHECK(f.loop.deliver_deferred() == nullptr);
+  }
+  SUBCASE("stopping: the answer is delivered, then the connection closes") {
+    f.send("POST /snapshot HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    f.loop.draining = true;
+    f.connection.drain();
+    CHECK(!f.io.closed);
+    wait_done();
+    f.loop.deliver_deferred();
+    pump(f.connection, f.io);
+    CHECK(f.io.sent.find("HTTP/1.1 200 OK") != std::string::npos);
+    CHECK((f.io.closed || f.connection.lingering()));
+  }
+  snapshots.stop();
+  unlink(config.snapshot_path.c_str());
+}

@@ -1,0 +1,99 @@
+// A scripted ConnectionIo and a hand-moved clock, for driving the shipped
+// Connection (connection.h) without sockets or an event loop: connection_test,
+// hot_path_test and the HTTP fuzzer use them.
+#pragma once
+
+#include "connection.h"
+#include "connection_io.h"
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+namespace kv::testing {
+
+class FakeClock final : public Clock {
+ public:
+  uint64_t now_ms() const override { return static_cast<uint64_t>(seconds * 1000); }
+  double now() const override { return seconds; }
+  double seconds = 1000;
+};
+
+// The client's side of the socket, as the connection sees it.
+class FakeIo final : public ConnectionIo {
+ public:
+  explicit FakeIo(const FakeClock& clock) : clock_(clock) {}
+
+  IoResult recv(char* buffer, size_t size) override {
+    ++recv_calls;
+    if (reset) return {IoResult::error, 0};
+    if (incoming.empty()) return {client_fin ? IoResult::eof : IoResult::would_block, 0};
+    size_t n = std::min({size, incoming.size(), recv_chunk});
+    std::memcpy(buffer, incoming.data(), n);
+    incoming.erase(0, n);
+    return {IoResult::ok, n};
+  }
+
+  IoResult send(const char* data, size_t size) override {
+    ++send_calls;
+    if (reset) return {IoResult::error, 0};
+    size_t n = std::min(size, send_room);
+    if (n == 0) return {IoResult::would_block, 0};
+    sent.append(data, n);
+    send_room -= n;
+    return {IoResult::ok, n};
+  }
+
+  void shutdown_write() override { shut = true; }
+  void want_read(bool on) override { reading = on; }
+  void want_write(bool on) override { writing = on; }
+  void arm_timer(double seconds) override { timer_at = clock_.now() + seconds; }
+  void close() override {
+    closed = true;
+    reading = writing = false;
+  }
+
+  std::string incoming;         // sent by the client, not read yet
+  bool client_fin = false;      // once incoming is read: end of stream
+  bool reset = false;           // every call fails
+  size_t recv_chunk = SIZE_MAX; // the most one recv returns
+  size_t send_room = SIZE_MAX;  // what the socket still takes before it would block
+  std::string sent;             // everything the connection sent
+  bool shut = false;
+  bool closed = false;
+  bool reading = false;
+  bool writing = false;
+  double timer_at = 0;          // when the armed timer fires
+  size_t recv_calls = 0;
+  size_t send_calls = 0;
+
+ private:
+  const FakeClock& clock_;
+};
+
+// What an event loop would do: deliver readable and writable events while the
+// connection wants them and the fake socket can satisfy them.
+inline void pump(Connection& connection, FakeIo& io, int max_events = 100000) {
+  for (int i = 0; i < max_events && !connection.closed(); ++i) {
+    if (io.writing && io.send_room > 0) {
+      connection.on_writable();
+    } else if (io.reading && (!io.incoming.empty() || io.client_fin)) {
+      connection.on_readable();
+    } else {
+      return;
+    }
+  }
+}
+
+// Moves the clock to `seconds` from now, firing the timer each time it is due on the way.
+inline void advance(Connection& connection, FakeIo& io, FakeClock& clock, double seconds) {
+  double end = clock.seconds + seconds;
+  for (int fired = 0; fired < 100000 && !connection.closed() && io.timer_at <= end; ++fired) {
+    clock.seconds = std::max(clock.seconds, io.timer_at);
+    connection.on_timer();
+    pump(connection, io);
+  }
+  clock.seconds = end;
+}
+
+}  // namespace kv::testing
