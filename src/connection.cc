@@ -130,15 +130,16 @@ bool Connection::read() {
   }
   size_t room = kInputCapacity - n;
   if (loop_.buffers.spent()) {
-    if (n > 0) {
-      // The budget is spent and this partial request would grow: read no more
-      // until there is room again; the read timeout still ends it with a 408.
-      starved_ = true;
-      set_reading(false);
-      schedule();
-      return true;
+    // The budget is spent: no connection's input may grow. Take only whole
+    // requests (a look first, at most kBufferFloor); a partial one waits in
+    // the socket, unread, until its read timeout answers 408.
+    if (n > 0) return starve();
+    IoResult seen = io_.peek(loop_.input.get(), kBufferFloor);
+    if (seen.kind == IoResult::would_block) return true;
+    if (seen.kind == IoResult::ok) {
+      room = whole_requests(seen.bytes);
+      if (room == 0) return starve();
     }
-    room = std::min(room, kBufferFloor);  // what a connection holds stays small
   }
   IoResult got = io_.recv(loop_.input.get() + n, room);
   size_t bytes = 0;
@@ -154,6 +155,29 @@ bool Connection::read() {
   }
   last_active_ = loop_.clock.now();
   return consume(n + bytes);
+}
+
+size_t Connection::whole_requests(size_t size) const {
+  http::FrameState scan;
+  size_t whole = 0;
+  while (whole < size) {
+    http::Request request;
+    http::Frame frame = http::frame_request(loop_.input.get() + whole, size - whole, scan, request,
+                                            loop_.chunked_body.get());
+    if (frame.status == http::Status::incomplete) break;
+    if (frame.status == http::Status::error) return size;  // answered, then closed: nothing is carried
+    whole += frame.consumed;
+  }
+  return whole;
+}
+
+bool Connection::starve() {
+  starved_ = true;
+  set_reading(false);
+  // The request has begun, if only in the socket: its read timeout runs.
+  if (request_started_ == 0) request_started_ = loop_.clock.now();
+  schedule();
+  return true;
 }
 
 bool Connection::consume(size_t n) {

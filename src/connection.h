@@ -31,11 +31,12 @@ constexpr size_t kInputCapacity = http::kMaxRequestBytes + 16 * 1024;
 // Stop reading a connection whose unsent responses exceed this; resume once drained.
 constexpr size_t kOutputHighWater = 256 * 1024;
 // While the connection buffer budget is spent, a connection may still hold
-// this much: a response that fits is sent (a larger one gets a 503) and a
-// read takes at most this much. A connection holding a partial request is not
-// read any further (its input would grow) until its read timeout answers 408,
-// so partial requests cannot grow past the budget; resuming them all when it
-// has room again would only refill it at once.
+// this much: a response that fits is sent (a larger one gets a 503), and a
+// read takes only the whole requests among the first this-many bytes. A
+// connection whose input would grow (a partial request, in its buffer or
+// still in the socket) is not read until its read timeout answers 408, so
+// partial requests cannot grow past the budget; resuming them all when it has
+// room again would only refill it at once.
 constexpr size_t kBufferFloor = 16 * 1024;
 // Lingering close, bounded by time only (as nginx's lingering_time and
 // lingering_timeout): after the last response our side is shut down and what
@@ -118,6 +119,11 @@ class Connection {
   friend struct LoopContext;
   // These return false when the connection was closed.
   bool read();
+  // Of the `size` bytes at the front of the read buffer, how many whole
+  // requests take (all of them if they end in an error, which closes).
+  size_t whole_requests(size_t size) const;
+  // Stops reading while the budget is spent; returns true.
+  bool starve();
   // Answers the complete requests among the n bytes at the front of the read
   // buffer and keeps the rest for later.
   bool consume(size_t n);
@@ -155,7 +161,7 @@ class Connection {
   bool closing_ = false;        // close as soon as output is flushed
   bool lingering_ = false;      // our side is shut down; discarding what still arrives
   bool peer_closed_ = false;    // the client shut down its sending side
-  bool starved_ = false;        // not read: its input would grow while the budget is spent; until its read timeout
+  bool starved_ = false;        // not read (its input would grow while the budget is spent) until its read timeout
   bool reading_ = false;
   bool writing_ = false;
   bool waiting_ = false;        // for a deferred response: nothing more is answered until it comes

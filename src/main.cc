@@ -11,6 +11,7 @@
 #include "version.h"
 #include "worker.h"
 
+#include <malloc.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -110,8 +111,15 @@ int main(int argc, char** argv) {
   uint64_t memory_limit = config.memory_limit.value_or(default_memory_limit(available));
   rlim_t open_files = raise_open_files_limit();
 
+  // Buffers above this come from mmap and go back to the kernel when freed.
+  // glibc's default threshold rises to the largest block freed, after which
+  // an outsized response's buffers, trimmed on the loop's tick
+  // (LoopContext::trim), would stay resident in the heap.
+  constexpr int kMmapThreshold = 256 << 10;
+  mallopt(M_MMAP_THRESHOLD, kMmapThreshold);
   // Each loop thread's buffers (read buffer, output, JSON parser) come on top
-  // of what the process holds now; measured, they stay under 1 MiB a thread.
+  // of what the process holds now; measured, they stay under 1 MiB a thread
+  // (an outsized response grows them until the next tick).
   constexpr uint64_t kPerThreadBuffers = 1 << 20;
   // Once gzip is used: the inflate buffer, the compressor and its output
   // buffer (measured +410 KiB a thread after 1,000-key /mget responses).

@@ -60,12 +60,8 @@ class Worker::SocketIo final : public ConnectionIo {
     evtimer_assign(&timer_, worker.base_, on_timer, this);
   }
 
-  IoResult recv(char* buffer, size_t size) override {
-    ssize_t got = ::recv(fd_, buffer, size, 0);
-    if (got > 0) return {IoResult::ok, static_cast<size_t>(got)};
-    if (got == 0) return {IoResult::eof, 0};
-    return {blocked() ? IoResult::would_block : IoResult::error, 0};
-  }
+  IoResult recv(char* buffer, size_t size) override { return receive(buffer, size, 0); }
+  IoResult peek(char* buffer, size_t size) override { return receive(buffer, size, MSG_PEEK); }
 
   IoResult send(const char* data, size_t size) override {
     ssize_t sent = ::send(fd_, data, size, MSG_NOSIGNAL);
@@ -99,6 +95,13 @@ class Worker::SocketIo final : public ConnectionIo {
 
  private:
   static bool blocked() { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
+
+  IoResult receive(char* buffer, size_t size, int flags) {
+    ssize_t got = ::recv(fd_, buffer, size, flags);
+    if (got > 0) return {IoResult::ok, static_cast<size_t>(got)};
+    if (got == 0) return {IoResult::eof, 0};
+    return {blocked() ? IoResult::would_block : IoResult::error, 0};
+  }
 
   static void on_readable(int, short, void* arg) {
     auto& self = *static_cast<SocketIo*>(arg);

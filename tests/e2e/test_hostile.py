@@ -1009,6 +1009,36 @@ def test_400_after_a_pipeline_reaches_a_slow_reader_that_keeps_sending(start_ser
     assert_healthy(srv)
 
 
+def test_lingering_close_is_bounded_by_time_not_bytes(start_server):
+    """1,000 pipelined gets, a malformed request, then 600,000 more bytes sent
+    from another thread while the client reads slowly on an 8 KiB receive
+    buffer: more than the 256 KiB that the linger used to discard before it
+    closed, reset the client and dropped the answers it had not read (with
+    300,000 bytes 0e59145 lost them in 2 of 5 runs; with 600,000, in every
+    run: "reset after 29 responses"). Bounded by time only, every answer and
+    the 400 arrive, then a clean end of stream. Three rounds."""
+    srv = start_server("--read-timeout", "5s")
+    key = store_value_of_256(srv)
+    data = build_request("GET", f"/get?key={key}") * 1000 + b"GARBAGE\r\n\r\n" + b"y" * 600_000
+    for _ in range(3):
+        s = connect_small_rcvbuf(srv.port, rcvbuf=8192)
+        writer = s.dup()  # its own timeout: the reader's does not cut the sending short
+        sender = threading.Thread(target=send_for_a_while, args=(writer, data, 10.0 * SANITIZER_SLOWDOWN))
+        try:
+            sender.start()
+            time.sleep(0.3)
+            got, ended = read_slowly_until_closed(s, timeout=20.0 * SANITIZER_SLOWDOWN)
+            sender.join(15 * SANITIZER_SLOWDOWN)
+        finally:
+            abort(s)
+            writer.close()
+        responses = ResponseParser().feed(got)
+        assert ended == "eof", f"{ended} after {len(responses)} responses"
+        assert [r[0] for r in responses] == [200] * 1000 + [400]
+        assert responses[-1][2] == error_body("malformed request line")
+    assert_healthy(srv)
+
+
 def test_503_over_max_connections_reaches_a_client_that_has_sent_its_request(start_server):
     """The rejected client's request is already waiting when the server
     accepts (the server is stopped meanwhile, so it is): closing with it
@@ -1211,6 +1241,68 @@ def test_non_reading_clients_stay_within_the_memory_limit(start_server):
                 break
             time.sleep(0.05)
         assert settled()
+    finally:
+        for s in socks:
+            abort(s)
+    assert_healthy(srv)
+
+
+PARTIAL_SENDERS = 1500
+
+
+@memory_bound
+def test_partial_requests_stay_within_the_memory_limit(start_server):
+    """1,500 clients each send a Content-Length: 65536 head and 65,000 body
+    bytes, then nothing. Once the connection buffer budget is spent no
+    connection's unparsed input grows (the rest waits unread in its socket):
+    RSS stays under 1.1x the limit, the buffers stay within the budget plus one
+    read per loop, a well-behaved client is served meanwhile, and the partial
+    requests get their 408 at the read timeout. (0e59145 let each connection
+    keep reading 16 KiB at a time: 11.7x the budget, past the whole limit.)"""
+    limit_mb, threads, read_timeout = 64, 2, 6
+    srv = start_server("--read-timeout", f"{read_timeout}s", "--memory-limit", f"{limit_mb}M", "--threads", str(threads),
+                       "--max-connections", str(PARTIAL_SENDERS + 100), "--log-level", "error")
+    budget = (limit_mb << 20) // 8
+    one_read = 128 << 10  # the read buffer: kInputCapacity (http::kMaxRequestBytes + 16 KiB)
+    request = b"POST /put HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n\r\n" + b"a" * 65000
+    socks, peak, most_held = [], rss_kb(srv.proc.pid), 0
+    prompt = PromptClient(srv.port)
+
+    def sample():
+        nonlocal peak, most_held
+        peak = max(peak, rss_kb(srv.proc.pid))
+        most_held = max(most_held, metric(srv, "kvcache_connection_buffer_bytes"))
+
+    try:
+        started = time.monotonic()
+        for i in range(PARTIAL_SENDERS):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.connect(("127.0.0.1", srv.port))
+            s.setblocking(False)
+            try:
+                s.send(request)  # what the kernel takes: the server reads it, or not
+            except (BlockingIOError, InterruptedError):
+                pass
+            socks.append(s)
+            if i % 100 == 0:
+                sample()
+        assert time.monotonic() - started < read_timeout, "too slow to open the connections within the read timeout"
+        prompt.start()
+        for _ in range(20):
+            sample()
+            time.sleep(0.05)
+        prompt.finish()
+        prompt.assert_prompt(limit=2.0)
+        sample()
+        assert most_held > budget // 2, f"the partial requests never filled the budget ({most_held} bytes held)"
+        assert most_held <= budget + threads * one_read, f"{most_held} bytes held, budget {budget}"
+        assert peak < limit_mb * 1024 * 1.1, f"RSS peaked at {peak / 1024:.1f} MiB with --memory-limit {limit_mb}M"
+        # At the read timeout each partial request is answered 408 (a sample of them, read in turn).
+        deadline = time.monotonic() + read_timeout * SANITIZER_SLOWDOWN + 10
+        for s in socks[-50:]:
+            s.setblocking(True)
+            s.settimeout(max(0.1, deadline - time.monotonic()))
+            assert s.recv(4096).startswith(b"HTTP/1.1 408 Request Timeout\r\n")
     finally:
         for s in socks:
             abort(s)

@@ -1,5 +1,7 @@
 """Memory limit smoke test: LRU eviction under --memory-limit."""
 
+import time
+
 import requests
 
 from helpers import OK_MPUT, OK_PUT, get_body, memory_bound, rss_kb
@@ -105,3 +107,34 @@ def test_64m_limit_written_three_times_over(start_server):
         r = s.post(f"{srv.url}/mget", json={"keys": oldest}, timeout=10)
         assert r.json()["values"] == [None] * 1000
     assert max_rss < limit * 1.10, f"RSS reached {max_rss / 2**20:.1f} MiB with --memory-limit 64M"
+
+
+@memory_bound
+def test_outsized_responses_give_their_buffers_back(start_server):
+    """1,000-key /mget responses of 256 x \\u0001 values (1.54 MB each, plain
+    and gzip) grow a loop's output and scratch buffers and the compressor's
+    output far past the 1.5 MiB a thread that the memory limit sets aside;
+    on the next tick they are given back, and RSS returns to within 1 MiB a
+    thread of where it was. (0e59145 kept them: +5.4 MiB with two threads.)"""
+    threads = 2
+    srv = start_server("--threads", str(threads), "--memory-limit", "256M", "--log-level", "warn")
+    keys = [f"outsized-{i}" for i in range(1000)]
+    with requests.Session() as s:
+        for start in range(0, len(keys), 30):  # bodies are limited to 64 KiB
+            items = [{"key": k, "value": "\x01" * 256} for k in keys[start:start + 30]]
+            assert s.post(f"{srv.url}/mput", json={"items": items}, timeout=10).content == OK_MPUT
+    for _ in range(20):  # both loops warm, on fresh connections
+        assert requests.get(f"{srv.url}/get", params={"key": keys[0]}, timeout=5).status_code == 200
+    before = rss_kb(srv.proc.pid)
+    for _ in range(10):  # fresh connections: the kernel spreads them over both loops
+        r = requests.post(f"{srv.url}/mget", json={"keys": keys}, timeout=10)
+        assert r.status_code == 200 and len(r.content) > 1_500_000
+        r = requests.post(f"{srv.url}/mget", json={"keys": keys}, headers={"Accept-Encoding": "gzip"}, timeout=10)
+        assert r.status_code == 200 and r.headers.get("Content-Encoding") == "gzip"
+    grown = 0
+    for _ in range(50):  # a few ticks (100 ms each) to trim
+        time.sleep(0.1)
+        grown = rss_kb(srv.proc.pid) - before
+        if grown <= threads * 1024:
+            break
+    assert grown <= threads * 1024, f"RSS stayed {grown / 1024:.1f} MiB above where it was"

@@ -26,11 +26,16 @@ class FakeIo final : public ConnectionIo {
 
   IoResult recv(char* buffer, size_t size) override {
     ++recv_calls;
+    IoResult got = peek(buffer, size);
+    if (got.kind == IoResult::ok) incoming.erase(0, got.bytes);
+    return got;
+  }
+
+  IoResult peek(char* buffer, size_t size) override {
     if (reset) return {IoResult::error, 0};
     if (incoming.empty()) return {client_fin ? IoResult::eof : IoResult::would_block, 0};
     size_t n = std::min({size, incoming.size(), recv_chunk});
     std::memcpy(buffer, incoming.data(), n);
-    incoming.erase(0, n);
     return {IoResult::ok, n};
   }
 
