@@ -7,16 +7,21 @@
 #include "connection_io.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <string>
 
 namespace kv::testing {
 
+// Atomic: a store's other threads (the snapshot writer) read it too.
 class FakeClock final : public Clock {
  public:
-  uint64_t now_ms() const override { return static_cast<uint64_t>(seconds * 1000); }
-  double now() const override { return seconds; }
-  double seconds = 1000;
+  uint64_t now_ms() const override { return static_cast<uint64_t>(now() * 1000); }
+  double now() const override { return seconds_.load(std::memory_order_relaxed); }
+  void set(double seconds) { seconds_.store(seconds, std::memory_order_relaxed); }
+
+ private:
+  std::atomic<double> seconds_{1000};
 };
 
 // The client's side of the socket, as the connection sees it.
@@ -92,13 +97,13 @@ inline void pump(Connection& connection, FakeIo& io, int max_events = 100000) {
 
 // Moves the clock to `seconds` from now, firing the timer each time it is due on the way.
 inline void advance(Connection& connection, FakeIo& io, FakeClock& clock, double seconds) {
-  double end = clock.seconds + seconds;
+  double end = clock.now() + seconds;
   for (int fired = 0; fired < 100000 && !connection.closed() && io.timer_at <= end; ++fired) {
-    clock.seconds = std::max(clock.seconds, io.timer_at);
+    clock.set(std::max(clock.now(), io.timer_at));
     connection.on_timer();
     pump(connection, io);
   }
-  clock.seconds = end;
+  clock.set(end);
 }
 
 }  // namespace kv::testing
