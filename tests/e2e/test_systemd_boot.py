@@ -13,6 +13,7 @@ runs the release binary under the full hardening), or where the container
 does not boot.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -154,47 +155,56 @@ def test_restart_keeps_the_data(box):
     assert box.curl("GET", "/get?key=k1")[0] == 200
 
 
+def accepts_only(box, good, bad):
+    return (box.curl("GET", "/get?key=k1", token=good)[0], box.curl("GET", "/get?key=k1", token=bad)[0]) == (200, 401)
+
+
+@contextlib.contextmanager
+def configured(box, name, settings, cleanup):
+    """The unit restarted with a drop-in; afterwards without it, and `cleanup` run."""
+    box.drop_in(name, settings)
+    try:
+        box.systemctl("restart", "kvcache")
+        yield
+    finally:
+        box.remove_drop_in(name)
+        box.sh(cleanup)
+        box.systemctl("restart", "kvcache")
+
+
+def reload_and_wait(box, log_line):
+    pid = box.show("MainPID")["MainPID"]
+    box.systemctl("reload", "kvcache")
+    assert box.wait_journal(log_line), box.journal()
+    assert box.show("MainPID")["MainPID"] == pid, "reload restarted the service"
+
+
 def test_reload_rotates_the_bearer_tokens(box):
     # Without a token file, reload is a logged no-op (a warning in the journal).
-    box.systemctl("reload", "kvcache")
-    assert box.wait_journal("SIGHUP: no --auth-token-file to reload"), box.journal()
+    reload_and_wait(box, "SIGHUP: no --auth-token-file to reload")
     # A token file the service reads itself: in its StateDirectory, owned by its user.
     box.sh(f"umask 077; printf '{TOKEN_A}\\n' > /tmp/tokens && "
            "install -m 0600 -o $(stat -c %u /var/lib/private/kvcache) /tmp/tokens /var/lib/private/kvcache/tokens")
-    box.drop_in("tokens", "Environment=KVCACHE_AUTH_TOKEN_FILE=/var/lib/kvcache/tokens")
-    try:
-        box.systemctl("restart", "kvcache")
-        assert box.curl("GET", "/get?key=k1", token=TOKEN_A)[0] == 200
-        assert box.curl("GET", "/get?key=k1", token=TOKEN_B)[0] == 401
+    with configured(box, "tokens", "Environment=KVCACHE_AUTH_TOKEN_FILE=/var/lib/kvcache/tokens",
+                    "rm -f /var/lib/private/kvcache/tokens"):
+        assert accepts_only(box, TOKEN_A, TOKEN_B)
         box.sh(f"printf '{TOKEN_B}\\n' > /var/lib/private/kvcache/tokens")
-        pid = box.show("MainPID")["MainPID"]
-        box.systemctl("reload", "kvcache")
-        assert box.wait_journal("SIGHUP: 1 token(s) loaded from /var/lib/kvcache/tokens"), box.journal()
-        assert box.show("MainPID")["MainPID"] == pid, "reload restarted the service"
-        assert box.curl("GET", "/get?key=k1", token=TOKEN_B)[0] == 200
-        assert box.curl("GET", "/get?key=k1", token=TOKEN_A)[0] == 401
-    finally:
-        box.remove_drop_in("tokens")
-        box.sh("rm -f /var/lib/private/kvcache/tokens")
-        box.systemctl("restart", "kvcache")
+        reload_and_wait(box, "SIGHUP: 1 token(s) loaded from /var/lib/kvcache/tokens")
+        assert accepts_only(box, TOKEN_B, TOKEN_A)
 
 
-def test_load_credential_tokens_need_a_restart(box):
-    # LoadCredential= copies the file at start; systemd 252 does not copy it again on reload.
+def test_load_credential_tokens_change_at_restart_not_reload(box):
+    # systemd 252 copies a credential at start only: reload re-reads the old copy.
     box.sh(f"umask 077; printf '{TOKEN_A}\\n' > /etc/kvcache/token")
-    box.drop_in("credential", "LoadCredential=kvcache-token:/etc/kvcache/token\\n"
-                              "Environment=KVCACHE_AUTH_TOKEN_FILE=%%d/kvcache-token")
-    try:
-        box.systemctl("restart", "kvcache")
-        assert box.curl("GET", "/get?key=k1", token=TOKEN_A)[0] == 200
+    with configured(box, "credential", "LoadCredential=kvcache-token:/etc/kvcache/token\\n"
+                                       "Environment=KVCACHE_AUTH_TOKEN_FILE=%%d/kvcache-token",
+                    "rm -f /etc/kvcache/token"):
+        assert accepts_only(box, TOKEN_A, TOKEN_B)
         box.sh(f"printf '{TOKEN_B}\\n' > /etc/kvcache/token")
+        reload_and_wait(box, "SIGHUP: 1 token(s) loaded from /run/credentials/kvcache.service/kvcache-token")
+        assert accepts_only(box, TOKEN_A, TOKEN_B)
         box.systemctl("restart", "kvcache")
-        assert box.curl("GET", "/get?key=k1", token=TOKEN_B)[0] == 200
-        assert box.curl("GET", "/get?key=k1", token=TOKEN_A)[0] == 401
-    finally:
-        box.remove_drop_in("credential")
-        box.sh("rm -f /etc/kvcache/token")
-        box.systemctl("restart", "kvcache")
+        assert accepts_only(box, TOKEN_B, TOKEN_A)
 
 
 def test_stop_writes_the_final_snapshot_and_exits_0(box):
