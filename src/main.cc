@@ -6,6 +6,7 @@
 #include "log.h"
 #include "memory_limit.h"
 #include "metrics.h"
+#include "service_notify.h"
 #include "snapshot.h"
 #include "store.h"
 #include "version.h"
@@ -166,6 +167,8 @@ int main(int argc, char** argv) {
   std::vector<std::thread> threads;
   for (auto& worker : workers) threads.emplace_back([&worker] { worker->run(); });
   if (snapshots) snapshots->start();
+  // Every loop listens (connections queue in the kernel until it runs): ready.
+  notify_service_manager("READY=1");
 
   // The store's owner runs its bounded TTL sweep while it waits for the stop signal.
   constexpr timespec kSweepInterval = {0, 100 * 1000 * 1000};
@@ -183,6 +186,7 @@ int main(int argc, char** argv) {
   }
   log(LogLevel::info, "received {}: draining connections (up to {}s)", signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
       config.drain_timeout);
+  notify_service_manager("STOPPING=1");
   for (auto& worker : workers) worker->stop();
   for (auto& thread : threads) thread.join();
   if (snapshots) {

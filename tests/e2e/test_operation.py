@@ -16,6 +16,7 @@ from helpers import (
     OK_DELETE,
     OK_HEALTH,
     OK_PUT,
+    SANITIZER_SLOWDOWN,
     RawConn,
     error_body,
     free_port,
@@ -217,6 +218,22 @@ def test_sigterm_finishes_request_in_flight(start_server):
 
 # ---------------------------------------------------------------------------
 # --health-check
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+def test_tells_the_service_manager_when_it_listens_and_when_it_stops(start_server, tmp_path, abstract):
+    # systemd's Type=notify protocol: one datagram to $NOTIFY_SOCKET ("@" = abstract namespace).
+    name = f"kvcache-notify-{tmp_path.name}" if abstract else str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name if abstract else name)
+        sock.settimeout(10 * SANITIZER_SLOWDOWN)
+        srv = start_server(env={"NOTIFY_SOCKET": "@" + name if abstract else name}, wait=False)
+        assert sock.recv(256) == b"READY=1"
+        # sent once it listens: the first connection is answered
+        assert requests.get(f"{srv.url}/health", timeout=2).content == OK_HEALTH
+        srv.send_signal(signal.SIGTERM)
+        assert sock.recv(256) == b"STOPPING=1"
+        assert srv.wait() == 0
 
 
 def test_health_check_exits_0_against_running_server(server):

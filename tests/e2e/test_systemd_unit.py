@@ -104,7 +104,8 @@ def test_unit_has_required_directives():
     d = unit_directives()
     assert d.get("ExecStart") == ["/usr/local/bin/kvcache"]
     assert d.get("EnvironmentFile") == ["-/etc/kvcache/kvcache.env"]
-    assert d.get("Type", [""])[0] in ("simple", "exec")
+    # kvcache tells systemd when it listens (src/service_notify.cc)
+    assert d.get("Type") == ["notify"] and d.get("NotifyAccess") == ["main"]
     assert d.get("Restart") == ["on-failure"]
     # systemctl reload: SIGHUP re-reads the token file
     assert d.get("ExecReload") == ["/bin/kill -HUP $MAINPID"]
