@@ -800,7 +800,13 @@ def test_sigterm_under_wrk_load_drains_and_exits_zero(start_server, tmp_path):
         proc = subprocess.Popen([wrk, "-t2", "-c50", "-d10s", "--timeout", "5s", "-s", str(script), srv.url + "/"],
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        time.sleep(2.0)
+        # SIGTERM under load: once wrk's 50 connections are open (wrk can take
+        # seconds to start on a busy box; before, it found the port closed).
+        deadline = time.monotonic() + 10.0 * SANITIZER_SLOWDOWN
+        while metric(srv, "kvcache_connections_open") < 50 + 1 and time.monotonic() < deadline:
+            assert proc.poll() is None, out_path.read_text()
+            time.sleep(0.1)
+        time.sleep(1.0)
         assert proc.poll() is None, out_path.read_text()
         srv.send_signal(signal.SIGTERM)
         sent = time.monotonic()
