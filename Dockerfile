@@ -14,7 +14,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       meson ninja-build pkg-config cmake g++ \
-      libevent-dev libsimdjson-dev libfmt-dev libabsl-dev doctest-dev libisal-dev libdeflate-dev \
+      libevent-dev libsimdjson-dev libfmt-dev libabsl-dev doctest-dev libisal-dev libdeflate-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -35,7 +35,7 @@ ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libevent-core-2.1-7 \
-      libsimdjson14 libfmt9 libabsl20220623 libisal2 libdeflate0 \
+      libsimdjson14 libfmt9 libabsl20220623 libisal2 libdeflate0 libssl3 \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log \
  && groupadd --system --gid 10001 kvcache \

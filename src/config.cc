@@ -68,6 +68,12 @@ std::string set_int(std::string_view value, Int& out, uint64_t min, uint64_t max
   return {};
 }
 
+std::string set_path(std::string_view value, std::string& out) {
+  if (value.empty()) return "expected a file path";
+  out = std::string(value);
+  return {};
+}
+
 std::string set_duration(std::string_view value, double& out) {
   auto parsed = parse_duration(value);
   if (!parsed || *parsed <= 0 || *parsed > kMaxDurationSeconds) {
@@ -136,12 +142,14 @@ const Flag kFlags[] = {
      }},
     {"auth-token-file", "require Authorization: Bearer <token>, tokens one per line in this file, re-read on SIGHUP "
      "(or set KVCACHE_AUTH_TOKEN; default: no token, open)", true,
-     [](std::string_view v, Config& c) {
-       if (v.empty()) return std::string("expected a file path");
-       c.auth_token_file = std::string(v);
-       return std::string();
-     }},
-    {"health-check", "query http://127.0.0.1:<port>/health and exit 0 if healthy, 1 if not", false,
+     [](std::string_view v, Config& c) { return set_path(v, c.auth_token_file); }},
+    {"tls-cert", "serve TLS only (1.2 and 1.3): PEM certificate chain, re-read on SIGHUP (needs --tls-key)", true,
+     [](std::string_view v, Config& c) { return set_path(v, c.tls_cert); }},
+    {"tls-key", "PEM private key of --tls-cert, re-read on SIGHUP", true,
+     [](std::string_view v, Config& c) { return set_path(v, c.tls_key); }},
+    {"tls-client-ca", "mutual TLS: require client certificates signed by a CA in this PEM file, re-read on SIGHUP", true,
+     [](std::string_view v, Config& c) { return set_path(v, c.tls_client_ca); }},
+    {"health-check", "query http(s)://127.0.0.1:<port>/health and exit 0 if healthy, 1 if not", false,
      [](std::string_view, Config& c) {
        c.health_check = true;
        return std::string();
@@ -244,6 +252,10 @@ ConfigResult parse_config(const std::vector<std::string_view>& args, const EnvLo
     std::string error = flag.apply(value, config);
     if (!error.empty()) return {false, fmt::format("invalid {}={:?}: {}", name, value, error)};
   }
+  if (config.tls_cert.empty() != config.tls_key.empty()) {
+    return {false, "--tls-cert and --tls-key go together: set both or neither"};
+  }
+  if (!config.tls_client_ca.empty() && !config.tls()) return {false, "--tls-client-ca needs --tls-cert and --tls-key"};
   return {};
 }
 

@@ -28,8 +28,13 @@ struct Config {
   double snapshot_interval = 300.0;  // seconds; 0: only at shutdown and on request
   double snapshot_timeout = 30.0;    // seconds the final snapshot may take
   std::string auth_token_file;     // empty: no token file (KVCACHE_AUTH_TOKEN may still set one)
+  std::string tls_cert;            // PEM certificate chain; with tls_key: the listener speaks TLS only
+  std::string tls_key;             // PEM private key
+  std::string tls_client_ca;       // PEM CA bundle: require and verify client certificates (mutual TLS)
   bool help = false;
   bool health_check = false;
+
+  bool tls() const { return !tls_cert.empty(); }
 };
 
 // Returns the value of an environment variable, or nullptr.

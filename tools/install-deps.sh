@@ -3,11 +3,12 @@
 # Usage: tools/install-deps.sh [build|test|sanitize|bench]   (default: test)
 set -euo pipefail
 
-build=(meson ninja-build pkg-config g++ cmake libevent-dev libsimdjson-dev libfmt-dev libabsl-dev doctest-dev libisal-dev libdeflate-dev)
+build=(meson ninja-build pkg-config g++ cmake libevent-dev libsimdjson-dev libfmt-dev libabsl-dev doctest-dev libisal-dev libdeflate-dev libssl-dev)
 # prometheus for promtool, docker-compose for the offline compose check,
-# debootstrap + systemd-container to boot the unit under a real systemd.
+# debootstrap + systemd-container to boot the unit under a real systemd;
+# openssl (the command) for the TLS tests' certificates and s_client.
 test=(python3 python3-pytest python3-requests python3-prometheus-client python3-yaml systemd curl haproxy
-  prometheus docker-compose debootstrap systemd-container)
+  prometheus docker-compose debootstrap systemd-container openssl)
 sanitize=(clang libclang-rt-14-dev llvm)
 bench=(wrk nginx-light redis-server memcached python3-locust python3-matplotlib valgrind)
 

@@ -84,6 +84,34 @@ TEST_CASE("auth token file: flag or environment, never empty") {
   CHECK_FALSE(parse({"--auth-token-file="}, empty).ok);
 }
 
+TEST_CASE("TLS files: flag or environment; cert and key together; a client CA needs both") {
+  Config none;
+  REQUIRE(parse({}, none).ok);
+  CHECK_FALSE(none.tls());
+  Config flags;
+  REQUIRE(parse({"--tls-cert", "/c.pem", "--tls-key=/k.pem", "--tls-client-ca", "/ca.pem"}, flags).ok);
+  CHECK(flags.tls());
+  CHECK(flags.tls_cert == "/c.pem");
+  CHECK(flags.tls_key == "/k.pem");
+  CHECK(flags.tls_client_ca == "/ca.pem");
+  Config env;
+  REQUIRE(parse({"--tls-key", "/flag.key"}, env,
+                {{"KVCACHE_TLS_CERT", "/env.pem"}, {"KVCACHE_TLS_KEY", "/env.key"}, {"KVCACHE_TLS_CLIENT_CA", "/env-ca.pem"}})
+              .ok);
+  CHECK(env.tls_cert == "/env.pem");
+  CHECK(env.tls_key == "/flag.key");
+  CHECK(env.tls_client_ca == "/env-ca.pem");
+  for (std::vector<std::string_view> args : std::vector<std::vector<std::string_view>>{
+           {"--tls-cert", "/c.pem"}, {"--tls-key", "/k.pem"}, {"--tls-client-ca", "/ca.pem"},
+           {"--tls-client-ca", "/ca.pem", "--tls-cert", "/c.pem"}, {"--tls-cert="}}) {
+    Config bad;
+    ConfigResult result = parse(args, bad);
+    CAPTURE(args[0]);
+    CHECK_FALSE(result.ok);
+    CHECK(result.error.find("--tls-") != std::string::npos);
+  }
+}
+
 TEST_CASE("bad values are errors that name the flag") {
   for (std::vector<std::string_view> args : std::vector<std::vector<std::string_view>>{
            {"--port", "abc"}, {"--port", "70000"}, {"--port", "0"}, {"--threads", "0"},
@@ -156,7 +184,7 @@ TEST_CASE("usage lists every flag") {
   std::string usage = usage_text();
   for (const char* flag : {"--port", "--bind", "--threads", "--memory-limit", "--shards", "--max-connections",
                            "--read-timeout", "--idle-timeout", "--send-timeout", "--drain-timeout", "--log-level", "--help",
-                           "--health-check", "--auth-token-file"}) {
+                           "--health-check", "--auth-token-file", "--tls-cert", "--tls-key", "--tls-client-ca"}) {
     CHECK(usage.find(flag) != std::string::npos);
   }
 }

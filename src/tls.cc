@@ -1,0 +1,413 @@
+#include "tls.h"
+
+#include "auth.h"
+#include "log.h"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <sys/socket.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <iterator>
+
+namespace kv {
+namespace {
+
+// TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3's are all of that).
+constexpr const char* kTls12Ciphers = "ECDHE+AESGCM:ECDHE+CHACHA20";
+// The stateful cache serves TLS 1.2 clients that resume by session ID;
+// tickets (stateless) serve the rest. 20,000 sessions are ~10 MB at most.
+constexpr long kSessionCacheSize = 20000;
+constexpr long kSessionLifetimeSeconds = 3600;
+constexpr unsigned char kSessionIdContext[] = "kvcache";
+// ALPN wire format: one length-prefixed protocol.
+constexpr unsigned char kAlpn[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+// SSL_CTX_get_tlsext_ticket_keys wants exactly this many bytes (name, HMAC and AES keys).
+constexpr size_t kTicketKeyBytes = 80;
+
+// The reason of the most recent OpenSSL error ("key values mismatch"), and
+// an empty queue afterwards.
+std::string openssl_error() {
+  unsigned long code = ERR_peek_last_error();
+  ERR_clear_error();
+  if (code == 0) return "unknown OpenSSL error";
+  const char* reason = ERR_reason_error_string(code);
+  return reason != nullptr ? reason : fmt::format("OpenSSL error {:#x}", code);
+}
+
+// fopen's errno says "No such file" or "Permission denied" better than OpenSSL's "system lib".
+std::string check_readable(std::string_view flag, const std::string& path) {
+  std::FILE* file = std::fopen(path.c_str(), "rb");
+  if (file == nullptr) return fmt::format("{} {}: {}", flag, path, std::strerror(errno));
+  std::fclose(file);
+  return {};
+}
+
+int select_alpn(SSL*, const unsigned char** out, unsigned char* out_size, const unsigned char* offered,
+                unsigned int offered_size, void*) {
+  unsigned char* selected = nullptr;
+  if (SSL_select_next_proto(&selected, out_size, kAlpn, sizeof kAlpn, offered, offered_size) !=
+      OPENSSL_NPN_NEGOTIATED) {
+    return SSL_TLSEXT_ERR_ALERT_FATAL;  // RFC 7301: no_application_protocol (h2-only clients)
+  }
+  *out = selected;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+int64_t not_after(SSL_CTX* ctx) {
+  X509* leaf = SSL_CTX_get0_certificate(ctx);
+  tm when{};
+  if (leaf == nullptr || ASN1_TIME_to_tm(X509_get0_notAfter(leaf), &when) != 1) return 0;
+  return static_cast<int64_t>(timegm(&when));
+}
+
+struct CtxDeleter {
+  void operator()(SSL_CTX* ctx) const { SSL_CTX_free(ctx); }
+};
+using CtxPtr = std::unique_ptr<SSL_CTX, CtxDeleter>;
+
+CtxPtr build_context(const TlsFiles& files, std::string& error) {
+  for (auto [flag, path] : {std::pair<std::string_view, const std::string*>{"--tls-cert", &files.cert},
+                            {"--tls-key", &files.key}, {"--tls-client-ca", &files.client_ca}}) {
+    if (path->empty()) continue;
+    error = check_readable(flag, *path);
+    if (!error.empty()) return nullptr;
+  }
+  ERR_clear_error();
+  CtxPtr ctx(SSL_CTX_new(TLS_server_method()));
+  if (!ctx) {
+    error = "cannot create a TLS context: " + openssl_error();
+    return nullptr;
+  }
+  SSL_CTX* c = ctx.get();
+  SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
+  // IGNORE_UNEXPECTED_EOF: most HTTP clients close without close_notify; HTTP
+  // framing, not TLS, says whether a request is complete.
+  SSL_CTX_set_options(c, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_ENABLE_KTLS |
+                             SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_COMPRESSION);
+  // RELEASE_BUFFERS: an idle connection gives its record buffers (~34 KiB) back.
+  // PARTIAL_WRITE + MOVING_WRITE_BUFFER: send() behaves as the socket's, and
+  // a retry may come from a connection's grown (moved) output string.
+  SSL_CTX_set_mode(c, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
+                          SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  // Whole socket reads instead of a header then a body per record.
+  SSL_CTX_set_read_ahead(c, 1);
+  if (SSL_CTX_set_cipher_list(c, kTls12Ciphers) != 1) {
+    error = "cannot set the TLS 1.2 ciphers: " + openssl_error();
+    return nullptr;
+  }
+  SSL_CTX_set_session_id_context(c, kSessionIdContext, sizeof kSessionIdContext - 1);
+  SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_SERVER);
+  SSL_CTX_sess_set_cache_size(c, kSessionCacheSize);
+  SSL_CTX_set_timeout(c, kSessionLifetimeSeconds);
+  SSL_CTX_set_alpn_select_cb(c, select_alpn, nullptr);
+
+  if (SSL_CTX_use_certificate_chain_file(c, files.cert.c_str()) != 1) {
+    error = fmt::format("--tls-cert {}: {}", files.cert, openssl_error());
+    return nullptr;
+  }
+  if (SSL_CTX_use_PrivateKey_file(c, files.key.c_str(), SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(c) != 1) {
+    bool mismatch = ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH;
+    error = mismatch ? fmt::format("--tls-key {} does not match --tls-cert {}", files.key, files.cert)
+                     : fmt::format("--tls-key {}: {}", files.key, openssl_error());
+    ERR_clear_error();
+    return nullptr;
+  }
+  if (!files.client_ca.empty()) {
+    STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(files.client_ca.c_str());
+    if (names == nullptr || SSL_CTX_load_verify_locations(c, files.client_ca.c_str(), nullptr) != 1) {
+      if (names != nullptr) sk_X509_NAME_pop_free(names, X509_NAME_free);
+      error = fmt::format("--tls-client-ca {}: no PEM CA certificate ({})", files.client_ca, openssl_error());
+      return nullptr;
+    }
+    SSL_CTX_set_client_CA_list(c, names);
+    SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  }
+  ERR_clear_error();
+  return ctx;
+}
+
+void log_handshake_failure(SSL* ssl, TlsFailure reason, std::string_view detail) {
+  static LogThrottle throttle(1000);
+  auto now = std::chrono::steady_clock::now().time_since_epoch();
+  uint64_t suppressed = 0;
+  if (!log_enabled(LogLevel::warn) ||
+      !throttle.allow(std::chrono::duration_cast<std::chrono::milliseconds>(now).count(), suppressed)) {
+    return;
+  }
+  sockaddr_storage peer{};
+  socklen_t size = sizeof peer;
+  char address[INET6_ADDRSTRLEN] = "?";
+  if (getpeername(SSL_get_fd(ssl), reinterpret_cast<sockaddr*>(&peer), &size) == 0) {
+    const void* ip = peer.ss_family == AF_INET6 ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&peer)->sin6_addr)
+                                                 : &reinterpret_cast<sockaddr_in*>(&peer)->sin_addr;
+    inet_ntop(peer.ss_family, ip, address, sizeof address);
+  }
+  log(LogLevel::warn, "tls: handshake from {} failed: {}{}{} ({} more failed since the last such line; "
+      "see kvcache_tls_handshake_failures_total)",
+      address, tls_failure_name(reason), detail.empty() ? "" : ": ", detail, suppressed);
+}
+
+}  // namespace
+
+std::string_view tls_failure_name(TlsFailure failure) {
+  static constexpr std::string_view kNames[kTlsFailureCount] = {"plain_http", "no_client_cert", "bad_client_cert",
+                                                                "protocol", "incomplete"};
+  return kNames[static_cast<size_t>(failure)];
+}
+
+void TlsMetrics::render(std::string& out) const {
+  auto it = std::back_inserter(out);
+  fmt::format_to(it, "# HELP kvcache_tls_handshakes_total TLS handshakes completed, by version and resumption.\n"
+                     "# TYPE kvcache_tls_handshakes_total counter\n");
+  for (int v = 0; v < 2; ++v) {
+    for (int r = 0; r < 2; ++r) {
+      fmt::format_to(it, "kvcache_tls_handshakes_total{{version=\"{}\",resumed=\"{}\"}} {}\n",
+                     v == 0 ? "TLSv1.2" : "TLSv1.3", r == 0 ? "false" : "true", handshakes[v][r].load());
+    }
+  }
+  fmt::format_to(it, "# HELP kvcache_tls_handshake_failures_total TLS handshakes that did not complete, by reason.\n"
+                     "# TYPE kvcache_tls_handshake_failures_total counter\n");
+  for (size_t i = 0; i < kTlsFailureCount; ++i) {
+    fmt::format_to(it, "kvcache_tls_handshake_failures_total{{reason=\"{}\"}} {}\n",
+                   tls_failure_name(static_cast<TlsFailure>(i)), failures[i].load());
+  }
+  fmt::format_to(it, "# HELP kvcache_tls_ktls_connections_total TLS connections whose records the kernel encrypts (kTLS).\n"
+                     "# TYPE kvcache_tls_ktls_connections_total counter\n"
+                     "kvcache_tls_ktls_connections_total {}\n"
+                     "# HELP kvcache_tls_reloads_total Certificate reloads on SIGHUP, by result.\n"
+                     "# TYPE kvcache_tls_reloads_total counter\n"
+                     "kvcache_tls_reloads_total{{result=\"ok\"}} {}\n"
+                     "kvcache_tls_reloads_total{{result=\"error\"}} {}\n"
+                     "# HELP kvcache_tls_certificate_expiry_timestamp_seconds notAfter of the certificate served (Unix time).\n"
+                     "# TYPE kvcache_tls_certificate_expiry_timestamp_seconds gauge\n"
+                     "kvcache_tls_certificate_expiry_timestamp_seconds {}\n",
+                 ktls_connections.load(), reloads.load(), reload_failures.load(), certificate_expiry.load());
+}
+
+std::unique_ptr<TlsContext> TlsContext::load(const TlsFiles& files, std::string& error) {
+  CtxPtr ctx = build_context(files, error);
+  if (!ctx) return nullptr;
+  std::unique_ptr<TlsContext> context(new TlsContext(files, ctx.release()));
+  context->metrics_.certificate_expiry = not_after(context->ctx_);
+  return context;
+}
+
+TlsContext::~TlsContext() { SSL_CTX_free(ctx_); }
+
+std::string TlsContext::reload() {
+  std::string error;
+  CtxPtr fresh = build_context(files_, error);
+  if (!fresh) {
+    metrics_.reload_failures.fetch_add(1, std::memory_order_relaxed);
+    return error;
+  }
+  std::lock_guard lock(mutex_);
+  unsigned char keys[kTicketKeyBytes];
+  if (SSL_CTX_get_tlsext_ticket_keys(ctx_, keys, sizeof keys) == 1) {
+    SSL_CTX_set_tlsext_ticket_keys(fresh.get(), keys, sizeof keys);
+  }
+  OPENSSL_cleanse(keys, sizeof keys);
+  metrics_.certificate_expiry = not_after(fresh.get());
+  SSL_CTX_free(ctx_);  // connections still using it hold their own references
+  ctx_ = fresh.release();
+  metrics_.reloads.fetch_add(1, std::memory_order_relaxed);
+  return {};
+}
+
+SSL* TlsContext::new_ssl(int fd) {
+  SSL_CTX* ctx;
+  {
+    std::lock_guard lock(mutex_);
+    ctx = ctx_;
+    SSL_CTX_up_ref(ctx);
+  }
+  SSL* ssl = SSL_new(ctx);
+  SSL_CTX_free(ctx);  // the SSL holds its own reference
+  if (ssl != nullptr && SSL_set_fd(ssl, fd) != 1) {
+    SSL_free(ssl);
+    ssl = nullptr;
+  }
+  if (ssl == nullptr) {
+    ERR_clear_error();
+    return nullptr;
+  }
+  SSL_set_accept_state(ssl);
+  return ssl;
+}
+
+bool TlsContext::kernel_tls_available() {
+  std::ifstream ulp("/proc/sys/net/ipv4/tcp_available_ulp");
+  std::string name;
+  while (ulp >> name) {
+    if (name == "tls") return true;
+  }
+  return false;
+}
+
+TlsStream::TlsStream(SSL* ssl, TlsMetrics& metrics) : ssl_(ssl), metrics_(metrics) {}
+
+TlsStream::~TlsStream() {
+  // Without this, freeing an SSL that saw no close_notify drops its session
+  // from the cache: clients that just close (most do) could not resume.
+  if (handshake_done_ && !failed_) SSL_set_shutdown(ssl_, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+  SSL_free(ssl_);
+}
+
+IoResult TlsStream::fail(TlsFailure reason) {
+  if (!failed_) {
+    failed_ = true;
+    if (!handshake_done_) {
+      metrics_.failures[static_cast<size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
+      unsigned long code = ERR_peek_error();
+      const char* detail = code != 0 ? ERR_reason_error_string(code) : nullptr;
+      log_handshake_failure(ssl_, reason, detail != nullptr ? detail : "");
+    }
+  }
+  ERR_clear_error();
+  return {IoResult::error, 0};
+}
+
+IoResult TlsStream::handshake(bool& wants_write) {
+  if (failed_) return {IoResult::error, 0};
+  if (timed_out_) return fail(TlsFailure::incomplete);
+  ERR_clear_error();
+  int rc = SSL_do_handshake(ssl_);
+  if (rc == 1) {
+    handshake_done_ = true;
+    int version = SSL_version(ssl_) == TLS1_3_VERSION ? 1 : 0;
+    metrics_.handshakes[version][SSL_session_reused(ssl_) ? 1 : 0].fetch_add(1, std::memory_order_relaxed);
+    if (BIO_get_ktls_send(SSL_get_wbio(ssl_))) metrics_.ktls_connections.fetch_add(1, std::memory_order_relaxed);
+    return {IoResult::ok, 0};
+  }
+  switch (SSL_get_error(ssl_, rc)) {
+    case SSL_ERROR_WANT_READ:
+      return {IoResult::would_block, 0};
+    case SSL_ERROR_WANT_WRITE:
+      wants_write = true;
+      return {IoResult::would_block, 0};
+    case SSL_ERROR_SSL:
+      break;
+    default:  // the client closed or reset the connection
+      return fail(TlsFailure::incomplete);
+  }
+  switch (ERR_GET_REASON(ERR_peek_error())) {
+    case SSL_R_HTTP_REQUEST:
+    case SSL_R_HTTPS_PROXY_REQUEST:
+      return fail(TlsFailure::plain_http);
+    case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:
+      return fail(TlsFailure::no_client_cert);
+    case SSL_R_CERTIFICATE_VERIFY_FAILED:
+      return fail(TlsFailure::bad_client_cert);
+    default:
+      return fail(TlsFailure::protocol);
+  }
+}
+
+void TlsStream::handshake_timed_out() {
+  if (!handshake_done_) timed_out_ = true;
+}
+
+void TlsStream::closing() {
+  if (!handshake_done_ && !failed_) fail(TlsFailure::incomplete);
+}
+
+IoResult TlsStream::recv(char* buffer, size_t size) {
+  read_wants_write_ = false;
+  if (!handshake_done_) {
+    IoResult done = handshake(read_wants_write_);
+    if (done.kind != IoResult::ok) return done;
+  }
+  if (failed_) return {IoResult::error, 0};
+  if (eof_) return {IoResult::eof, 0};
+  size_t total = 0;
+  bool broken = false;
+  while (total < size) {
+    ERR_clear_error();
+    size_t got = 0;
+    int rc = SSL_read_ex(ssl_, buffer + total, size - total, &got);
+    if (rc == 1) {
+      total += got;
+      continue;
+    }
+    int error = SSL_get_error(ssl_, rc);
+    if (error == SSL_ERROR_WANT_WRITE) read_wants_write_ = true;
+    if (error == SSL_ERROR_ZERO_RETURN) eof_ = true;
+    broken = error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE && error != SSL_ERROR_ZERO_RETURN;
+    break;
+  }
+  // A full buffer may leave whole records in OpenSSL's (read-ahead) buffer.
+  buffered_ = total == size && SSL_has_pending(ssl_) == 1;
+  if (broken) failed_ = true;  // bytes read before the failure are still delivered
+  ERR_clear_error();
+  if (total > 0) return {IoResult::ok, total};
+  if (eof_) return {IoResult::eof, 0};
+  return {failed_ ? IoResult::error : IoResult::would_block, 0};
+}
+
+IoResult TlsStream::send(const char* data, size_t size) {
+  write_wants_read_ = false;
+  if (!handshake_done_) {
+    // An answer before the handshake is done (a 503 at the connection
+    // limit): the write waits for the client's handshake messages.
+    bool wants_write = false;
+    IoResult done = handshake(wants_write);
+    if (done.kind == IoResult::would_block) write_wants_read_ = !wants_write;
+    if (done.kind != IoResult::ok) return done;
+  }
+  if (failed_) return {IoResult::error, 0};
+  size_t total = 0;
+  while (total < size) {
+    ERR_clear_error();
+    size_t sent = 0;
+    int rc = SSL_write_ex(ssl_, data + total, size - total, &sent);
+    if (rc == 1) {
+      total += sent;
+      continue;
+    }
+    int error = SSL_get_error(ssl_, rc);
+    if (error == SSL_ERROR_WANT_READ) write_wants_read_ = true;
+    if (error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE) failed_ = true;
+    break;
+  }
+  ERR_clear_error();
+  write_blocked_ = total < size && !failed_;
+  if (total > 0) return {IoResult::ok, total};
+  return {failed_ ? IoResult::error : IoResult::would_block, 0};
+}
+
+void TlsStream::shutdown() {
+  if (!handshake_done_ || failed_) return;
+  ERR_clear_error();
+  SSL_shutdown(ssl_);  // sends close_notify; the client's is not waited for
+  ERR_clear_error();
+}
+
+TlsStream::Dispatch TlsStream::on_event(bool readable, bool writable) {
+  Dispatch run{false, false};
+  if (readable) {
+    run.write = write_wants_read_;
+    run.read = conn_read_ && !read_wants_write_;
+  }
+  if (writable) {
+    run.read = run.read || read_wants_write_;
+    run.write = run.write || (conn_write_ && !write_wants_read_);
+  }
+  return run;
+}
+
+size_t TlsStream::held_bytes() const {
+  return kIdleBytes + (!handshake_done_ || buffered_ || write_blocked_ ? kActiveBytes : 0);
+}
+
+}  // namespace kv

@@ -1,0 +1,162 @@
+// Native TLS (OpenSSL 3): the server's SSL_CTX, rebuilt on SIGHUP, and one
+// connection's TLS stream over a non-blocking socket.
+//
+// TlsStream is the engine of the connection's second ConnectionIo (the
+// libevent glue in worker.cc): it does the handshake inside the first
+// recv/send, and, as Redis's tls.c, tells its owner which socket events it
+// needs. A read may need the socket to be writable (a handshake message that
+// did not fit) and a write may need it readable; the connection's state
+// machine only ever says "I want to read/write" and never learns of it.
+#pragma once
+
+#include "connection_io.h"
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+typedef struct ssl_st SSL;
+typedef struct ssl_ctx_st SSL_CTX;
+
+namespace kv {
+
+struct TlsFiles {
+  std::string cert;       // PEM certificate chain, leaf first
+  std::string key;        // PEM private key of the leaf
+  std::string client_ca;  // empty: no client certificates asked for
+};
+
+// Why a handshake did not complete, for kvcache_tls_handshake_failures_total.
+enum class TlsFailure : uint8_t {
+  plain_http,        // an HTTP request sent to the TLS port
+  no_client_cert,    // mutual TLS: the client sent none
+  bad_client_cert,   // mutual TLS: it did not verify
+  protocol,          // no shared version, cipher or ALPN protocol; garbage; a bad message
+  incomplete,        // the client left or stalled (read timeout) before the end
+};
+constexpr size_t kTlsFailureCount = 5;
+
+// Written by every loop (handshakes are per connection, not per request, so
+// an atomic add is cheap enough), read by the scraper.
+struct TlsMetrics {
+  std::atomic<uint64_t> handshakes[2][2] = {};  // [TLS 1.2, 1.3][full, resumed]
+  std::atomic<uint64_t> failures[kTlsFailureCount] = {};
+  std::atomic<uint64_t> ktls_connections{0};    // whose records the kernel encrypts
+  std::atomic<uint64_t> reloads{0};
+  std::atomic<uint64_t> reload_failures{0};
+  std::atomic<int64_t> certificate_expiry{0};   // the leaf's notAfter, Unix time
+
+  // Appends the kvcache_tls_* families (Prometheus text format 0.0.4).
+  void render(std::string& out) const;
+};
+
+std::string_view tls_failure_name(TlsFailure failure);
+
+// The server's TLS configuration: TLS 1.2 and 1.3, ALPN http/1.1 only,
+// session tickets and a session cache, no renegotiation, idle buffers
+// released, kernel TLS asked for. Shared by all loops; SIGHUP builds a new
+// SSL_CTX and swaps it in for new connections (existing ones keep theirs:
+// an SSL holds a reference to its SSL_CTX).
+class TlsContext {
+ public:
+  // Loads and checks the files (readable, PEM, key matches the certificate,
+  // CA bundle parses); on failure returns null and sets `error`.
+  static std::unique_ptr<TlsContext> load(const TlsFiles& files, std::string& error);
+  ~TlsContext();
+  TlsContext(const TlsContext&) = delete;
+  TlsContext& operator=(const TlsContext&) = delete;
+
+  // Re-reads the files; a bad one keeps the current context. Returns the
+  // error, or empty. Session ticket keys carry over, so clients resume
+  // across a rotation.
+  std::string reload();
+
+  // A server-side SSL for an accepted socket, on the current context; null
+  // if OpenSSL cannot allocate one.
+  SSL* new_ssl(int fd);
+
+  TlsMetrics& metrics() { return metrics_; }
+  const TlsMetrics& metrics() const { return metrics_; }
+  // Whether this kernel offers the "tls" TCP upper layer (kTLS); OpenSSL
+  // falls back to user-space records when it does not.
+  static bool kernel_tls_available();
+
+ private:
+  TlsContext(const TlsFiles& files, SSL_CTX* ctx) : files_(files), ctx_(ctx) {}
+  const TlsFiles files_;
+  std::mutex mutex_;
+  SSL_CTX* ctx_;  // guarded by mutex_; one reference owned here
+  TlsMetrics metrics_;
+};
+
+// One connection's TLS over a non-blocking socket it does not own.
+class TlsStream {
+ public:
+  // Takes ownership of `ssl` (from TlsContext::new_ssl).
+  TlsStream(SSL* ssl, TlsMetrics& metrics);
+  ~TlsStream();
+  TlsStream(const TlsStream&) = delete;
+  TlsStream& operator=(const TlsStream&) = delete;
+
+  // Both complete the handshake first. recv reads records until `size` bytes
+  // or the socket has no more; eof is the client's close_notify or FIN.
+  IoResult recv(char* buffer, size_t size);
+  IoResult send(const char* data, size_t size);
+  // close_notify, best effort (the connection's lingering close follows).
+  void shutdown();
+  // The handshake outlived the read timeout: the next recv/send fails.
+  void handshake_timed_out();
+  // Counts an unfinished handshake as `incomplete` (call once, at close).
+  void closing();
+
+  // The connection's interest.
+  void want_read(bool on) { conn_read_ = on; }
+  void want_write(bool on) { conn_write_ = on; }
+  // The socket events that interest needs now.
+  bool socket_read() const { return (conn_read_ && !read_wants_write_) || write_wants_read_; }
+  bool socket_write() const { return (conn_write_ && !write_wants_read_) || read_wants_write_; }
+  struct Dispatch {
+    bool read;   // run the connection's read handler
+    bool write;  // run its write handler
+  };
+  // Maps a socket event to the connection's handlers.
+  Dispatch on_event(bool readable, bool writable);
+  // recv stopped with whole records left in OpenSSL's buffer: the socket
+  // will not signal them, so the owner must run the read handler again.
+  bool input_buffered() const { return conn_read_ && buffered_; }
+
+  bool handshake_done() const { return handshake_done_; }
+  // The TLS state and record buffers this connection holds (estimated from
+  // measured constants: OpenSSL does not tell per connection).
+  size_t held_bytes() const;
+
+  // Measured by tls_test ("held_bytes", OpenSSL 3.0.19, P-256, TLS 1.2 and
+  // 1.3): an idle SSL keeps 12.6 KiB once SSL_MODE_RELEASE_BUFFERS has freed
+  // its record buffers (7.4 KiB of it the SSL struct); the handshake peaks
+  // ~58 KiB above that, a record in flight needs its 16.7 KiB buffers.
+  static constexpr size_t kIdleBytes = 14 * 1024;
+  static constexpr size_t kActiveBytes = 60 * 1024;
+
+ private:
+  // Sets wants_write when it waits for the socket to take its messages.
+  IoResult handshake(bool& wants_write);
+  IoResult fail(TlsFailure reason);
+
+  SSL* ssl_;
+  TlsMetrics& metrics_;
+  bool conn_read_ = false;
+  bool conn_write_ = false;
+  bool read_wants_write_ = false;
+  bool write_wants_read_ = false;
+  bool buffered_ = false;
+  bool handshake_done_ = false;
+  bool failed_ = false;    // counted as a failure already; every call now errors
+  bool timed_out_ = false;
+  bool eof_ = false;       // the client's close_notify or FIN was seen
+  bool write_blocked_ = false;  // a record waits in OpenSSL's write buffer
+};
+
+}  // namespace kv
