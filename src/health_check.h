@@ -1,11 +1,12 @@
 // `kvcache --health-check`: the container HEALTHCHECK, with no curl needed.
 #pragma once
 
-#include <cstdint>
+#include "config.h"
 
 namespace kv {
 
-// Asks http://127.0.0.1:<port>/health; returns the process exit code (0 healthy).
-int run_health_check(uint16_t port);
+// Asks http://127.0.0.1:<port>/health, or https:// when the server speaks
+// TLS (--tls-cert); returns the process exit code (0 healthy).
+int run_health_check(const Config& config);
 
 }  // namespace kv

@@ -9,6 +9,7 @@
 #include "service_notify.h"
 #include "snapshot.h"
 #include "store.h"
+#include "tls.h"
 #include "version.h"
 #include "worker.h"
 
@@ -57,8 +58,10 @@ rlim_t raise_open_files_limit() {
 void reload_tokens(const kv::Config& config, kv::TokenStore* tokens) {
   using namespace kv;
   if (config.auth_token_file.empty()) {
-    log(LogLevel::warn, "SIGHUP: no --auth-token-file to reload{}",
-        tokens ? " (KVCACHE_AUTH_TOKEN is read at start only)" : "");
+    if (tokens || !config.tls()) {
+      log(LogLevel::warn, "SIGHUP: no --auth-token-file to reload{}",
+          tokens ? " (KVCACHE_AUTH_TOKEN is read at start only)" : "");
+    }
     return;
   }
   TokenParse loaded = load_token_file(config.auth_token_file);
@@ -68,6 +71,17 @@ void reload_tokens(const kv::Config& config, kv::TokenStore* tokens) {
   }
   log(LogLevel::info, "SIGHUP: {} token(s) loaded from {}", loaded.tokens->tokens.size(), config.auth_token_file);
   tokens->replace(std::move(loaded.tokens));
+}
+
+// SIGHUP: re-read the certificate, key and client CA; bad files keep the current ones.
+void reload_tls(const kv::Config& config, kv::TlsContext& tls) {
+  using namespace kv;
+  std::string error = tls.reload();
+  if (!error.empty()) {
+    log(LogLevel::error, "SIGHUP: keeping the current TLS certificate: {}", error);
+    return;
+  }
+  log(LogLevel::info, "SIGHUP: TLS certificate {} and key {} loaded for new connections", config.tls_cert, config.tls_key);
 }
 
 }  // namespace
@@ -97,7 +111,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   set_log_level(config.log_level);
-  if (config.health_check) return run_health_check(config.port);
+  if (config.health_check) return run_health_check(config);
 
   TokenParse tokens = load_configured_tokens(config.auth_token_file, std::getenv("KVCACHE_AUTH_TOKEN"));
   if (!tokens.error.empty()) {
@@ -106,6 +120,15 @@ int main(int argc, char** argv) {
   }
   std::unique_ptr<TokenStore> token_store;
   if (tokens.tokens) token_store = std::make_unique<TokenStore>(tokens.tokens);
+  std::unique_ptr<TlsContext> tls;
+  if (config.tls()) {
+    std::string error;
+    tls = TlsContext::load({config.tls_cert, config.tls_key, config.tls_client_ca}, error);
+    if (!tls) {
+      std::fprintf(stderr, "kvcache: %s\n", error.c_str());
+      return 2;
+    }
+  }
 
   if (config.threads == 0) config.threads = available_cpus();
   AvailableMemory available = detect_available_memory();
@@ -128,11 +151,13 @@ int main(int argc, char** argv) {
   uint64_t overhead = resident_bytes() + config.threads * (kPerThreadBuffers + kPerThreadGzip);
   // The snapshot writer's one block buffer (the loader's is freed before serving).
   if (!config.snapshot_path.empty()) overhead += kSnapshotBufferBytes;
+  if (tls) overhead += TlsContext::kSessionCacheBytes;
   MonotonicClock clock;
   // Connection buffers get their own share of the limit, the store the rest.
   BufferBudget buffers(memory_limit / kBufferBudgetDivisor);
   Store store(config.shards, store_budget(memory_limit - buffers.limit(), overhead), clock);
   Metrics metrics(store, buffers, config.threads, memory_limit, config.max_connections);
+  if (tls) metrics.set_tls_metrics(&tls->metrics());
   std::unique_ptr<Snapshotter> snapshots;
   if (!config.snapshot_path.empty()) {
     snapshots = std::make_unique<Snapshotter>(store, config, config.threads);
@@ -154,7 +179,7 @@ int main(int argc, char** argv) {
   log(LogLevel::info,
       "kvcache {} listening on {}:{} threads={} shards={} memory_limit={} ({}{}) store_budget={} "
       "connection_buffer_budget={} max_connections={} open_files={} read_timeout={}s idle_timeout={}s "
-      "send_timeout={}s drain_timeout={}s snapshot_path={:?} snapshot_interval={}s snapshot_timeout={}s log_level={} auth={}",
+      "send_timeout={}s drain_timeout={}s snapshot_path={:?} snapshot_interval={}s snapshot_timeout={}s log_level={} auth={} tls={}",
       KVCACHE_VERSION, config.bind, config.port, config.threads, config.shards, memory_limit,
       config.memory_limit ? "flag" : "auto: 70% of ", config.memory_limit ? "" : available.source,
       store.byte_budget(), buffers.limit(), config.max_connections, open_files, config.read_timeout,
@@ -162,7 +187,11 @@ int main(int argc, char** argv) {
       config.snapshot_timeout, log_level_name(config.log_level),
       !token_store                     ? "off"
       : config.auth_token_file.empty() ? "KVCACHE_AUTH_TOKEN"
-                                       : "--auth-token-file " + config.auth_token_file);
+                                       : "--auth-token-file " + config.auth_token_file,
+      !tls ? std::string("off")
+           : fmt::format("TLSv1.2+1.3 cert={} client_certificates={} kernel_tls={}", config.tls_cert,
+                         config.tls_client_ca.empty() ? "off" : "required by " + config.tls_client_ca,
+                         TlsContext::kernel_tls_available() ? "available" : "off (no tls module in this kernel)"));
 
   std::vector<std::thread> threads;
   for (auto& worker : workers) threads.emplace_back([&worker] { worker->run(); });
@@ -180,6 +209,7 @@ int main(int argc, char** argv) {
       store.sweep_expired(kSweepBudgetPerShard);  // a timeout (EAGAIN) or EINTR
     } else if (signal_number == SIGHUP) {
       reload_tokens(config, token_store.get());
+      if (tls) reload_tls(config, *tls);
     } else {
       break;
     }

@@ -5,6 +5,7 @@
 #include <iterator>
 
 #include "snapshot.h"
+#include "tls.h"
 #include "version.h"
 
 namespace kv {
@@ -127,6 +128,7 @@ void Metrics::render(std::string& out) const {
   }
   single(out, "kvcache_gzip_responses_total", "counter", "Responses sent gzip-compressed.",
          sum(&WorkerMetrics::gzip_responses));
+  if (tls_ != nullptr) tls_->render(out);
   if (snapshot_ != nullptr) {
     const SnapshotMetrics& snap = *snapshot_;
     family(out, "kvcache_snapshot_last_success_timestamp_seconds", "gauge",

@@ -16,6 +16,7 @@
 namespace kv {
 
 struct SnapshotMetrics;
+struct TlsMetrics;
 
 enum class Endpoint : uint8_t { put, get, del, mput, mget, health, metrics, snapshot, other };
 constexpr size_t kEndpointCount = 9;
@@ -59,6 +60,8 @@ class Metrics {
   WorkerMetrics& worker(unsigned index) { return *workers_[index]; }
   // With snapshots on, their metrics join the exposition.
   void set_snapshot_metrics(const SnapshotMetrics* snapshot) { snapshot_ = snapshot; }
+  // With --tls-cert, the TLS families join it.
+  void set_tls_metrics(const TlsMetrics* tls) { tls_ = tls; }
   // Appends the whole exposition (text format 0.0.4) to out.
   void render(std::string& out) const;
 
@@ -69,6 +72,7 @@ class Metrics {
   const unsigned max_connections_;  // exported so that an alert can compare the open connections with it
   std::vector<std::unique_ptr<WorkerMetrics>> workers_;
   const SnapshotMetrics* snapshot_ = nullptr;
+  const TlsMetrics* tls_ = nullptr;
 };
 
 }  // namespace kv

@@ -26,8 +26,8 @@ namespace {
 // TLS 1.2 suites: forward secrecy and AEAD only (TLS 1.3's are all of that).
 constexpr const char* kTls12Ciphers = "ECDHE+AESGCM:ECDHE+CHACHA20";
 // The stateful cache serves TLS 1.2 clients that resume by session ID;
-// tickets (stateless) serve the rest. 20,000 sessions are ~10 MB at most.
-constexpr long kSessionCacheSize = 20000;
+// tickets (stateless) serve the rest. Bounded: see kSessionCacheBytes.
+constexpr long kSessionCacheSize = 2048;
 constexpr long kSessionLifetimeSeconds = 3600;
 constexpr unsigned char kSessionIdContext[] = "kvcache";
 // ALPN wire format: one length-prefixed protocol.

@@ -78,6 +78,10 @@ class TlsContext {
   // if OpenSSL cannot allocate one.
   SSL* new_ssl(int fd);
 
+  // The session cache at its fullest (kSessionCacheSize sessions of up to
+  // ~2.5 KiB with a client certificate), set aside from --memory-limit.
+  static constexpr uint64_t kSessionCacheBytes = 5 << 20;
+
   TlsMetrics& metrics() { return metrics_; }
   const TlsMetrics& metrics() const { return metrics_; }
   // Whether this kernel offers the "tls" TCP upper layer (kTLS); OpenSSL
