@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import urllib3
 
 REPO = Path(__file__).resolve().parents[2]
 KVCACHE_BIN = os.environ.get("KVCACHE_BIN", str(REPO / "build" / "kvcache"))
@@ -109,7 +111,8 @@ class Server:
         self.proc = proc
         self.stderr_path = stderr_path
         self.args = args
-        self.url = f"http://127.0.0.1:{port}"
+        self.tls = tls_files(args)
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
         self.returncode = None
 
     def stderr(self):
@@ -148,14 +151,30 @@ class Server:
         return f"kvcache {' '.join(self.args)} (stderr tail:\n{tail})"
 
 
-def wait_healthy(port, proc, timeout=STARTUP_TIMEOUT):
-    """Poll GET /health until 200; False on timeout or if proc exits."""
+def tls_files(args):
+    """With --tls-cert: {"cert", "key", "client_ca"?} from a kvcache command line, else None."""
+    args = list(args)
+    files = {}
+    for flag in ("--tls-cert", "--tls-key", "--tls-client-ca"):
+        if flag in args:
+            files[flag[6:].replace("-", "_")] = args[args.index(flag) + 1]
+    return files if "cert" in files else None
+
+
+def wait_healthy(port, proc, timeout=STARTUP_TIMEOUT, tls=None):
+    """Poll GET /health until 200; False on timeout or if proc exits. A TLS
+    server is asked over https without checking its certificate (and, under
+    mutual TLS, with its own certificate as the client's, as --health-check does)."""
     deadline = time.monotonic() + timeout
+    options = {}
+    if tls:
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        options = {"verify": False, "cert": (tls["cert"], tls["key"]) if "client_ca" in tls else None}
     for _ in range(1000):
         if proc is not None and proc.poll() is not None:
             return False
         try:
-            r = requests.get(f"http://127.0.0.1:{port}/health", timeout=0.5)
+            r = requests.get(f"{'https' if tls else 'http'}://127.0.0.1:{port}/health", timeout=0.5, **options)
             if r.status_code == 200:
                 return True
         except requests.RequestException:
@@ -186,7 +205,7 @@ def launch(tmp_dir, flags=(), env=None, port=None, pass_port=True, wait=True):
             env=full_env,
         )
     server = Server(port, proc, stderr_path, args)
-    if wait and not wait_healthy(port, proc):
+    if wait and not wait_healthy(port, proc, tls=server.tls):
         rc = server.stop(signal.SIGKILL, timeout=5)
         pytest.fail(
             f"server did not become healthy within {STARTUP_TIMEOUT}s "
@@ -268,9 +287,12 @@ class RawConn:
     MAX_HEAD = 64 * 1024
     MAX_BODY = 8 * 1024 * 1024
 
-    def __init__(self, port, timeout=5.0):
+    def __init__(self, port, timeout=5.0, tls=None):
+        """tls: an ssl.SSLContext to speak TLS with (server name "localhost")."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
         self.buf = b""
         self.eof = False
         self.timeout = timeout
