@@ -49,6 +49,12 @@ COPY --from=build /out/kvcache /usr/local/bin/kvcache
 RUN if ldd /usr/local/bin/kvcache | grep 'not found'; then exit 1; fi
 
 # Snapshots: docker run -v kvcache-data:/data -e KVCACHE_SNAPSHOT_PATH=/data/cache.snap
+# TLS: mount the certificate and key read-only (readable by uid 10001) and
+# name them; the listener then speaks TLS only, and so does the HEALTHCHECK:
+#   docker run -p 7171:7171 -v /srv/kvcache/tls:/tls:ro \
+#     -e KVCACHE_TLS_CERT=/tls/cert.pem -e KVCACHE_TLS_KEY=/tls/key.pem kvcache
+# (KVCACHE_TLS_CLIENT_CA=/tls/ca.pem for mutual TLS; `docker kill -s HUP`
+# reloads them; see docs/operations.md, "TLS").
 VOLUME /data
 USER 10001:10001
 ENV KVCACHE_PORT=7171 \
@@ -58,7 +64,7 @@ EXPOSE 7171
 # --snapshot-timeout (docker stop -t 40, or --stop-timeout 40 on docker run).
 STOPSIGNAL SIGTERM
 # --health-check queries 127.0.0.1:$KVCACHE_PORT/health (the slim image has
-# no curl); exit 0 on 200, else 1. Change the port with KVCACHE_PORT, not
+# no curl), over TLS when KVCACHE_TLS_CERT is set; exit 0 on 200, else 1. Change the port with KVCACHE_PORT, not
 # with a --port argument, so the health check follows it.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
   CMD ["/usr/local/bin/kvcache", "--health-check"]

@@ -7,6 +7,7 @@
                                           evictions during the kvcache rounds vs puts answered
   report.py cluster ROUNDS_CSV CPU_CSV    the cluster scenario: through HAProxy to 2 nodes vs
                                           direct to one node, and CPU time per request of each
+  report.py cpu SCENARIO ROUNDS_CSV CPU_CSV   server CPU time per request, kvcache vs nginx (TLS scenarios)
 
 Per scenario and target, the summary takes the MEDIAN over rounds of req/s, p50 and p99, and
 the SUM of socket errors, unexpected statuses and 404 misses. Ratios are kvcache / nginx
@@ -171,20 +172,38 @@ def cmd_evictions(before, after, rounds_csv, scenario):
           f"({d / puts if puts else 0:.3f} evictions/put; ~1 expected with unique keys at the limit)")
 
 
-def cmd_cluster(rounds_csv, cpu_csv):
-    rows = [r for r in csv.DictReader(open(rounds_csv)) if r["scenario"] == "cluster"]
+def cpu_per_request(rounds_csv, cpu_csv, scenario):
+    """(rows, us_per_request): us_per_request(target, group) is the median over
+    rounds of a process group's CPU microseconds per request while wrk ran against target."""
+    rows = [r for r in csv.DictReader(open(rounds_csv)) if r["scenario"] == scenario]
     requests = {(r["round"], r["target"]): num(r["requests"]) for r in rows}
-    # CPU ticks of each process group while wrk ran against each target
     ticks = {}
     for line in open(cpu_csv) if os.path.exists(cpu_csv) else []:
         sc, rnd, target, group, n = line.strip().split(",")
-        if sc == "cluster":
+        if sc == scenario:
             ticks[(rnd, target, group)] = int(n)
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
 
     def us_per_request(target, group):
         return median([ticks[(rnd, t, g)] * tick_us / requests[(rnd, t)]
                        for (rnd, t, g) in ticks if t == target and g == group and requests.get((rnd, t))])
+    return rows, us_per_request
+
+
+def fmt_cpu(v):
+    return "-" if v is None else f"{v:.1f} us"
+
+
+def cmd_cpu(scenario, rounds_csv, cpu_csv):
+    _, us_per_request = cpu_per_request(rounds_csv, cpu_csv, scenario)
+    k, n = us_per_request("kvcache", "kvcache"), us_per_request("nginx", "nginx")
+    r = ratio(k, n)
+    print(f"{scenario}: server CPU per request: kvcache {fmt_cpu(k)}, nginx {fmt_cpu(n)}"
+          f" ({'-' if r is None else f'{r:.2f}x'})")
+
+
+def cmd_cluster(rounds_csv, cpu_csv):
+    rows, us_per_request = cpu_per_request(rounds_csv, cpu_csv, "cluster")
 
     med = {t: {k: median([num(r[k]) for r in rows if r["target"] == t]) for k in ("rps", "p50_us", "p99_us")}
            for t in ("cluster", "kvcache", "nginx")}
@@ -194,8 +213,7 @@ def cmd_cluster(rounds_csv, cpu_csv):
     def f2(v):
         return "-" if v is None else f"{v:.2f}x"
 
-    def f1(v):
-        return "-" if v is None else f"{v:.1f} us"
+    f1 = fmt_cpu
     c, k = med["cluster"], med["kvcache"]
     print(f"cluster: through HAProxy to 2 nodes {c['rps'] or 0:,.0f} req/s vs direct to 1 node "
           f"{k['rps'] or 0:,.0f} req/s = {f2(ratio(c['rps'], k['rps']))} (nginx {med['nginx']['rps'] or 0:,.0f}); "
@@ -217,5 +235,7 @@ if __name__ == "__main__":
         cmd_evictions(*a[1:])
     elif a[:1] == ["cluster"] and len(a) == 3:
         cmd_cluster(*a[1:])
+    elif a[:1] == ["cpu"] and len(a) == 4:
+        cmd_cpu(*a[1:])
     else:
         sys.exit(__doc__)

@@ -13,6 +13,9 @@
 #   evict      kvcache --memory-limit 32M, pre-filled past the limit, then put.lua with
 #              KEY_MODE=unique (never-seen keys): every put evicts
 #   conns1000  mixed.lua with -c1000 (ulimit -n raised)
+#   tls        mixed.lua over https (keep-alive): kvcache --tls-cert vs nginx's TLS server, the
+#              same ECDSA P-256 certificate and ciphers; CPU time per request of both
+#   handshakes close.lua over https: a new connection (full TLS handshake) per request
 #   cluster    mixed.lua through HAProxy to 2 nodes (tools/cluster.sh, deploy/haproxy/haproxy.cfg)
 #              as a third target of each round, beside kvcache direct and nginx; CPU time per
 #              request of HAProxy, of the 2 nodes and of the direct node from /proc/PID/stat
@@ -38,9 +41,10 @@ PY=/usr/bin/python3
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
-SCENARIOS=${SCENARIOS:-"mixed get put big evict conns1000 cluster"}
+SCENARIOS=${SCENARIOS:-"mixed get put big evict conns1000 tls handshakes cluster"}
 KV_PORT=${KV_PORT:-17171}
 NGINX_PORT=${NGINX_PORT:-18080}
+NGINX_TLS_PORT=${NGINX_TLS_PORT:-18443}
 KV_THREADS=${KV_THREADS:-2}
 KV_FLAGS=${KV_FLAGS:-}
 KVCACHE=${KVCACHE:-$repo/build/kvcache}
@@ -66,7 +70,7 @@ esac
 [[ $dur_s =~ ^[0-9]+$ && $dur_s -ge 1 && $dur_s -le 3600 ]] || die "DURATION must be 1s..60m (e.g. 10s)"
 wrk_bound=$(( dur_s + 60 ))
 for s in $SCENARIOS; do
-  case $s in mixed|get|put|big|evict|conns1000|cluster) ;; *) die "unknown scenario '$s'";; esac
+  case $s in mixed|get|put|big|evict|conns1000|tls|handshakes|cluster) ;; *) die "unknown scenario '$s'";; esac
 done
 command -v wrk >/dev/null || die "wrk missing: apt-get install -y wrk"
 [[ -x /usr/sbin/nginx ]] || die "nginx missing: apt-get install -y nginx-light"
@@ -134,6 +138,8 @@ port_free() {
   $PY - "$1" <<'PYEOF'
 import socket, sys
 s = socket.socket()
+# As kvcache binds: TIME_WAIT left by the last scenario's closes does not make the port busy.
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
 except OSError:
@@ -144,7 +150,7 @@ wait_http() {  # wait_http URL PID: up to 10 s
   local i
   for ((i = 0; i < 100; i++)); do
     kill -0 "$2" 2>/dev/null || return 1
-    curl -sf --max-time 1 -o /dev/null "$1" && return 0
+    curl -sfk --max-time 1 -o /dev/null "$1" && return 0
     sleep 0.1
   done
   return 1
@@ -166,7 +172,7 @@ child_pids() {  # child_pids PID: its children (HAProxy's workers, nginx's worke
 }
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 metrics_snapshot() {  # metrics_snapshot FILE
-  curl -s --max-time 5 "http://127.0.0.1:$KV_PORT/metrics" > "$1" 2>/dev/null || true
+  curl -sk --max-time 5 "$scheme://127.0.0.1:$KV_PORT/metrics" > "$1" 2>/dev/null || true
 }
 metrics_brief() {  # interesting counters/gauges, one line
   grep -v '^#' "$1" 2>/dev/null | grep -Ei 'evict|entries|bytes|connection|expir|hits|misses' | grep -v bucket \
@@ -174,10 +180,18 @@ metrics_brief() {  # interesting counters/gauges, one line
 }
 
 port_free "$NGINX_PORT" || die "port $NGINX_PORT (NGINX_PORT) is in use"
+port_free "$NGINX_TLS_PORT" || die "port $NGINX_TLS_PORT (NGINX_TLS_PORT) is in use"
+# One ECDSA P-256 certificate for kvcache's and nginx's TLS.
+mkdir -p "$OUT_DIR/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$OUT_DIR/tls/key.pem" -out "$OUT_DIR/tls/cert.pem" \
+  2>/dev/null || die "openssl could not make the benchmark certificate"
+scheme=http
 port_free "$KV_PORT" || die "port $KV_PORT (KV_PORT) is in use (SO_REUSEPORT would split traffic); pick another KV_PORT"
 
 log "starting nginx baseline on 127.0.0.1:$NGINX_PORT"
-NGINX_PORT=$NGINX_PORT NGINX_WORKERS=${NGINX_WORKERS:-$(nproc)} "$here/nginx-run.sh" "$OUT_DIR/nginx" \
+NGINX_PORT=$NGINX_PORT NGINX_WORKERS=${NGINX_WORKERS:-$(nproc)} NGINX_TLS_PORT=$NGINX_TLS_PORT \
+  NGINX_TLS_CERT=$OUT_DIR/tls/cert.pem NGINX_TLS_KEY=$OUT_DIR/tls/key.pem "$here/nginx-run.sh" "$OUT_DIR/nginx" \
   > "$OUT_DIR/nginx.stdout" 2>&1 &
 ng_pid=$!
 wait_http "http://127.0.0.1:$NGINX_PORT/" "$ng_pid" || die "nginx did not come up (see $OUT_DIR/nginx/error.log)"
@@ -189,7 +203,7 @@ start_kv() {  # start_kv SCENARIO FLAGS...
   "$KVBIN" --bind 127.0.0.1 --port "$KV_PORT" --threads "$KV_THREADS" "$@" $KV_FLAGS \
     > "$OUT_DIR/kvcache-$sc.log" 2>&1 &
   kv_pid=$!
-  if ! wait_http "http://127.0.0.1:$KV_PORT/health" "$kv_pid"; then
+  if ! wait_http "$scheme://127.0.0.1:$KV_PORT/health" "$kv_pid"; then
     tail -20 "$OUT_DIR/kvcache-$sc.log"
     die "kvcache did not answer /health within 10 s (flags: $* $KV_FLAGS)"
   fi
@@ -211,7 +225,7 @@ run_wrk() {  # run_wrk SCENARIO ROUND TARGET PORT SCRIPT CONNS ENV...
   # shellcheck disable=SC2086  # each group holds a list of pids
   for g in "${cpu_groups[@]}"; do before+=("$(cpu_ticks ${g#*:})"); done
   env "$@" timeout -k 5 "$wrk_bound" wrk -t"$WRK_THREADS" -c"$conns" -d"$DURATION" \
-    --timeout "$WRK_TIMEOUT" --latency -s "$here/$script" "http://127.0.0.1:$port" > "$raw" 2>&1
+    --timeout "$WRK_TIMEOUT" --latency -s "$here/$script" "$scheme://127.0.0.1:$port" > "$raw" 2>&1
   rc=$?
   for g in "${!cpu_groups[@]}"; do
     # shellcheck disable=SC2086
@@ -238,7 +252,11 @@ load_note() {  # other load on the box skews every ratio: record it
 load_note "at start"
 for sc in $SCENARIOS; do
   script=mixed.lua; conns=$CONNS; flags=(); envs=(KEYS=5000 VALUE_LEN=128 PUT_RATIO=0.3)
+  scheme=http; ng_port=$NGINX_PORT
+  tls_flags=(--tls-cert "$OUT_DIR/tls/cert.pem" --tls-key "$OUT_DIR/tls/key.pem")
   case $sc in
+    tls) scheme=https; ng_port=$NGINX_TLS_PORT; flags=("${tls_flags[@]}") ;;
+    handshakes) scheme=https; ng_port=$NGINX_TLS_PORT; flags=("${tls_flags[@]}"); script=close.lua ;;
     get) script=get.lua ;;
     put) script=put.lua ;;
     big) envs=(KEYS="$BIG_KEYS" VALUE_LEN=128 PUT_RATIO=0.3) ;;
@@ -280,10 +298,11 @@ print(f'{d:.1f} B/entry RSS, minus key+value bytes ({kv:.1f}) = {d-kv:.1f} B ove
                 "nodes:$(cat "$OUT_DIR"/cluster/node*.pid | xargs echo)"
                 "kvcache:$kv_pid" "nginx:$ng_pid $(child_pids "$ng_pid" | xargs echo)")
   fi
+  [[ $scheme == https ]] && cpu_groups=("kvcache:$kv_pid" "nginx:$ng_pid $(child_pids "$ng_pid" | xargs echo)")
   for ((r = 1; r <= ROUNDS; r++)); do
     kill -0 "$kv_pid" 2>/dev/null || break
     run_wrk "$sc" "$r" kvcache "$KV_PORT" "$script" "$conns" "${envs[@]}"
-    run_wrk "$sc" "$r" nginx "$NGINX_PORT" "$script" "$conns" "${envs[@]}"
+    run_wrk "$sc" "$r" nginx "$ng_port" "$script" "$conns" "${envs[@]}"
     [[ $sc == cluster ]] && run_wrk "$sc" "$r" cluster "$CLUSTER_PORT" "$script" "$conns" "${envs[@]}"
   done
   if [[ $sc == cluster ]]; then
@@ -291,6 +310,10 @@ print(f'{d:.1f} B/entry RSS, minus key+value bytes ({kv:.1f}) = {d-kv:.1f} B ove
     RUN_DIR=$OUT_DIR/cluster "$repo/tools/cluster.sh" down "$CLUSTER_PORT" | tee -a "$NOTES"
     cluster_up=""
     $PY "$here/report.py" cluster "$ROUNDS_CSV" "$OUT_DIR/cpu.csv" | tee -a "$NOTES"
+  fi
+  if [[ $scheme == https ]]; then
+    cpu_groups=()
+    $PY "$here/report.py" cpu "$sc" "$ROUNDS_CSV" "$OUT_DIR/cpu.csv" | tee -a "$NOTES"
   fi
   metrics_snapshot "$OUT_DIR/metrics-$sc.txt"
   note "[$sc] end: kvcache RSS $(rss_kb "$kv_pid") kB; $(metrics_brief "$OUT_DIR/metrics-$sc.txt")"
