@@ -322,7 +322,11 @@ void TlsStream::closing() {
   if (!handshake_done_ && !failed_) fail(TlsFailure::incomplete);
 }
 
-IoResult TlsStream::recv(char* buffer, size_t size) {
+IoResult TlsStream::recv(char* buffer, size_t size) { return read(buffer, size, false); }
+
+IoResult TlsStream::peek(char* buffer, size_t size) { return read(buffer, size, true); }
+
+IoResult TlsStream::read(char* buffer, size_t size, bool peek) {
   read_wants_write_ = false;
   if (!handshake_done_) {
     IoResult done = handshake(read_wants_write_);
@@ -332,12 +336,14 @@ IoResult TlsStream::recv(char* buffer, size_t size) {
   if (eof_) return {IoResult::eof, 0};
   size_t total = 0;
   bool broken = false;
+  // A peek sees one record's worth (SSL_peek does not consume, so cannot go on).
   while (total < size) {
     ERR_clear_error();
     size_t got = 0;
-    int rc = SSL_read_ex(ssl_, buffer + total, size - total, &got);
+    int rc = peek ? SSL_peek_ex(ssl_, buffer, size, &got) : SSL_read_ex(ssl_, buffer + total, size - total, &got);
     if (rc == 1) {
       total += got;
+      if (peek) break;
       continue;
     }
     int error = SSL_get_error(ssl_, rc);

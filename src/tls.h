@@ -108,6 +108,8 @@ class TlsStream {
   // Both complete the handshake first. recv reads records until `size` bytes
   // or the socket has no more; eof is the client's close_notify or FIN.
   IoResult recv(char* buffer, size_t size);
+  // Like recv, but the bytes stay to be received again; sees one record at most.
+  IoResult peek(char* buffer, size_t size);
   IoResult send(const char* data, size_t size);
   // close_notify, best effort (the connection's lingering close follows).
   void shutdown();
@@ -147,6 +149,7 @@ class TlsStream {
  private:
   // Sets wants_write when it waits for the socket to take its messages.
   IoResult handshake(bool& wants_write);
+  IoResult read(char* buffer, size_t size, bool peek);
   IoResult fail(TlsFailure reason);
 
   SSL* ssl_;

@@ -232,6 +232,9 @@ TEST_CASE("handshake: TLS 1.3 preferred, ALPN http/1.1, then records both ways")
   std::string request = "GET /health HTTP/1.1\r\n\r\n";
   REQUIRE(SSL_write(link.client, request.data(), request.size()) == static_cast<int>(request.size()));
   char buffer[256];
+  IoResult seen = link.server->peek(buffer, sizeof buffer);
+  REQUIRE(seen.kind == IoResult::ok);
+  CHECK(std::string(buffer, seen.bytes) == request);
   IoResult got = link.server->recv(buffer, sizeof buffer);
   REQUIRE(got.kind == IoResult::ok);
   CHECK(std::string(buffer, got.bytes) == request);
@@ -243,6 +246,7 @@ TEST_CASE("handshake: TLS 1.3 preferred, ALPN http/1.1, then records both ways")
 
   // close_notify from the client is an end of input.
   SSL_shutdown(link.client);
+  CHECK(link.server->peek(buffer, sizeof buffer).kind == IoResult::eof);
   CHECK(link.server->recv(buffer, sizeof buffer).kind == IoResult::eof);
 }
 
