@@ -39,6 +39,7 @@ KNOWN_ENV = {
         "port", "bind", "threads", "memory-limit", "shards", "max-connections",
         "read-timeout", "idle-timeout", "drain-timeout", "log-level",
         "snapshot-path", "snapshot-interval", "snapshot-timeout", "auth-token-file",
+        "tls-cert", "tls-key", "tls-client-ca",
     )
 }
 
