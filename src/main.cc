@@ -169,7 +169,7 @@ int main(int argc, char** argv) {
   std::vector<std::unique_ptr<Worker>> workers;
   for (unsigned i = 0; i < config.threads; ++i) {
     workers.push_back(std::make_unique<Worker>(i, config, store, metrics, open_connections, buffers, snapshots.get(),
-                                               token_store.get()));
+                                               token_store.get(), tls.get()));
     std::string error = workers.back()->listen();
     if (!error.empty()) {
       log(LogLevel::error, "cannot listen: {}", error);

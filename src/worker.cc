@@ -2,6 +2,7 @@
 
 #include "listener.h"
 #include "log.h"
+#include "tls.h"
 
 #include <event2/event.h>
 #include <event2/event_struct.h>
@@ -51,7 +52,7 @@ double CoarseClock::now() const {
 
 // The plain-socket I/O of one accepted connection, with the connection it
 // serves: libevent's events call the connection, the connection calls this.
-class Worker::SocketIo final : public ConnectionIo {
+class Worker::SocketIo : public ConnectionIo {
  public:
   SocketIo(Worker& worker, int fd, bool rejected)
       : worker_(worker), fd_(fd), rejected_(rejected), connection_(worker.loop_, *this) {
@@ -70,8 +71,8 @@ class Worker::SocketIo final : public ConnectionIo {
   }
 
   void shutdown_write() override { ::shutdown(fd_, SHUT_WR); }
-  void want_read(bool on) override { on ? event_add(&read_event_, nullptr) : event_del(&read_event_); }
-  void want_write(bool on) override { on ? event_add(&write_event_, nullptr) : event_del(&write_event_); }
+  void want_read(bool on) override { poll_read(on); }
+  void want_write(bool on) override { poll_write(on); }
 
   void arm_timer(double seconds) override {
     timeval tv = to_timeval(seconds);
@@ -93,6 +94,17 @@ class Worker::SocketIo final : public ConnectionIo {
   SocketIo* prev = nullptr;
   SocketIo* next = nullptr;
 
+ protected:
+  // What the socket's events mean for the connection (TlsIo translates them).
+  virtual void readable() { connection_.on_readable(); }
+  virtual void writable() { connection_.on_writable(); }
+  void poll_read(bool on) { on ? event_add(&read_event_, nullptr) : event_del(&read_event_); }
+  void poll_write(bool on) { on ? event_add(&write_event_, nullptr) : event_del(&write_event_); }
+
+  Worker& worker_;
+  int fd_;
+  event read_event_;
+
  private:
   static bool blocked() { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
 
@@ -106,13 +118,13 @@ class Worker::SocketIo final : public ConnectionIo {
   static void on_readable(int, short, void* arg) {
     auto& self = *static_cast<SocketIo*>(arg);
     Worker& worker = self.worker_;
-    self.connection_.on_readable();
+    self.readable();
     worker.reap();
   }
   static void on_writable(int, short, void* arg) {
     auto& self = *static_cast<SocketIo*>(arg);
     Worker& worker = self.worker_;
-    self.connection_.on_writable();
+    self.writable();
     worker.reap();
   }
   static void on_timer(int, short, void* arg) {
@@ -122,22 +134,107 @@ class Worker::SocketIo final : public ConnectionIo {
     worker.reap();
   }
 
-  Worker& worker_;
-  int fd_;
   const bool rejected_;  // over --max-connections: held (and counted) until its lingering close ends
-  event read_event_;
   event write_event_;
   event timer_;
+
+ protected:
   Connection connection_;  // last: its destructor may still close through this I/O
+};
+
+// The TLS I/O of one accepted connection (--tls-cert): the socket's events
+// and the connection's calls go through a TlsStream (tls.h), which does the
+// handshake inside the first recv or send and says which socket events the
+// connection's read and write interest need now. The connection's state
+// machine is the same as over a plain socket.
+class Worker::TlsIo final : public SocketIo {
+ public:
+  TlsIo(Worker& worker, int fd, bool rejected, SSL* ssl)
+      : SocketIo(worker, fd, rejected), stream_(ssl, worker.tls_->metrics()) {
+    // The handshake is bound by the read timeout, as a request is.
+    evtimer_assign(&handshake_timer_, worker.base_, on_handshake_timer, this);
+    timeval tv = to_timeval(worker.config_.read_timeout);
+    evtimer_add(&handshake_timer_, &tv);
+  }
+
+  IoResult recv(char* buffer, size_t size) override { return settle(stream_.recv(buffer, size)); }
+  IoResult peek(char* buffer, size_t size) override { return settle(stream_.peek(buffer, size)); }
+  IoResult send(const char* data, size_t size) override { return settle(stream_.send(data, size)); }
+
+  // close_notify, then the FIN.
+  void shutdown_write() override {
+    stream_.shutdown();
+    SocketIo::shutdown_write();
+  }
+  void want_read(bool on) override {
+    stream_.want_read(on);
+    poll();
+  }
+  void want_write(bool on) override {
+    stream_.want_write(on);
+    poll();
+  }
+  void close() override {
+    evtimer_del(&handshake_timer_);
+    stream_.closing();
+    SocketIo::close();
+  }
+  size_t held_bytes() const override { return stream_.held_bytes(); }
+
+ private:
+  void readable() override { run(stream_.on_event(true, false)); }
+  void writable() override { run(stream_.on_event(false, true)); }
+
+  void run(TlsStream::Dispatch handlers) {
+    if (handlers.read) connection_.on_readable();
+    if (handlers.write && !connection_.closed()) connection_.on_writable();
+    if (!connection_.closed()) poll();
+  }
+
+  IoResult settle(IoResult result) {
+    if (!handshaken_ && stream_.handshake_done()) {
+      handshaken_ = true;
+      evtimer_del(&handshake_timer_);
+    }
+    poll();
+    return result;
+  }
+
+  // Brings the socket events in line with what the stream needs now.
+  void poll() {
+    bool read = stream_.socket_read();
+    bool write = stream_.socket_write();
+    if (read != polling_read_) poll_read(polling_read_ = read);
+    if (write != polling_write_) poll_write(polling_write_ = write);
+    // Records already in OpenSSL's buffer make the socket no more readable.
+    if (stream_.input_buffered()) event_active(&read_event_, EV_READ, 1);
+  }
+
+  static void on_handshake_timer(int, short, void* arg) {
+    auto& self = *static_cast<TlsIo*>(arg);
+    Worker& worker = self.worker_;
+    if (!self.stream_.handshake_done()) {
+      self.stream_.handshake_timed_out();
+      self.connection_.on_readable();  // its next recv fails: the connection closes
+    }
+    worker.reap();
+  }
+
+  TlsStream stream_;
+  event handshake_timer_;
+  bool polling_read_ = false;
+  bool polling_write_ = false;
+  bool handshaken_ = false;  // and its timer gone
 };
 
 Worker::Worker(unsigned index, const Config& config, Store& store, Metrics& metrics,
                std::atomic<unsigned>& open_connections, BufferBudget& buffers, Snapshotter* snapshots,
-               const TokenStore* tokens)
+               const TokenStore* tokens, TlsContext* tls)
     : index_(index),
       config_(config),
       counters_(metrics.worker(index)),
       open_connections_(open_connections),
+      tls_(tls),
       base_(event_base_new()),
       handler_(store, metrics, metrics.worker(index), date_, tokens),
       loop_(config, clock_, buffers, metrics.worker(index), handler_) {
@@ -248,7 +345,17 @@ void Worker::accept_pending() {
     bool over_limit = open_connections_.fetch_add(1, std::memory_order_relaxed) >= config_.max_connections;
     int on = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
-    auto* io = new SocketIo(*this, fd, over_limit);
+    SocketIo* io;
+    if (tls_ == nullptr) {
+      io = new SocketIo(*this, fd, over_limit);
+    } else if (SSL* ssl = tls_->new_ssl(fd); ssl != nullptr) {
+      io = new TlsIo(*this, fd, over_limit, ssl);
+    } else {
+      log(LogLevel::error, "tls: cannot allocate a connection's TLS state; closing it");
+      ::close(fd);
+      open_connections_.fetch_sub(1, std::memory_order_relaxed);
+      continue;
+    }
     io->next = open_;
     if (open_ != nullptr) open_->prev = io;
     open_ = io;

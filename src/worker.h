@@ -20,6 +20,8 @@ struct event;
 
 namespace kv {
 
+class TlsContext;
+
 // Monotonic time from the coarse clock (vDSO, no syscall): deadlines need no finer.
 class CoarseClock final : public Clock {
  public:
@@ -29,10 +31,11 @@ class CoarseClock final : public Clock {
 
 class Worker {
  public:
-  // snapshots: null when --snapshot-path is not set; `tokens`: null when access needs no token.
+  // snapshots: null when --snapshot-path is not set; `tokens`: null when access
+  // needs no token; `tls`: null when the listener speaks plain HTTP.
   Worker(unsigned index, const Config& config, Store& store, Metrics& metrics,
          std::atomic<unsigned>& open_connections, BufferBudget& buffers, Snapshotter* snapshots,
-         const TokenStore* tokens);
+         const TokenStore* tokens, TlsContext* tls);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -46,7 +49,9 @@ class Worker {
 
  private:
   class SocketIo;
+  class TlsIo;
   friend class SocketIo;
+  friend class TlsIo;
   static void on_accept(int fd, short events, void* arg);
   static void on_accept_pause_end(int fd, short events, void* arg);
   static void on_tick(int fd, short events, void* arg);
@@ -62,6 +67,7 @@ class Worker {
   const Config& config_;
   WorkerMetrics& counters_;
   std::atomic<unsigned>& open_connections_;
+  TlsContext* const tls_;
 
   event_base* base_ = nullptr;
   int listen_fd_ = -1;

@@ -86,14 +86,15 @@ if [ "$what" = all ] || [ "$what" = tsan ]; then
   # batches (incl. the large burst and held-back output), a slow reader beside
   # others, timeouts firing while others are served, SIGTERM drain with work
   # in flight, the shared connection limit, eviction under load, and the
-  # snapshot thread beside the loops (test_snapshot.py).
+  # snapshot thread beside the loops (test_snapshot.py), and every TLS test
+  # (test_tls.py: handshakes on both loops, SIGHUP reloads beside them).
   rc=0
   TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:log_path=$reports/tsan" \
     TSAN_SYMBOLIZER_PATH="$symbolizer" "${wrap[@]}" "$build/tests/connection_test" || rc=$?
   echo "tsan: connection_test exit $rc"
   [ "$rc" -ne 0 ] && status=1
   selection="concurrent or pipelined or burst or slow_client or read_timeout or sigterm \
-or max_connections or memory_limit or byte_by_byte or fragments or snapshot"
+or max_connections or memory_limit or byte_by_byte or fragments or snapshot or tls"
   start=$SECONDS
   rc=0
   KVCACHE_BIN="$PWD/$build/kvcache" \

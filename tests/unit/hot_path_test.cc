@@ -2,6 +2,8 @@
 // binary is counted (glibc lets the executable interpose malloc), and a
 // stream of requests read, framed, answered and sent by the shipped
 // Connection (through a fake socket, fake_io.h) must not add to the count.
+// Over TLS, OpenSSL's allocations are counted apart (it takes and releases
+// its record buffers per record) and kvcache's own must still be zero.
 #include "auth.h"
 #include "connection.h"
 #include "fake_io.h"
@@ -10,6 +12,14 @@
 #include "log.h"
 #include "metrics.h"
 #include "store.h"
+#include "test_certs.h"
+#include "tls.h"
+
+#include <openssl/ssl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <csignal>
 
 #include <doctest/doctest.h>
 
@@ -166,4 +176,119 @@ TEST_CASE("with a token, gzip bodies and gzip responses, warm requests allocate 
   CHECK(l.io.sent.find("Content-Encoding: gzip") != std::string::npos);
   CHECK(l.io.sent.find("HTTP/1.1 401 Unauthorized") != std::string::npos);
   CHECK(l.store.stats().entries == 100);
+}
+
+namespace {
+
+// The shipped Connection over a TlsStream on a socketpair, with an OpenSSL
+// client in this thread. OpenSSL's own allocations (server and client) are
+// counted apart from everything else, which must stay at zero.
+class CountedTlsIo final : public ConnectionIo {
+ public:
+  CountedTlsIo(SSL* ssl, TlsMetrics& metrics) : stream_(ssl, metrics) {}
+  IoResult recv(char* buffer, size_t size) override { return counted([&] { return stream_.recv(buffer, size); }); }
+  IoResult peek(char* buffer, size_t size) override { return counted([&] { return stream_.peek(buffer, size); }); }
+  IoResult send(const char* data, size_t size) override { return counted([&] { return stream_.send(data, size); }); }
+  void shutdown_write() override { stream_.shutdown(); }
+  void want_read(bool on) override { stream_.want_read(on); }
+  void want_write(bool on) override { stream_.want_write(on); }
+  void arm_timer(double) override {}
+  void close() override { closed = true; }
+  size_t held_bytes() const override { return stream_.held_bytes(); }
+
+  template <typename Call>
+  IoResult counted(Call call) {
+    size_t before = allocations.load();
+    IoResult result = call();
+    openssl_allocations += allocations.load() - before;
+    return result;
+  }
+
+  size_t openssl_allocations = 0;
+  bool closed = false;
+
+ private:
+  TlsStream stream_;
+};
+
+}  // namespace
+
+TEST_CASE("over TLS, a warm request costs kvcache no allocation (OpenSSL's are counted apart)") {
+  signal(SIGPIPE, SIG_IGN);
+  test::CertDir certs("hot-path-tls");
+  std::string error;
+  auto context = TlsContext::load({certs.path("server.pem"), certs.path("server.key"), ""}, error);
+  REQUIRE(context);
+  int fds[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds) == 0);
+
+  Config config;
+  FakeClock clock;
+  Store store(16, 64 << 20, clock);
+  BufferBudget buffers(8 << 20);
+  Metrics metrics(store, buffers, 1, 64 << 20, 100);
+  http::DateHeader date;
+  RequestHandler handler(store, metrics, metrics.worker(0), date, nullptr);
+  LoopContext loop(config, clock, buffers, metrics.worker(0), handler);
+  CountedTlsIo io(context->new_ssl(fds[0]), context->metrics());
+  Connection connection(loop, io);
+  connection.start();
+
+  SSL_CTX* client_ctx = SSL_CTX_new(TLS_client_method());
+  SSL* client = SSL_new(client_ctx);
+  SSL_set_fd(client, fds[1]);
+  SSL_set_connect_state(client);
+  size_t client_allocations = 0;
+  auto client_call = [&](auto call) {
+    size_t before = allocations.load();
+    auto result = call();
+    client_allocations += allocations.load() - before;
+    return result;
+  };
+  for (int i = 0; i < 50 && !(SSL_is_init_finished(client) && connection.reading()); ++i) {
+    client_call([&] { return SSL_do_handshake(client); });
+    connection.on_readable();
+  }
+  REQUIRE(SSL_is_init_finished(client));
+
+  std::string value(128, 'v');
+  std::vector<std::string> requests;
+  for (int i = 0; i < 200; ++i) {
+    std::string key = "key:" + std::to_string(i);
+    std::string body = R"({"key":")" + key + R"(","value":")" + value + R"("})";
+    requests.push_back("POST /put HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
+                       body + "GET /get?key=" + key + " HTTP/1.1\r\nHost: x\r\n\r\n");
+  }
+  std::string received;
+  received.reserve(1 << 20);
+  char buffer[16384];
+  auto exchange = [&] {
+    for (const std::string& request : requests) {
+      REQUIRE(client_call([&] { return SSL_write(client, request.data(), static_cast<int>(request.size())); }) > 0);
+      connection.on_readable();
+      REQUIRE(!connection.closed());
+      for (int i = 0; i < 10; ++i) {
+        int n = client_call([&] { return SSL_read(client, buffer, sizeof buffer); });
+        if (n <= 0) break;
+        received.append(buffer, n);
+      }
+    }
+  };
+  exchange();  // warm: keys stored, the tickets read
+  received.clear();
+  size_t before = allocations.load();
+  io.openssl_allocations = client_allocations = 0;
+  exchange();
+  size_t total = allocations.load() - before;
+  CHECK(total - io.openssl_allocations - client_allocations == 0);  // kvcache's own
+  CHECK(received.find("HTTP/1.1 200 OK") != std::string::npos);
+  CHECK(store.stats().entries == 200);
+  MESSAGE("OpenSSL allocations per request (2 per exchange of a put and a get): server ",
+          static_cast<double>(io.openssl_allocations) / (2 * requests.size()), ", client ",
+          static_cast<double>(client_allocations) / (2 * requests.size()));
+  SSL_free(client);
+  SSL_CTX_free(client_ctx);
+  connection.close();
+  ::close(fds[0]);
+  ::close(fds[1]);
 }
