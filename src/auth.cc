@@ -125,14 +125,16 @@ bool LogThrottle::allow(uint64_t now_ms, uint64_t& suppressed) {
   return true;
 }
 
+bool LogThrottle::allow_warning(uint64_t& suppressed) {
+  auto now = std::chrono::steady_clock::now().time_since_epoch();
+  return log_enabled(LogLevel::warn) &&
+         allow(std::chrono::duration_cast<std::chrono::milliseconds>(now).count(), suppressed);
+}
+
 void log_auth_failure(AuthResult reason) {
   static LogThrottle throttle(1000);
-  auto now = std::chrono::steady_clock::now().time_since_epoch();
   uint64_t suppressed = 0;
-  if (!log_enabled(LogLevel::warn) ||
-      !throttle.allow(std::chrono::duration_cast<std::chrono::milliseconds>(now).count(), suppressed)) {
-    return;
-  }
+  if (!throttle.allow_warning(suppressed)) return;
   log(LogLevel::warn, "auth: rejected a request with {} bearer token ({} more rejected since the last such line; "
       "see kvcache_auth_failures_total)",
       reason == AuthResult::missing ? "no" : "a wrong", suppressed);

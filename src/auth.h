@@ -84,6 +84,8 @@ class LogThrottle {
   // True when a line may be written at now_ms; then `suppressed` is how many
   // calls since the last line were refused.
   bool allow(uint64_t now_ms, uint64_t& suppressed);
+  // allow() now, if warnings are logged at all.
+  bool allow_warning(uint64_t& suppressed);
 
  private:
   const uint64_t interval_ms_;

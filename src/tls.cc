@@ -13,7 +13,6 @@
 #include <fmt/format.h>
 
 #include <cerrno>
-#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -139,12 +138,8 @@ CtxPtr build_context(const TlsFiles& files, std::string& error) {
 
 void log_handshake_failure(SSL* ssl, TlsFailure reason, std::string_view detail) {
   static LogThrottle throttle(1000);
-  auto now = std::chrono::steady_clock::now().time_since_epoch();
   uint64_t suppressed = 0;
-  if (!log_enabled(LogLevel::warn) ||
-      !throttle.allow(std::chrono::duration_cast<std::chrono::milliseconds>(now).count(), suppressed)) {
-    return;
-  }
+  if (!throttle.allow_warning(suppressed)) return;
   sockaddr_storage peer{};
   socklen_t size = sizeof peer;
   char address[INET6_ADDRSTRLEN] = "?";

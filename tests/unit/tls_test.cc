@@ -159,6 +159,13 @@ struct Link {
   }
 };
 
+std::unique_ptr<TlsContext> load_context(const CertDir& certs, bool mutual = false) {
+  std::string error;
+  auto context = TlsContext::load(files_of(certs, mutual), error);
+  REQUIRE_MESSAGE(context, error);
+  return context;
+}
+
 uint64_t failures(const TlsContext& context, TlsFailure reason) {
   return context.metrics().failures[static_cast<size_t>(reason)].load();
 }
@@ -214,9 +221,7 @@ TEST_CASE("context: unreadable, malformed or mismatched files are errors naming 
 
 TEST_CASE("handshake: TLS 1.3 preferred, ALPN http/1.1, then records both ways") {
   CertDir certs("tls-hs");
-  std::string error;
-  auto context = TlsContext::load(files_of(certs), error);
-  REQUIRE(context);
+  auto context = load_context(certs);
   Link link(*context, certs);
   CHECK(link.server->held_bytes() >= TlsStream::kIdleBytes + TlsStream::kActiveBytes);
   CHECK(link.handshake().kind == IoResult::would_block);
@@ -252,9 +257,7 @@ TEST_CASE("handshake: TLS 1.3 preferred, ALPN http/1.1, then records both ways")
 
 TEST_CASE("handshake: TLS 1.2 clients are served; a TLS 1.1 client is refused") {
   CertDir certs("tls-12");
-  std::string error;
-  auto context = TlsContext::load(files_of(certs), error);
-  REQUIRE(context);
+  auto context = load_context(certs);
   {
     Link link(*context, certs, {.max_version = TLS1_2_VERSION});
     link.handshake();
@@ -272,9 +275,7 @@ TEST_CASE("handshake: TLS 1.2 clients are served; a TLS 1.1 client is refused") 
 
 TEST_CASE("handshake: a client offering only h2 gets no_application_protocol") {
   CertDir certs("tls-alpn");
-  std::string error;
-  auto context = TlsContext::load(files_of(certs), error);
-  REQUIRE(context);
+  auto context = load_context(certs);
   Link link(*context, certs, {.alpn = reinterpret_cast<const unsigned char*>("\x02h2"), .alpn_size = 3});
   CHECK(link.handshake().kind == IoResult::error);
   CHECK(failures(*context, TlsFailure::protocol) == 1);
@@ -285,9 +286,7 @@ TEST_CASE("handshake: a client offering only h2 gets no_application_protocol") {
 
 TEST_CASE("session resumption: by ticket, and across a reload") {
   CertDir certs("tls-resume");
-  std::string error;
-  auto context = TlsContext::load(files_of(certs), error);
-  REQUIRE(context);
+  auto context = load_context(certs);
   for (int max_version : {TLS1_2_VERSION, TLS1_3_VERSION}) {
     CAPTURE(max_version);
     SSL_SESSION* session = nullptr;
@@ -319,9 +318,7 @@ TEST_CASE("session resumption: by ticket, and across a reload") {
 
 TEST_CASE("reload: a good pair is served to new connections; a bad one keeps the old") {
   CertDir certs("tls-reload");
-  std::string error;
-  auto context = TlsContext::load(files_of(certs), error);
-  REQUIRE(context);
+  auto context = load_context(certs);
   Link before(*context, certs);
   before.handshake();
   CHECK(server_subject(before.client) == "localhost");
@@ -354,9 +351,7 @@ TEST_CASE("reload: a good pair is served to new connections; a bad one keeps the
 
 TEST_CASE("mutual TLS: a client certificate from the CA is required") {
   CertDir certs("tls-mtls");
-  std::string error;
-  auto context = TlsContext::load(files_of(certs, true), error);
-  REQUIRE(context);
+  auto context = load_context(certs, true);
   SUBCASE("none") {
     Link link(*context, certs);
     CHECK(link.handshake().kind == IoResult::error);
@@ -378,9 +373,7 @@ TEST_CASE("mutual TLS: a client certificate from the CA is required") {
 
 TEST_CASE("bad input: plain HTTP, garbage, a client that leaves or stalls mid-handshake") {
   CertDir certs("tls-input");
-  std::string error;
-  auto context = TlsContext::load(files_of(certs), error);
-  REQUIRE(context);
+  auto context = load_context(certs);
   char buffer[64];
   auto raw = [&](std::string_view bytes) {
     auto link = std::make_unique<Link>(*context, certs);
@@ -420,9 +413,7 @@ TEST_CASE("bad input: plain HTTP, garbage, a client that leaves or stalls mid-ha
 
 TEST_CASE("renegotiation: a TLS 1.2 client's attempt is refused, the connection goes on") {
   CertDir certs("tls-reneg");
-  std::string error;
-  auto context = TlsContext::load(files_of(certs), error);
-  REQUIRE(context);
+  auto context = load_context(certs);
   Link link(*context, certs, {.max_version = TLS1_2_VERSION});
   link.handshake();
   REQUIRE(link.server->handshake_done());
@@ -438,9 +429,7 @@ TEST_CASE("renegotiation: a TLS 1.2 client's attempt is refused, the connection 
 
 TEST_CASE("want-read/want-write: a stalled send asks for writable, buffered records for another read") {
   CertDir certs("tls-wants");
-  std::string error;
-  auto context = TlsContext::load(files_of(certs), error);
-  REQUIRE(context);
+  auto context = load_context(certs);
   Link link(*context, certs);
   link.handshake();
   REQUIRE(link.server->handshake_done());
@@ -515,9 +504,7 @@ TEST_CASE("metrics: the exposition names every family") {
 TEST_CASE("held_bytes: what a server connection charges covers what OpenSSL holds for it") {
   REQUIRE(kCountingOpenSsl);
   CertDir certs("tls-held");
-  std::string error;
-  auto context = TlsContext::load(files_of(certs), error);
-  REQUIRE(context);
+  auto context = load_context(certs);
   // The first handshake of each version also fills OpenSSL's process-wide
   // caches (algorithm fetches, properties): measure the second.
   for (int max_version : {TLS1_3_VERSION, TLS1_2_VERSION, TLS1_3_VERSION, TLS1_2_VERSION}) {
