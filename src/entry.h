@@ -26,6 +26,9 @@ struct Entry {
   static constexpr size_t kHeaderSize = 11;
   static constexpr size_t kExpirySize = 4;
   static constexpr uint16_t kHasExpiry = 0x8000;
+  // A chunk reserved for a batch item, not yet an entry, has this in
+  // `newer` (never a valid handle) and the item's index in `older`.
+  static constexpr Handle kReserved = kNoHandle - 1;
   static size_t size_for(size_t key_size, size_t value_size, bool has_expiry) {
     return kHeaderSize + (has_expiry ? kExpirySize : 0) + key_size + value_size;
   }

@@ -1,8 +1,5 @@
 #include "shard.h"
 
-#include <algorithm>
-#include <functional>
-
 namespace kv {
 
 size_t Shard::IndexHash::operator()(Handle handle) const {
@@ -43,10 +40,11 @@ void Shard::unlink_locked(Handle handle) {
 void Shard::remove_locked(Handle handle) { remove_locked(handle, make_key(entry_locked(handle).key())); }
 
 void Shard::remove_locked(Handle handle, const KeyRef& key) {
-  if (entry_locked(handle).has_expiry()) --ttl_entries_;
+  uint32_t expires_at = entry_locked(handle).expires_at();
   index_.erase(key);
   unlink_locked(handle);
   slab_.release(handle);
+  expiry_.update(handle, expires_at, 0);
 }
 
 void Shard::moved_locked(Handle from, Handle to) {
@@ -59,50 +57,35 @@ void Shard::moved_locked(Handle from, Handle to) {
   (entry.older != kNoHandle ? entry_locked(entry.older).newer : oldest_) = to;
   if (copy_cursor_ == from) copy_cursor_ = to;
   if (protected_ == from) protected_ = to;
-  if (entry.has_expiry()) track_expiry_locked(to, entry.expires_at());
+  // Its old page is emptied and rescanned by reclaimed_enough_locked.
+  expiry_.update(to, 0, entry.expires_at());
   // The old chunk still holds the same key, so the lookup finds its slot.
   auto it = index_.find(make_key(entry.key()));
   const_cast<Handle&>(*it) = to;
 }
 
-void Shard::track_expiry_locked(Handle handle, uint32_t expires_at) {
-  expiries_.push_back({expires_at, handle});
-  std::push_heap(expiries_.begin(), expiries_.end(), std::greater<>{});
-}
-
-void Shard::compact_expiries_locked() {
-  if (expiries_.size() <= 2 * ttl_entries_ + 1024) return;
-  std::erase_if(expiries_, [&](const Expiry& e) {
-    return !slab_.in_use(e.handle) || entry_locked(e.handle).newer == kReserved ||
-           entry_locked(e.handle).expires_at() != e.at;
+void Shard::expire_page_locked(uint32_t page) {
+  slab_.for_each_in_use(page, [&](Handle handle) {
+    ++work_steps_;
+    const Entry& entry = entry_locked(handle);
+    // Never protected_ or newer: those were touched (so live) or just put.
+    if (entry.newer != kReserved && expired_locked(entry)) {
+      remove_locked(handle);
+      ++expirations_;
+    }
   });
-  // A rewrite back to an earlier expiry leaves two records for one entry.
-  std::sort(expiries_.begin(), expiries_.end(),
-            [](const Expiry& a, const Expiry& b) { return a.handle < b.handle || (a.handle == b.handle && a.at < b.at); });
-  expiries_.erase(std::unique(expiries_.begin(), expiries_.end(),
-                              [](const Expiry& a, const Expiry& b) { return a.handle == b.handle && a.at == b.at; }),
-                  expiries_.end());
-  std::make_heap(expiries_.begin(), expiries_.end(), std::greater<>{});
-}
-
-Handle Shard::next_expired_locked(size_t& budget) {
-  while (budget > 0 && !expiries_.empty() && is_expired(expiries_.front().at, now_ms_)) {
-    --budget;
-    Expiry top = expiries_.front();
-    std::pop_heap(expiries_.begin(), expiries_.end(), std::greater<>{});
-    expiries_.pop_back();
-    if (!slab_.in_use(top.handle) || top.handle == protected_) continue;
-    const Entry& entry = entry_locked(top.handle);
-    // The chunk may since hold another entry: any expired one is fair game.
-    if (entry.newer != kReserved && expired_locked(entry)) return top.handle;
-  }
-  return kNoHandle;
+  expiry_.rescan(page);  // its bound is stale now
 }
 
 bool Shard::reclaimed_enough_locked(size_t victim_class, size_t wanted_class) {
   if (slab_.has_free_page() || (wanted_class < Slab::kClassCount && slab_.has_free_chunk(wanted_class))) return true;
   if (!slab_.can_evacuate(victim_class)) return false;
-  slab_.evacuate(slab_.sparsest_page(victim_class), [&](Handle from, Handle to) { moved_locked(from, to); });
+  uint32_t page = slab_.sparsest_page(victim_class);
+  slab_.evacuate(page, [&](Handle from, Handle to) {
+    ++work_steps_;
+    moved_locked(from, to);
+  });
+  expiry_.rescan(page);  // now free: drops out of the expiry index
   return true;
 }
 
@@ -110,12 +93,13 @@ bool Shard::reclaim_locked(size_t wanted_class) {
   if (size_t size_class = slab_.evacuable_class(); size_class != Slab::kClassCount) {
     return reclaimed_enough_locked(size_class, wanted_class);
   }
-  // Expired entries first: they are dead weight, whatever their recency.
-  size_t budget = expiries_.size();
-  for (Handle handle; (handle = next_expired_locked(budget)) != kNoHandle;) {
-    size_t size_class = Slab::class_for(entry_locked(handle).size());
-    remove_locked(handle);
-    ++expirations_;
+  // Expired entries first: they are dead weight, whatever their recency. A
+  // due page holds at least one (the expiry index is exact).
+  for (size_t pages = 0; pages < kReclaimExpiredPages; ++pages) {
+    uint32_t page = expiry_.due_page(now_ms_);
+    if (page == Slab::kNoPage) break;
+    size_t size_class = slab_.page_class(page);
+    expire_page_locked(page);
     if (reclaimed_enough_locked(size_class, wanted_class)) return true;
   }
   // Then exact LRU order until the freed chunks make room: a chunk of the
@@ -124,6 +108,7 @@ bool Shard::reclaim_locked(size_t wanted_class) {
     size_t size_class = Slab::class_for(entry_locked(oldest_).size());
     remove_locked(oldest_);
     ++evictions_;
+    ++work_steps_;
     if (reclaimed_enough_locked(size_class, wanted_class)) return true;
   }
   return false;
@@ -171,14 +156,9 @@ bool Shard::reserve_chunk_locked(BatchPut& item, uint32_t index) {
 
 bool Shard::reserve_locked(std::span<BatchPut> items) {
   now_ms_ = clock_.now_ms();
-  compact_expiries_locked();
   protected_ = kNoHandle;
   // Every entry the batch overwrites is protected before anything is evicted.
-  size_t ttl_items = 0;
-  for (BatchPut& item : items) {
-    touch_locked(item);
-    ttl_items += item.expires_at != 0;
-  }
+  for (BatchPut& item : items) touch_locked(item);
   // The index grows now, not at commit, so it is charged before chunks are
   // allocated (once committed, the batch's entries cannot be evicted).
   index_pending_ = items.size();
@@ -192,9 +172,7 @@ bool Shard::reserve_locked(std::span<BatchPut> items) {
     }
   }
   if (ok) {
-    // The same for the expiry records the commit pushes (compaction may
-    // have pushed some already), then make room for all of it.
-    expiries_.reserve(expiries_.size() + ttl_items);
+    // Then make room for the grown index.
     trim_locked();
     ok = bytes_used_locked() <= byte_limit_;
   }
@@ -216,10 +194,10 @@ void Shard::cancel_locked(std::span<BatchPut> items) {
 
 void Shard::rewrite_locked(Handle handle, const BatchPut& item) {
   Entry& entry = entry_locked(handle);
-  ttl_entries_ += (item.expires_at != 0) - entry.has_expiry();
-  if (item.expires_at != 0 && item.expires_at != entry.expires_at()) track_expiry_locked(handle, item.expires_at);
+  uint32_t before = entry.expires_at();
   // The same size class, not always the same layout (an expiry may come or go).
   entry.fill(item.key.key, item.value, item.expires_at);
+  expiry_.update(handle, before, item.expires_at);
   if (handle != newest_) {
     unlink_locked(handle);
     link_newest_locked(handle);
@@ -242,15 +220,13 @@ void Shard::commit_one_locked(const BatchPut& item) {
       // Replaces an entry in another size class.
       Handle previous = *it;
       const_cast<Handle&>(*it) = handle;
-      if (entry_locked(previous).has_expiry()) --ttl_entries_;
+      uint32_t previous_expiry = entry_locked(previous).expires_at();
       unlink_locked(previous);
       slab_.release(previous);
+      expiry_.update(previous, previous_expiry, 0);
     }
-    if (item.expires_at != 0) {
-      ++ttl_entries_;
-      track_expiry_locked(handle, item.expires_at);
-    }
-    link_newest_locked(handle);
+    link_newest_locked(handle);  // no longer marked reserved, so the expiry index sees it
+    expiry_.update(handle, 0, item.expires_at);
   }
   if (protected_ == kNoHandle) protected_ = newest_;
 }
@@ -264,8 +240,7 @@ void Shard::commit_locked(std::span<BatchPut> items) {
 }
 
 void Shard::trim_locked() {
-  // A grown index or expiry heap (a TTL put, or a compaction that moved TTL
-  // entries) takes memory too.
+  // A grown index takes memory too.
   bool index_shrunk = false;
   while (bytes_used_locked() > byte_limit_) {
     if (!slab_.has_free_page() && !reclaim_locked(Slab::kClassCount)) {
@@ -286,7 +261,6 @@ PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires
   BatchPut item{key, value, 0, expires_at};
   std::lock_guard lock(mutex_);
   now_ms_ = clock_.now_ms();
-  compact_expiries_locked();
   protected_ = kNoHandle;
   Handle existing = touch_locked(item);
   bool ok = reserve_chunk_locked(item, 0);
@@ -299,7 +273,7 @@ PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires
     protected_ = kNoHandle;
     commit_one_locked(item);
   }
-  // Index or expiry heap growth (or compaction) may need pages given back.
+  // Index growth may need pages given back.
   trim_locked();
   protected_ = kNoHandle;
   return ok ? PutStatus::ok : PutStatus::too_large;
@@ -340,17 +314,15 @@ bool Shard::erase(const KeyRef& key) {
   return live;
 }
 
-void Shard::sweep_expired(size_t budget) {
+bool Shard::sweep_expired(size_t max_pages) {
   std::lock_guard lock(mutex_);
   now_ms_ = clock_.now_ms();
-  if (ttl_entries_ == 0) {
-    expiries_.clear();  // only stale records are left
-    return;
+  for (size_t pages = 0; pages < max_pages; ++pages) {
+    uint32_t page = expiry_.due_page(now_ms_);
+    if (page == Slab::kNoPage) return expiry_.may_be_due(now_ms_);
+    expire_page_locked(page);
   }
-  for (Handle handle; (handle = next_expired_locked(budget)) != kNoHandle;) {
-    remove_locked(handle);
-    ++expirations_;
-  }
+  return expiry_.may_be_due(now_ms_);
 }
 
 size_t Shard::copy_start() {
@@ -371,6 +343,11 @@ bool Shard::copy_batch(size_t max_entries,
     if (!expired_locked(entry)) out(entry.key(), entry.value(), entry.expires_at());
   }
   return copy_cursor_ != kNoHandle && copy_budget_ > 0;
+}
+
+uint64_t Shard::work_steps() const {
+  std::lock_guard lock(mutex_);
+  return work_steps_ + expiry_.chunks_visited();
 }
 
 ShardStats Shard::stats() const {

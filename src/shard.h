@@ -4,6 +4,7 @@
 
 #include "clock.h"
 #include "entry.h"
+#include "expiry.h"
 #include "slab.h"
 
 #include <absl/container/flat_hash_set.h>
@@ -62,10 +63,35 @@ class Shard {
   // straight into its response.
   bool get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value);
   bool erase(const KeyRef& key);
-  // Removes expired entries, soonest expiry first, looking at no more than
-  // `budget` candidates.
-  void sweep_expired(size_t budget);
+  // Removes the expired entries of up to max_pages slab pages, soonest
+  // first: at most max_pages * (2 + ExpiryIndex::kRescansPerCall) *
+  // Slab::kMaxChunksPerPage chunk visits under the lock. Returns whether
+  // expired entries may remain (call again).
+  bool sweep_expired(size_t max_pages);
   ShardStats stats() const;
+  // For tests: loop steps taken under the lock so far (chunks visited by
+  // sweeps and rescans, entries evicted, chunks moved), to show the work of
+  // one call is bounded whatever the shard's size.
+  uint64_t work_steps() const;
+
+  // Bounds of the work one call does under the lock (docs/architecture.md
+  // lists every loop). Reclaiming looks at the expired entries of at most
+  // kReclaimExpiredPages pages before evicting live ones.
+  static constexpr size_t kReclaimExpiredPages = 4;
+  // LRU evictions in one reclaim: before it, no class has a page's worth of
+  // free chunks (else it would compact first), and each eviction frees one
+  // chunk, so some class has a page's worth after at most this many.
+  static constexpr size_t kMaxEvictionsPerReclaim = [] {
+    size_t sum = 0;
+    for (size_t c = 0; c < Slab::kClassCount; ++c) sum += Slab::chunks_per_page(c) - 1;
+    return sum + 1;
+  }();
+  // All the loop steps of one reclaim: each expired page found (after at
+  // most kRescansPerCall stale ones), swept, rescanned, and maybe a page
+  // compacted after it; the evictions; one last compaction.
+  static constexpr size_t kMaxReclaimSteps =
+      kReclaimExpiredPages * (ExpiryIndex::kRescansPerCall + 3) * Slab::kMaxChunksPerPage + kMaxEvictionsPerReclaim +
+      Slab::kMaxChunksPerPage;
 
   // Snapshot walk over the LRU list, oldest to newest, a bounded batch per
   // call. The position is the shard's own (kept valid when entries are
@@ -125,19 +151,17 @@ class Shard {
   // limit, or reclaimed memory. kNoHandle when the shard cannot hold it.
   Handle allocate_locked(size_t size_class);
   // Makes room without mapping: compacts a sparse page if one can be
-  // emptied, else removes expired entries (soonest expiry first), else
-  // evicts LRU entries, until a chunk of wanted_class (or, for
-  // Slab::kClassCount, a whole page) is free. False when nothing is left.
+  // emptied, else removes the expired entries of up to
+  // kReclaimExpiredPages pages (soonest first), else evicts LRU entries
+  // (at most kMaxEvictionsPerReclaim), until a chunk of wanted_class (or,
+  // for Slab::kClassCount, a whole page) is free. False when nothing is left.
   bool reclaim_locked(size_t wanted_class);
   // After removing an entry of victim_class while reclaiming: whether there
   // is room now (compacting that class if its free chunks make a page).
   bool reclaimed_enough_locked(size_t victim_class, size_t wanted_class);
-  // The expired entry with the soonest expiry (never protected_), or
-  // kNoHandle; pops at most *budget stale or expired candidates.
-  Handle next_expired_locked(size_t& budget);
-  void track_expiry_locked(Handle handle, uint32_t expires_at);
-  // Drops stale expiry records once they outnumber the live ones.
-  void compact_expiries_locked();
+  // Removes the expired entries of a page expiry_ says is due (its chunks
+  // visited twice: the sweep and the rescan).
+  void expire_page_locked(uint32_t page);
   // Finds the key's entry (dropping it if expired) and makes it the newest;
   // item.chunk becomes kNoHandle when that entry's chunk fits the new value,
   // else kReserved (a chunk is needed). Returns the entry or kNoHandle.
@@ -155,23 +179,14 @@ class Shard {
   void moved_locked(Handle from, Handle to);
   uint64_t index_bytes_locked() const;
   uint64_t bytes_used_locked() const {
-    return slab_.charged_bytes() + index_bytes_locked() + expiries_.capacity() * sizeof(Expiry);
+    return slab_.charged_bytes() + index_bytes_locked();
   }
   bool expired_locked(const Entry& entry) const { return is_expired(entry.expires_at(), now_ms_); }
   static size_t class_of(const BatchPut& item) {
     return Slab::class_for(Entry::size_for(item.key.key.size(), item.value.size(), item.expires_at != 0));
   }
 
-  // When an entry with a TTL gets a chunk or a new expiry; a record whose
-  // chunk no longer holds an entry with that expiry is stale and skipped.
-  struct Expiry {
-    uint32_t at;
-    Handle handle;
-    bool operator>(const Expiry& other) const { return at > other.at; }
-  };
-  // A reserved chunk's `newer` holds this (never a valid handle) and its
-  // `older` the item's index in batch_.
-  static constexpr Handle kReserved = kNoHandle - 1;
+  static constexpr Handle kReserved = Entry::kReserved;
 
   const uint64_t byte_limit_;
   const Clock& clock_;
@@ -189,9 +204,9 @@ class Shard {
   uint64_t now_ms_ = 0;          // the clock, read once per operation
   std::span<BatchPut> batch_;    // items being reserved (their chunks may move)
   size_t index_pending_ = 0;     // index slots a reserved batch may still insert
-  std::vector<Expiry> expiries_;  // min-heap on `at`
-  uint64_t ttl_entries_ = 0;      // entries with an expiry
+  ExpiryIndex expiry_{slab_};
   uint64_t hits_ = 0, misses_ = 0, evictions_ = 0, expirations_ = 0;
+  uint64_t work_steps_ = 0;       // chunks swept, evictions, moves (expiry_ counts its rescans)
 };
 
 }  // namespace kv

@@ -108,18 +108,33 @@ bool Slab::in_use(Handle handle) const {
   const Page& page = pages_[number];
   size_t offset = size_t{handle & kOffsetMask} << 3;
   size_t size = chunk_size(page.size_class);
-  if (offset % size != 0 || offset / size >= chunks_per_page(page.size_class)) return false;
+  if (offset % size != 0 || offset / size >= page.untouched) return false;
   uint32_t mark;
   std::memcpy(&mark, page_memory(number) + offset + 4, sizeof mark);
   return mark != kFreeMark;
+}
+
+void Slab::for_each_in_use(uint32_t number, absl::FunctionRef<void(Handle)> visit) const {
+  size_t size_class = page_class(number);
+  if (size_class == kClassCount) return;
+  size_t size = chunk_size(size_class);
+  // A release by visit may empty the page (its class is then gone).
+  for (size_t chunk = 0; chunk < pages_[number].untouched && pages_[number].size_class == size_class; ++chunk) {
+    Handle handle = make_handle(number, chunk * size);
+    uint32_t mark;
+    std::memcpy(&mark, at(handle) + 4, sizeof mark);
+    if (mark != kFreeMark) visit(handle);
+  }
 }
 
 void Slab::assign(uint32_t number, size_t size_class) {
   Page& page = pages_[number];
   page.size_class = static_cast<uint16_t>(size_class);
   uint16_t count = static_cast<uint16_t>(chunks_per_page(size_class));
+  // Chunks are handed out from `untouched` on, so assigning a page writes
+  // none of them (and leaves its memory untouched until used).
   page.free_head = kNoChunk;
-  for (uint16_t chunk = count; chunk-- > 0;) push_free(number, chunk);
+  page.untouched = 0;
   page.free_count = count;
   free_chunks_[size_class] += count;
   link_partial(number);
@@ -128,7 +143,11 @@ void Slab::assign(uint32_t number, size_t size_class) {
 Handle Slab::take_from(uint32_t number) {
   Page& page = pages_[number];
   uint16_t chunk = page.free_head;
-  page.free_head = next_free(number, chunk);
+  if (chunk != kNoChunk) {
+    page.free_head = next_free(number, chunk);
+  } else {
+    chunk = page.untouched++;
+  }
   --free_chunks_[page.size_class];
   if (--page.free_count == 0) unlink_partial(number);
   return make_handle(number, chunk * chunk_size(page.size_class));
@@ -167,6 +186,7 @@ void Slab::unassign(uint32_t number) {
   page.size_class = kUnassigned;
   page.free_head = kNoChunk;
   page.free_count = 0;
+  page.untouched = 0;
   free_pages_.push_back(number);
 }
 
@@ -179,7 +199,9 @@ size_t Slab::evacuable_class() const {
 
 uint32_t Slab::sparsest_page(size_t size_class) const {
   uint32_t best = kNoPage;
-  for (uint32_t number = partial_[size_class]; number != kNoPage; number = pages_[number].next) {
+  size_t scanned = 0;
+  for (uint32_t number = partial_[size_class]; number != kNoPage && scanned++ < kSparsestScan;
+       number = pages_[number].next) {
     if (best == kNoPage || pages_[number].free_count > pages_[best].free_count) best = number;
   }
   return best;
@@ -189,13 +211,13 @@ void Slab::evacuate(uint32_t number, absl::FunctionRef<void(Handle from, Handle 
   Page& page = pages_[number];
   size_t size_class = page.size_class;
   size_t size = chunk_size(size_class);
-  size_t count = chunks_per_page(size_class);
   std::bitset<kPageSize / kGranularity> is_free;
   for (uint16_t chunk = page.free_head; chunk != kNoChunk; chunk = next_free(number, chunk)) is_free.set(chunk);
+  uint16_t untouched = page.untouched;
   // Keep new chunks out of this page while it is emptied.
   unlink_partial(number);
   free_chunks_[size_class] -= page.free_count;
-  for (uint16_t chunk = 0; chunk < count; ++chunk) {
+  for (uint16_t chunk = 0; chunk < untouched; ++chunk) {
     if (is_free.test(chunk)) continue;
     Handle to = take_from(partial_[size_class]);
     Handle from = make_handle(number, chunk * size);

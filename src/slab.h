@@ -61,11 +61,23 @@ class Slab {
   Slab& operator=(const Slab&) = delete;
 
   // The class whose chunks hold `bytes` (1..kMaxChunk).
-  static size_t class_for(size_t bytes) { return (bytes + kGranularity - 1) / kGranularity - 1; }
-  static size_t chunk_size(size_t size_class) { return (size_class + 1) * kGranularity; }
-  static size_t chunks_per_page(size_t size_class) { return kPageSize / chunk_size(size_class); }
+  static constexpr size_t class_for(size_t bytes) { return (bytes + kGranularity - 1) / kGranularity - 1; }
+  static constexpr size_t chunk_size(size_t size_class) { return (size_class + 1) * kGranularity; }
+  static constexpr size_t chunks_per_page(size_t size_class) { return kPageSize / chunk_size(size_class); }
 
   char* at(Handle handle) const { return base_ + (size_t{handle} << 3); }
+  static uint32_t page_of(Handle handle) { return handle >> kPageShift; }
+  // The most chunks a page holds (of the smallest class): the bound of every
+  // walk over one page.
+  static constexpr size_t kMaxChunksPerPage = kPageSize / kGranularity;
+  // The page's size class, kClassCount when it holds no chunks.
+  size_t page_class(uint32_t page) const {
+    return page < pages_.size() && pages_[page].size_class != kUnassigned ? pages_[page].size_class : kClassCount;
+  }
+  // Calls visit for each chunk of the page that is in use, in address order.
+  // visit may release the chunk it is given (the walk stops if the page
+  // falls empty), but must not take chunks.
+  void for_each_in_use(uint32_t page, absl::FunctionRef<void(Handle)> visit) const;
 
   // A free chunk of the class from its partly used pages, else from a free
   // page; kNoHandle when neither exists (map or reclaim a page, then retry).
@@ -95,7 +107,10 @@ class Slab {
   // Whether the class's free chunks add up to a page: then its sparsest page
   // can be emptied into the others.
   bool can_evacuate(size_t size_class) const { return free_chunks_[size_class] >= chunks_per_page(size_class); }
-  // The page with the most free chunks of the class.
+  // The page with the most free chunks among the first kSparsestScan pages
+  // of the class's list of pages with free chunks (bounded work; any page
+  // of an evacuable class can be emptied).
+  static constexpr size_t kSparsestScan = 16;
   uint32_t sparsest_page(size_t size_class) const;
   // A class that can_evacuate(), or kClassCount.
   size_t evacuable_class() const;
@@ -113,7 +128,8 @@ class Slab {
   struct Page {
     uint16_t size_class = kUnassigned;
     uint16_t free_count = 0;
-    uint16_t free_head = kNoChunk;  // chunk index; free chunks link through their first 2 bytes
+    uint16_t free_head = kNoChunk;  // chunk index; released chunks link through their first 2 bytes
+    uint16_t untouched = 0;         // chunks from here on were never taken (free, in no list)
     uint32_t prev = kNoPage;        // in its class's list of pages with free chunks
     uint32_t next = kNoPage;
   };

@@ -65,8 +65,10 @@ bool Store::get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_
 
 bool Store::erase(const KeyRef& key) { return shard_for(key).erase(key); }
 
-void Store::sweep_expired(size_t budget_per_shard) {
-  for (auto& shard : shards_) shard->sweep_expired(budget_per_shard);
+bool Store::sweep_expired(size_t pages_per_shard) {
+  bool more = false;
+  for (auto& shard : shards_) more |= shard->sweep_expired(pages_per_shard);
+  return more;
 }
 
 StoreStats Store::stats() const {

@@ -28,8 +28,16 @@ class Store {
   PutStatus put_batch(std::span<BatchPut> items);
   bool get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value);
   bool erase(const KeyRef& key);
-  // Bounded work: visits at most budget_per_shard entries of each shard.
-  void sweep_expired(size_t budget_per_shard);
+  // Bounded work: removes the expired entries of at most pages_per_shard
+  // slab pages of each shard (see Shard::sweep_expired). Returns whether
+  // expired entries remain for another call.
+  bool sweep_expired(size_t pages_per_shard);
+  // The sweep's cadence (main.cc runs it between signal waits): every
+  // kSweepIntervalMs, or every kSweepBacklogIntervalMs while it says
+  // expired entries remain, kSweepPagesPerShard pages a shard a call.
+  static constexpr size_t kSweepPagesPerShard = 4;
+  static constexpr uint64_t kSweepIntervalMs = 100;
+  static constexpr uint64_t kSweepBacklogIntervalMs = 1;
   StoreStats stats() const;
   uint64_t byte_budget() const { return byte_budget_; }
 

@@ -1,7 +1,8 @@
 // Model-based fuzz target for kv::Store.
 //
 // The input is a sequence of operations (put / get / erase / advance the fake
-// clock / sweep / atomic batch put) over a small key space, applied to two stores and a simple
+// clock / sweep / atomic batch put; a put may rewrite a key's TTL in place)
+// over a small key space, applied to two stores and a simple
 // reference model (the last put of each key with its expiry tick, as
 // clock.h's expiry_tick / is_expired define it):
 //
@@ -110,9 +111,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return n;
   };
 
-  // A distinct, printable value per put, so a stale one is recognised.
-  auto next_value = [&] {
-    size_t value_size = in.u16() % 257;
+  // A distinct, printable value per put, so a stale one is recognised. A
+  // size field of 0xF000 or more rewrites `same_size_as` (if stored) with a
+  // value of its current size: the same chunk, so its TTL changes in place
+  // (later, earlier, or gone), which random sizes seldom give.
+  auto next_value = [&](const std::string& same_size_as) {
+    uint16_t size_field = in.u16();
+    size_t value_size = size_field % 257;
+    if (auto current = model.find(same_size_as); size_field >= 0xF000 && current != model.end()) {
+      value_size = current->second.value.size();
+    }
     std::string value = "<" + std::to_string(++serial) + ">";
     while (value.size() < value_size) value += static_cast<char>('a' + value.size() % 26);
     value.resize(value_size);
@@ -134,7 +142,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     switch (op % 7) {
       case 0:
       case 1: {  // put
-        std::string value = next_value();
+        std::string value = next_value(key);
         uint32_t ttl = ttl_from(in.byte());
         uint32_t expires_at = kv::expiry_tick(clock.now, ttl);
         kv::PutStatus big_status = big.put(kv::make_key(key), value, ttl);
@@ -188,7 +196,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         std::vector<uint32_t> ttls;
         while (keys.size() < count) keys.push_back(key_name(in.byte() % kKeys));
         for (size_t i = 0; i < count; ++i) {
-          values.push_back(next_value());
+          values.push_back(next_value(keys[i]));
           ttls.push_back(ttl_from(in.byte()));
         }
         auto batch = [&] {
@@ -218,7 +226,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       default: {  // sweep
         uint8_t b = in.byte();
         bool full = b & 1;
-        // A full sweep's budget covers every expiry record (stale ones too).
+        // A full sweep: a page budget larger than any shard.
         size_t budget = full ? 1 << 20 : b / 2 % 4;
         small.sweep_expired(budget);
         big.sweep_expired(budget);

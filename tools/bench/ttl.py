@@ -1,0 +1,173 @@
+#!/usr/bin/python3
+"""TTL rewrite: does rewriting keys with TTLs cost more than without, and do reads stall?
+
+For each kvcache binary (--kvcache, and --baseline if given, in the same run) and each
+mode (no TTL, then a TTL of 3,600..10,000 s that changes on every rewrite):
+
+  1. start BINARY --bind 127.0.0.1 --port P --threads 2 --memory-limit 8G
+  2. load --entries keys key:0..N-1 with 100-byte values: POST /mput batches of 300
+     items, pipelined over two keep-alive connections (every response must be 200)
+  3. rewrite every key --passes (3) times the same way (new values; in TTL mode a new
+     TTL per item and pass), timed: rewrite time = wall time of all passes
+  4. meanwhile a third connection, in its own process (no GIL shared with the writers),
+     sends one GET /get?key=<random loaded key> every millisecond and records each
+     latency (send to last byte); every answer must be 200. Reported: p99, p99.9, max of
+     the GETs sent while the rewrite ran.
+  5. stop the server (by its PID)
+
+Request bodies are generated before each clock starts. Prints one markdown row per
+binary and mode, then the TTL / no-TTL ratios per binary (rewrite throughput ratio =
+no-TTL time / TTL time; goals: >= 0.9, and p99.9 and max <= 1.5x).
+
+  /usr/bin/python3 tools/bench/ttl.py                                  # 1M keys, build/kvcache
+  /usr/bin/python3 tools/bench/ttl.py --entries 3000000 --baseline /path/to/old/kvcache
+
+The box should be otherwise idle; the load average at the start and end is printed.
+Exit status: 0 ok, 1 a failed request, 2 usage or kvcache could not be started.
+Standard library only; loopback only.
+"""
+import argparse
+import multiprocessing
+import os
+import random
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import density as d  # noqa: E402 - shared process/socket helpers (same directory)
+
+BATCH = 300
+WRITERS = 2
+TTL_MIN, TTL_MAX = 3600, 10000
+
+
+def ttl_for(i, rewrite):
+    """A TTL per key and pass, different on every rewrite."""
+    return TTL_MIN + (i * 7919 + rewrite * 104729) % (TTL_MAX - TTL_MIN + 1)
+
+
+def mput_chunks(n, value_size, rewrite, with_ttl):
+    chunks = []
+    for b in range(0, n, BATCH):
+        items = []
+        for i in range(b, min(n, b + BATCH)):
+            value = d.value_for(i * 31 + rewrite, value_size)
+            ttl = f',"ttl":{ttl_for(i, rewrite)}' if with_ttl else ""
+            items.append(f'{{"key":"key:{i}","value":"{value}"{ttl}}}')
+        body = ('{"items":[' + ",".join(items) + "]}").encode()
+        chunks.append(d.Chunk(d.http_request("POST", "/mput", body), len(items), 1))
+    return chunks
+
+
+def write_all(port, chunks, timeout):
+    """Sends the chunks over WRITERS connections (interleaved halves); returns seconds."""
+    lists = [chunks[k::WRITERS] for k in range(WRITERS)]
+    start = time.monotonic()
+    d.run_pipelined(port, lists, d.kvcache_replies, start + timeout)
+    return time.monotonic() - start
+
+
+def prober(port, n, stop, out):
+    """One GET a millisecond until `stop` is set; sends (start, latency) pairs back."""
+    rng = random.Random(7)
+    c = d.Conn(port, timeout=10)
+    samples, bad = [], 0
+    next_at = time.monotonic()
+    while not stop.is_set():
+        now = time.monotonic()
+        if now < next_at:
+            time.sleep(next_at - now)
+        next_at += 0.001
+        t0 = time.monotonic()
+        status, _ = c.request("GET", f"/get?key=key:{rng.randrange(n)}")
+        samples.append((t0, time.monotonic() - t0))
+        bad += status != 200
+        if next_at < time.monotonic() - 0.1:
+            next_at = time.monotonic()  # fell behind (a stall): do not burst to catch up
+    c.close()
+    out.send((samples, bad))
+
+
+def percentile(sorted_values, p):
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, int(round(p / 100 * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+def run_one(binary, mode_ttl, args, logdir):
+    port = d.free_port()
+    server = d.start_kvcache(binary, port, logdir, "8G")
+    try:
+        load = mput_chunks(args.entries, args.value_size, 0, mode_ttl)
+        write_all(port, load, args.timeout)
+        del load
+        passes = [mput_chunks(args.entries, args.value_size, r, mode_ttl) for r in range(1, args.passes + 1)]
+        stop = multiprocessing.Event()
+        receive, send = multiprocessing.Pipe(duplex=False)
+        probe = multiprocessing.Process(target=prober, args=(port, args.entries, stop, send), daemon=True)
+        probe.start()
+        time.sleep(0.5)  # the prober is connected and steady
+        start = time.monotonic()
+        seconds = sum(write_all(port, chunks, args.timeout) for chunks in passes)
+        end = time.monotonic()
+        time.sleep(0.2)
+        stop.set()
+        samples, bad = receive.recv()
+        probe.join(10)
+        if bad:
+            raise d.BenchError(f"{bad} GETs did not answer 200")
+        during = sorted(lat for t0, lat in samples if start <= t0 <= end)
+        entries = d.kv_metrics(port).get("kvcache_entries")
+        return {
+            "seconds": seconds,
+            "gets": len(during),
+            "p99": percentile(during, 99) * 1000,
+            "p999": percentile(during, 99.9) * 1000,
+            "max": (during[-1] if during else float("nan")) * 1000,
+            "entries": entries,
+        }
+    finally:
+        server.stop()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--entries", type=int, default=1_000_000)
+    p.add_argument("--value-size", type=int, default=100)
+    p.add_argument("--passes", type=int, default=3, help="rewrites of every key")
+    p.add_argument("--kvcache", default=d.DEFAULT_KVCACHE, help="kvcache binary")
+    p.add_argument("--baseline", help="another kvcache binary, measured in the same run first")
+    p.add_argument("--timeout", type=float, default=900, help="seconds allowed for each fill or pass")
+    args = p.parse_args()
+    binaries = ([("baseline", args.baseline)] if args.baseline else []) + [("kvcache", args.kvcache)]
+    print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)", flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="kv-ttl-bench-") as logdir:
+        for name, binary in binaries:
+            for mode_ttl in (False, True):
+                try:
+                    r = run_one(binary, mode_ttl, args, logdir)
+                except (d.BenchError, OSError) as e:
+                    print(f"{name} {'TTL' if mode_ttl else 'no TTL'}: FAILED: {e}", file=sys.stderr)
+                    return 1
+                results[(name, mode_ttl)] = r
+                print(f"{name:9} {'TTL   ' if mode_ttl else 'no TTL'}: rewrite {r['seconds']:.1f} s, "
+                      f"GET p99 {r['p99']:.1f} ms, p99.9 {r['p999']:.1f} ms, max {r['max']:.1f} ms "
+                      f"({r['gets']} GETs, {r['entries']:.0f} entries)", flush=True)
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    print()
+    print(f"| binary | N | rewrite time, no TTL / TTL | rewrite throughput TTL/no-TTL | GET p99 | GET p99.9 | GET max |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, _ in binaries:
+        a, b = results[(name, False)], results[(name, True)]
+        print(f"| {name} | {args.entries:,} | {a['seconds']:.1f} s / {b['seconds']:.1f} s | "
+              f"{a['seconds'] / b['seconds']:.2f}x | {a['p99']:.1f} / {b['p99']:.1f} ms | "
+              f"{a['p999']:.1f} / {b['p999']:.1f} ms ({b['p999'] / a['p999']:.2f}x) | "
+              f"{a['max']:.1f} / {b['max']:.1f} ms ({b['max'] / a['max']:.2f}x) |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
