@@ -95,9 +95,9 @@ bool Shard::reclaim_locked(size_t wanted_class) {
   }
   // Expired entries first: they are dead weight, whatever their recency. A
   // due page holds at least one (the expiry index is exact).
-  for (size_t pages = 0; pages < kReclaimExpiredPages; ++pages) {
+  for (size_t pages = 0; pages < kReclaimExpiredPages && expiry_.may_be_due(now_ms_); ++pages) {
     uint32_t page = expiry_.due_page(now_ms_);
-    if (page == Slab::kNoPage) break;
+    if (page == Slab::kNoPage) continue;  // it rescanned stale pages
     size_t size_class = slab_.page_class(page);
     expire_page_locked(page);
     if (reclaimed_enough_locked(size_class, wanted_class)) return true;
@@ -317,10 +317,9 @@ bool Shard::erase(const KeyRef& key) {
 bool Shard::sweep_expired(size_t max_pages) {
   std::lock_guard lock(mutex_);
   now_ms_ = clock_.now_ms();
-  for (size_t pages = 0; pages < max_pages; ++pages) {
+  for (size_t pages = 0; pages < max_pages && expiry_.may_be_due(now_ms_); ++pages) {
     uint32_t page = expiry_.due_page(now_ms_);
-    if (page == Slab::kNoPage) return expiry_.may_be_due(now_ms_);
-    expire_page_locked(page);
+    if (page != Slab::kNoPage) expire_page_locked(page);  // else it rescanned stale pages
   }
   return expiry_.may_be_due(now_ms_);
 }

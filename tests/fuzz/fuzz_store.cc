@@ -21,6 +21,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <optional>
 #include <string>
@@ -30,8 +31,11 @@
 
 namespace {
 
-void check(bool ok) {
-  if (!ok) __builtin_trap();
+void check(bool ok, int line = __builtin_LINE()) {
+  if (!ok) {
+    std::fprintf(stderr, "fuzz_store.cc:%d: check failed\n", line);
+    __builtin_trap();
+  }
 }
 
 class FakeClock final : public kv::Clock {
