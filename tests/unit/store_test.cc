@@ -579,7 +579,8 @@ TEST_CASE("bounded work: one call on a large shard does at most a named amount, 
   // entries: at most one page rescan each.
   most = 0;
   for (int i = 401; i < 2000; i += 2) {
-    KeyRef key = make_key(fmt::format("key:{}", i));
+    std::string name = fmt::format("key:{}", i);
+    KeyRef key = make_key(name);
     most = std::max(most, work_of([&] { shard.put(key, value, expiry_tick(clock.now_ms(), 1 + i % 7)); }));
     most = std::max(most, work_of([&] { shard.get(key, [](std::string_view) {}); }));
     if (i % 3 == 0) most = std::max(most, work_of([&] { shard.erase(key); }));

@@ -15,12 +15,17 @@ mode (no TTL, then a TTL of 3,600..10,000 s that changes on every rewrite):
      the GETs sent while the rewrite ran.
   5. stop the server (by its PID)
 
+With --expiry: instead, load --entries keys with `ttl` 2 (same batches, no other
+traffic), then poll kvcache_entries in /metrics every 100 ms; prints how long after the
+last key expired (last put + 2 s) the count reached 0 (goal: <= 5 s).
+
 Request bodies are generated before each clock starts. Prints one markdown row per
 binary and mode, then the TTL / no-TTL ratios per binary (rewrite throughput ratio =
 no-TTL time / TTL time; goals: >= 0.9, and p99.9 and max <= 1.5x).
 
   /usr/bin/python3 tools/bench/ttl.py                                  # 1M keys, build/kvcache
   /usr/bin/python3 tools/bench/ttl.py --entries 3000000 --baseline /path/to/old/kvcache
+  /usr/bin/python3 tools/bench/ttl.py --expiry --baseline /path/to/old/kvcache
 
 The box should be otherwise idle; the load average at the start and end is printed.
 Exit status: 0 ok, 1 a failed request, 2 usage or kvcache could not be started.
@@ -47,13 +52,13 @@ def ttl_for(i, rewrite):
     return TTL_MIN + (i * 7919 + rewrite * 104729) % (TTL_MAX - TTL_MIN + 1)
 
 
-def mput_chunks(n, value_size, rewrite, with_ttl):
+def mput_chunks(n, value_size, rewrite, with_ttl, fixed_ttl=None):
     chunks = []
     for b in range(0, n, BATCH):
         items = []
         for i in range(b, min(n, b + BATCH)):
             value = d.value_for(i * 31 + rewrite, value_size)
-            ttl = f',"ttl":{ttl_for(i, rewrite)}' if with_ttl else ""
+            ttl = f',"ttl":{fixed_ttl or ttl_for(i, rewrite)}' if with_ttl else ""
             items.append(f'{{"key":"key:{i}","value":"{value}"{ttl}}}')
         body = ('{"items":[' + ",".join(items) + "]}").encode()
         chunks.append(d.Chunk(d.http_request("POST", "/mput", body), len(items), 1))
@@ -132,6 +137,27 @@ def run_one(binary, mode_ttl, args, logdir):
         server.stop()
 
 
+def run_expiry(binary, args, logdir):
+    """Seconds from the last key's expiry until kvcache_entries is 0 (None: not in 60 s)."""
+    port = d.free_port()
+    server = d.start_kvcache(binary, port, logdir, "8G")
+    try:
+        load = mput_chunks(args.entries, args.value_size, 0, True, fixed_ttl=2)
+        write_all(port, load, args.timeout)
+        expired_at = time.monotonic() + 2
+        c = d.Conn(port, timeout=10)
+        try:
+            while time.monotonic() < expired_at + 60:
+                if d.kv_metrics(port, c).get("kvcache_entries") == 0:
+                    return time.monotonic() - expired_at
+                time.sleep(0.1)
+        finally:
+            c.close()
+        return None
+    finally:
+        server.stop()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--entries", type=int, default=1_000_000)
@@ -140,9 +166,19 @@ def main():
     p.add_argument("--kvcache", default=d.DEFAULT_KVCACHE, help="kvcache binary")
     p.add_argument("--baseline", help="another kvcache binary, measured in the same run first")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed for each fill or pass")
+    p.add_argument("--expiry", action="store_true", help="measure how soon keys with ttl 2 are gone instead")
     args = p.parse_args()
     binaries = ([("baseline", args.baseline)] if args.baseline else []) + [("kvcache", args.kvcache)]
     print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)", flush=True)
+    if args.expiry:
+        with tempfile.TemporaryDirectory(prefix="kv-ttl-bench-") as logdir:
+            for name, binary in binaries:
+                seconds = run_expiry(binary, args, logdir)
+                gone = f"{seconds:.1f} s" if seconds is not None else "not within 60 s"
+                print(f"{name:9}: {args.entries:,} keys with ttl 2 gone from kvcache_entries {gone} after they expired",
+                      flush=True)
+        print(f"load average at end: {os.getloadavg()[0]:.2f}")
+        return 0
     results = {}
     with tempfile.TemporaryDirectory(prefix="kv-ttl-bench-") as logdir:
         for name, binary in binaries:
