@@ -338,7 +338,9 @@ IoResult TlsStream::read(char* buffer, size_t size, bool peek) {
     int rc = peek ? SSL_peek_ex(ssl_, buffer, size, &got) : SSL_read_ex(ssl_, buffer + total, size - total, &got);
     if (rc == 1) {
       total += got;
-      if (peek) break;
+      // Nothing left in OpenSSL's buffer: the socket says when more comes
+      // (level-triggered), so no read that would only return EAGAIN.
+      if (peek || SSL_has_pending(ssl_) == 0) break;
       continue;
     }
     int error = SSL_get_error(ssl_, rc);
