@@ -29,12 +29,16 @@ class MonotonicClock final : public Clock {
 // of range); 0 means "never".
 constexpr uint64_t kExpiryTickMs = 100;
 
-// The first tick at which an entry put at now_ms with this TTL is expired:
-// rounded up, so an entry never expires early (at most one tick late).
-inline uint32_t expiry_tick(uint64_t now_ms, uint32_t ttl_seconds) {
-  if (ttl_seconds == 0) return 0;
-  uint64_t tick = (now_ms + uint64_t{ttl_seconds} * 1000 + kExpiryTickMs - 1) / kExpiryTickMs;
+// The first tick at or after a monotonic time: rounded up, so an entry never
+// expires early (at most one tick late); the range's end saturates.
+inline uint32_t tick_at_or_after(uint64_t ms) {
+  uint64_t tick = (ms + kExpiryTickMs - 1) / kExpiryTickMs;
   return tick > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(tick);
+}
+
+// The first tick at which an entry put at now_ms with this TTL is expired.
+inline uint32_t expiry_tick(uint64_t now_ms, uint32_t ttl_seconds) {
+  return ttl_seconds == 0 ? 0 : tick_at_or_after(now_ms + uint64_t{ttl_seconds} * 1000);
 }
 
 inline bool is_expired(uint32_t expiry, uint64_t now_ms) { return expiry != 0 && now_ms / kExpiryTickMs >= expiry; }

@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include "ascii.h"
+
 #include <fmt/core.h>
 
 #include <arpa/inet.h>
@@ -33,15 +35,6 @@ std::optional<double> parse_decimal(std::string_view text) {
     return std::nullopt;
   }
   return value;
-}
-
-bool ends_with_ci(std::string_view text, std::string_view suffix) {
-  if (text.size() < suffix.size()) return false;
-  for (size_t i = 0; i < suffix.size(); ++i) {
-    char c = text[text.size() - suffix.size() + i];
-    if ((c | 0x20) != (suffix[i] | 0x20)) return false;
-  }
-  return true;
 }
 
 bool is_ip_address(std::string_view text) {

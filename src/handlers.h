@@ -28,7 +28,7 @@ constexpr size_t kScratchKeepCapacity = 64 * 1024;
 // One per worker thread; holds that thread's reusable scratch buffers.
 class RequestHandler {
  public:
-  // With `tokens`, every request but GET /health must present one of them.
+  // With `tokens`, every request but GET and HEAD /health must present one of them.
   RequestHandler(Store& store, const Metrics& metrics, WorkerMetrics& counters, const http::DateHeader& date,
                  const TokenStore* tokens = nullptr);
 

@@ -39,12 +39,12 @@ constexpr bool is_tchar(unsigned char c) { return kTokenTable[c]; }
 constexpr bool is_field_value_char(unsigned char c) { return c == '\t' || (c >= 0x20 && c != 0x7f); }
 
 // Where the line starting at buf[pos] ends: the index of its '\n', or npos.
-// The returned line excludes a trailing '\r'.
 size_t find_newline(const char* buf, size_t pos, size_t len) {
   const void* nl = std::memchr(buf + pos, '\n', len - pos);
   return nl ? static_cast<const char*>(nl) - buf : std::string_view::npos;
 }
 
+// The line from buf[pos] to its '\n', without a trailing '\r'.
 std::string_view line_at(const char* buf, size_t pos, size_t newline) {
   std::string_view line(buf + pos, newline - pos);
   if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
@@ -239,12 +239,6 @@ HeadResult oversized_head(const char* buf, size_t start, size_t len, Request& re
   if (line_end - start > kMaxRequestLineBytes) return {Status::error, kTargetTooLong};
   if (len - start > kMaxHeadBytes) return {Status::error, kHeadTooLarge};
   return {Status::incomplete, {}};
-}
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') return (c | 0x20) - 'a' + 10;
-  return -1;
 }
 
 // Parses "1a;ext=1" into a size. Returns false on malformed input; sizes

@@ -1,5 +1,7 @@
 #include "memory_limit.h"
 
+#include "ascii.h"
+
 #include <unistd.h>
 
 #include <charconv>
@@ -21,13 +23,7 @@ std::optional<std::string> read_file(const std::string& path) {
   return buffer.str();
 }
 
-std::string_view trim(std::string_view text) {
-  while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
-  while (!text.empty() && (text.back() == '\n' || text.back() == ' ' || text.back() == '\t' || text.back() == '\r')) {
-    text.remove_suffix(1);
-  }
-  return text;
-}
+std::string_view trim(std::string_view text) { return kv::trim(text, " \t\r\n"); }
 
 // The cgroup path of this process for a hierarchy: "0::/x" for v2, "N:memory:/x" for v1.
 std::optional<std::string> cgroup_path(std::string_view proc_self_cgroup, bool v2) {

@@ -51,10 +51,7 @@ int64_t TimeBase::wall_from_tick(uint32_t tick) const {
 
 uint32_t TimeBase::tick_from_wall(int64_t wall) const {
   if (wall <= wall_ms) return 0;
-  // Rounded up, as expiry_tick(): an entry never expires early.
-  uint64_t mono = mono_ms + static_cast<uint64_t>(wall - wall_ms);
-  uint64_t tick = (mono + kExpiryTickMs - 1) / kExpiryTickMs;
-  return tick > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(tick);
+  return tick_at_or_after(mono_ms + static_cast<uint64_t>(wall - wall_ms));
 }
 
 RestoreSummary restore_snapshot(snapshot::Source& source, Store& store, const TimeBase& base, size_t part,

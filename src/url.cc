@@ -1,16 +1,8 @@
 #include "url.h"
 
+#include "ascii.h"
+
 namespace kv {
-namespace {
-
-int hex_digit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  char lower = static_cast<char>(c | 0x20);
-  if (lower >= 'a' && lower <= 'f') return lower - 'a' + 10;
-  return -1;
-}
-
-}  // namespace
 
 std::optional<std::string_view> find_query_param(std::string_view query, std::string_view name) {
   while (!query.empty()) {
@@ -32,7 +24,7 @@ std::optional<size_t> url_decode(std::string_view encoded, char* out) {
       c = ' ';
     } else if (c == '%') {
       if (i + 2 >= encoded.size()) return std::nullopt;
-      int high = hex_digit(encoded[i + 1]), low = hex_digit(encoded[i + 2]);
+      int high = hex_value(encoded[i + 1]), low = hex_value(encoded[i + 2]);
       if (high < 0 || low < 0) return std::nullopt;
       c = static_cast<char>(high * 16 + low);
       i += 2;

@@ -497,7 +497,7 @@ def test_ten_thousand_idle_connections_do_not_stop_new_clients(start_server):
             assert c.request("GET", "/health").body == OK_HEALTH
             key = unique()
             assert c.request("POST", "/put", compact({"key": key, "value": "x"})).body == OK_PUT
-        assert time.monotonic() - start < 2.0
+        assert time.monotonic() - start < 2.0 * SANITIZER_SLOWDOWN  # a stall detector, not a speed test
         # the idle ones are still open and still work
         for s in random.Random(3).sample(socks, 50):
             s.sendall(build_request("GET", "/health"))
@@ -827,7 +827,7 @@ def test_sigterm_under_wrk_load_drains_and_exits_zero(start_server, tmp_path):
             proc.wait(timeout=5)
     report = out_path.read_text(errors="replace")
     assert rc == 0, f"exit code {rc} ({took:.2f}s after SIGTERM; None = still running, killed): {srv.describe()}"
-    assert took <= drain + 1.0
+    assert took <= drain + 1.0 * SANITIZER_SLOWDOWN
     assert "received SIGTERM" in srv.stderr() and "stopped" in srv.stderr(), srv.describe()
     m = re.search(r"HOSTILE good=(\d+) bad=(\d+) example=(.*)", report)
     assert m, f"wrk report without the script summary:\n{report}"
@@ -882,12 +882,13 @@ def test_running_out_of_file_descriptors_neither_spins_nor_stops_serving(tmp_pat
         time.sleep(2.0)
         cpu_used = cpu_seconds(proc.pid) - cpu_before
         wall = time.monotonic() - t_before
+        # CPU over wall time: a loaded box only lowers it; a busy loop takes a whole core.
         assert cpu_used < 0.5 * wall, f"server burned {cpu_used:.2f}s of CPU in {wall:.2f}s while out of descriptors"
         assert "accept:" in log_path.read_text(), "EMFILE was not logged"
         # the connection it already has still works
         start = time.monotonic()
         assert first.request("GET", "/health", timeout=5).body == OK_HEALTH
-        assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < 1.0 * SANITIZER_SLOWDOWN  # a stall detector, not a speed test
         # free descriptors: the waiting clients and new ones are served
         for s in conns[1:]:
             abort(s)

@@ -9,7 +9,17 @@ import time
 
 import pytest
 
-from helpers import OK_HEALTH, OK_PUT, RawConn, build_request, compact, error_body, get_body, unique
+from helpers import (
+    OK_HEALTH,
+    OK_PUT,
+    SANITIZER_SLOWDOWN,
+    RawConn,
+    build_request,
+    compact,
+    error_body,
+    get_body,
+    unique,
+)
 
 
 def put_req(key, value, **kw):
@@ -181,7 +191,8 @@ def test_request_split_byte_by_byte_is_reassembled(raw):
     for i in range(len(data)):
         c.send(data[i:i + 1])
         time.sleep(0.002)
-    assert time.monotonic() - start < 1.5, "test sent too slowly for the 2 s read timeout"
+    if time.monotonic() - start >= 1.5:  # this process, not the server, was slow: the box is too loaded to tell
+        pytest.skip("the test sent too slowly for the 2 s read timeout")
     r = c.read_response()
     assert r.status == 200 and r.body == OK_PUT
     r = c.request("GET", f"/get?key={key}")
@@ -576,7 +587,9 @@ def test_read_timeout_answers_408_and_closes_while_others_are_served(start_serve
         assert r.status == 408, r
         assert r.body == error_body("request timeout")
         assert (r.header("Connection") or "").lower() == "close"
-        assert 0.3 <= elapsed <= 2.0, f"408 after {elapsed:.2f}s with --read-timeout 0.5"
+        # Not before the timeout (less the coarse clock's granularity); the upper
+        # bound only detects a stall, so it widens for a sanitized build.
+        assert 0.3 <= elapsed <= 0.5 + 1.5 * SANITIZER_SLOWDOWN, f"408 after {elapsed:.2f}s with --read-timeout 0.5"
         assert slow.wait_closed(2)
         assert other.request("GET", "/health").body == OK_HEALTH
 
@@ -618,8 +631,8 @@ def test_slow_client_does_not_stall_others(start_server):
         start = time.monotonic()
         with RawConn(srv.port) as c:
             for _ in range(20):
-                assert c.request("GET", "/health", timeout=1).body == OK_HEALTH
-        assert time.monotonic() - start < 1.5
+                assert c.request("GET", "/health", timeout=SANITIZER_SLOWDOWN).body == OK_HEALTH
+        assert time.monotonic() - start < 1.5 * SANITIZER_SLOWDOWN  # a stall detector, not a speed test
     finally:
         for s in stalled:
             s.close()

@@ -195,7 +195,7 @@ def test_sigterm_with_idle_keep_alive_connection_exits_0_promptly(start_server):
         start = time.monotonic()
         rc = srv.stop(signal.SIGTERM, timeout=8)
         assert rc == 0, srv.describe()
-        assert time.monotonic() - start < 4, "exit took longer than --drain-timeout allows"
+        assert time.monotonic() - start < 2 + 2 * SANITIZER_SLOWDOWN, "exit took longer than --drain-timeout allows"
         assert c.wait_closed(2)
 
 

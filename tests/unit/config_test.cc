@@ -3,9 +3,11 @@
 
 #include <doctest/doctest.h>
 
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <sstream>
 
 using namespace kv;
 
@@ -180,12 +182,42 @@ TEST_CASE("byte sizes and durations") {
   CHECK_FALSE(parse_duration("soon"));
 }
 
-TEST_CASE("usage lists every flag") {
-  std::string usage = usage_text();
-  for (const char* flag : {"--port", "--bind", "--threads", "--memory-limit", "--shards", "--max-connections",
-                           "--read-timeout", "--idle-timeout", "--send-timeout", "--drain-timeout", "--log-level", "--help",
-                           "--health-check", "--auth-token-file", "--tls-cert", "--tls-key", "--tls-client-ca"}) {
-    CHECK(usage.find(flag) != std::string::npos);
+TEST_CASE("--help and the flag table of docs/operations.md list the same flags, with their variables") {
+  // The flags as --help prints them (from kFlags): "  --name VALUE  help".
+  std::map<std::string, bool> usage;  // name -> takes a value
+  std::istringstream lines(usage_text());
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("  --", 0) != 0) continue;
+    size_t end = line.find(' ', 4);
+    usage[line.substr(2, end - 2)] = line.compare(end, 7, " VALUE ") == 0;
+  }
+  CHECK(usage.size() >= 17);
+  // The table's rows: "| `--name` | `KVCACHE_NAME` | ...".
+  std::ifstream docs(KVCACHE_SOURCE_ROOT "/docs/operations.md");
+  REQUIRE(docs);
+  std::map<std::string, std::string> table;  // name -> its variable column
+  for (std::string line; std::getline(docs, line);) {
+    if (line.rfind("| `--", 0) != 0) continue;
+    size_t name_end = line.find_first_of("` ", 3);  // "--flag" or "--flag VALUE"
+    size_t variable = line.find("| ", name_end) + 2;
+    table[line.substr(3, name_end - 3)] = line.substr(variable, line.find(" |", variable) - variable);
+  }
+  for (const auto& [flag, takes_value] : usage) {
+    INFO(flag);
+    REQUIRE(table.count(flag) == 1);
+    std::string variable = "KVCACHE_" + flag.substr(2);
+    for (char& c : variable) c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    CHECK(table[flag] == (takes_value ? "`" + variable + "`" : std::string("-")));
+    if (!takes_value) continue;
+    // The variable is read: a value the flag refuses is refused from it too,
+    // and the error names it (or the flag, for a flag that needs another).
+    Config config;
+    ConfigResult bad = parse_config({}, [&](const char* name) { return name == variable ? "\x01" : nullptr; }, config);
+    if (!bad.ok) CHECK((bad.error.find(variable) != std::string::npos || bad.error.find(flag) != std::string::npos));
+  }
+  for (const auto& [flag, variable] : table) {
+    INFO(flag);
+    CHECK(usage.count(flag) == 1);
   }
 }
 
