@@ -7,7 +7,7 @@
                                           evictions during the kvcache rounds vs puts answered
   report.py cluster ROUNDS_CSV CPU_CSV    the cluster scenario: through HAProxy to 2 nodes vs
                                           direct to one node, and CPU time per request of each
-  report.py cpu SCENARIO ROUNDS_CSV CPU_CSV   server CPU time per request, kvcache vs nginx (TLS scenarios)
+  report.py cpu SCENARIO ROUNDS_CSV CPU_CSV   server CPU time per request, kvcache vs nginx
 
 Per scenario and target, the summary takes the MEDIAN over rounds of req/s, p50 and p99, and
 the SUM of socket errors, unexpected statuses and 404 misses. Ratios are kvcache / nginx

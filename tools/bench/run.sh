@@ -298,7 +298,8 @@ print(f'{d:.1f} B/entry RSS, minus key+value bytes ({kv:.1f}) = {d-kv:.1f} B ove
                 "nodes:$(cat "$OUT_DIR"/cluster/node*.pid | xargs echo)"
                 "kvcache:$kv_pid" "nginx:$ng_pid $(child_pids "$ng_pid" | xargs echo)")
   fi
-  [[ $scheme == https ]] && cpu_groups=("kvcache:$kv_pid" "nginx:$ng_pid $(child_pids "$ng_pid" | xargs echo)")
+  # Server CPU time per request, kvcache and nginx (all threads and workers), in every scenario.
+  [[ $sc == cluster ]] || cpu_groups=("kvcache:$kv_pid" "nginx:$ng_pid $(child_pids "$ng_pid" | xargs echo)")
   for ((r = 1; r <= ROUNDS; r++)); do
     kill -0 "$kv_pid" 2>/dev/null || break
     run_wrk "$sc" "$r" kvcache "$KV_PORT" "$script" "$conns" "${envs[@]}"
@@ -311,7 +312,7 @@ print(f'{d:.1f} B/entry RSS, minus key+value bytes ({kv:.1f}) = {d-kv:.1f} B ove
     cluster_up=""
     $PY "$here/report.py" cluster "$ROUNDS_CSV" "$OUT_DIR/cpu.csv" | tee -a "$NOTES"
   fi
-  if [[ $scheme == https ]]; then
+  if [[ $sc != cluster ]]; then
     cpu_groups=()
     $PY "$here/report.py" cpu "$sc" "$ROUNDS_CSV" "$OUT_DIR/cpu.csv" | tee -a "$NOTES"
   fi
