@@ -2,8 +2,11 @@
 
 #include "request_body.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <ctime>
 #include <utility>
 
@@ -27,7 +30,55 @@ size_t held(const std::string& s) {
 
 }  // namespace
 
-LoopContext::LoopContext(const Config& config, const Clock& clock, BufferBudget& buffers, WorkerMetrics& counters,
+void ConnectionCounters::observe_latency(uint64_t nanoseconds) {
+  size_t bucket = 0;
+  while (bucket < kLatencyBuckets.size() && nanoseconds > kLatencyBuckets[bucket] * 1e9) ++bucket;
+  latency_buckets[bucket].add();
+  latency_sum_ns.add(nanoseconds);
+}
+
+ConnectionMetrics::ConnectionMetrics(unsigned workers, const BufferBudget& buffers, unsigned max_connections)
+    : buffers_(buffers), max_connections_(max_connections) {
+  for (unsigned i = 0; i < workers; ++i) workers_.push_back(std::make_unique<ConnectionCounters>());
+}
+
+void ConnectionMetrics::render(std::string& out) const {
+  using namespace exposition;
+  auto sum = [&](auto member) {
+    uint64_t total = 0;
+    for (const auto& worker : workers_) total += ((*worker).*member).get();
+    return total;
+  };
+  family(out, "kvcache_request_duration_seconds", "histogram",
+         "Time from reading a request to its response being ready, in the server.");
+  uint64_t cumulative = 0;
+  for (size_t b = 0; b <= kLatencyBuckets.size(); ++b) {
+    for (const auto& worker : workers_) cumulative += worker->latency_buckets[b].get();
+    if (b < kLatencyBuckets.size()) {
+      fmt::format_to(std::back_inserter(out), "kvcache_request_duration_seconds_bucket{{le=\"{}\"}} {}\n",
+                     kLatencyBuckets[b], cumulative);
+    } else {
+      fmt::format_to(std::back_inserter(out), "kvcache_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n",
+                     cumulative);
+    }
+  }
+  sample(out, "kvcache_request_duration_seconds_sum", static_cast<double>(sum(&ConnectionCounters::latency_sum_ns)) / 1e9);
+  sample(out, "kvcache_request_duration_seconds_count", cumulative);
+  single(out, "kvcache_connection_buffer_budget_bytes", "gauge",
+         "The part of the memory limit for connection input and output buffers.", buffers_.limit());
+  single(out, "kvcache_connection_buffer_bytes", "gauge",
+         "Bytes held in connection buffers (input carried over, output not yet sent).", buffers_.used());
+  uint64_t accepted = sum(&ConnectionCounters::accepted);
+  uint64_t closed = sum(&ConnectionCounters::closed);
+  single(out, "kvcache_connections_open", "gauge", "Client connections currently open.",
+         accepted >= closed ? accepted - closed : 0);
+  single(out, "kvcache_connections_max", "gauge", "--max-connections: open connections allowed.", max_connections_);
+  single(out, "kvcache_connections_total", "counter", "Client connections accepted.", accepted);
+  single(out, "kvcache_connections_rejected_total", "counter", "Connections refused over --max-connections.",
+         sum(&ConnectionCounters::rejected));
+}
+
+LoopContext::LoopContext(const Config& config, const Clock& clock, BufferBudget& buffers, ConnectionCounters& counters,
                          RequestHandler& handler)
     : config(config),
       clock(clock),

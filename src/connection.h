@@ -14,12 +14,15 @@
 #include "connection_io.h"
 #include "handlers.h"
 #include "http_framing.h"
+#include "metrics.h"
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace kv {
 
@@ -53,11 +56,40 @@ constexpr size_t kInputKeepCapacity = 4096;
 // response (a large /mget) grows it; trim() shrinks it back.
 constexpr size_t kOutputKeepCapacity = 2 * kOutputHighWater;
 
+// Upper bounds (seconds) of the request latency histogram buckets.
+constexpr std::array<double, 12> kLatencyBuckets = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                                    0.005,   0.01,   0.025,   0.05,   0.1,   0.25};
+
+// The connection layer's counters of one worker thread (written by it alone).
+struct ConnectionCounters {
+  void observe_latency(uint64_t nanoseconds);
+
+  Counter accepted;
+  Counter closed;
+  Counter rejected;
+  Counter latency_buckets[kLatencyBuckets.size() + 1];  // the last one is +Inf
+  Counter latency_sum_ns;
+};
+
+// The connection layer's part of /metrics: request latency, the connection
+// buffer budget, connections open, accepted and rejected.
+class ConnectionMetrics final : public MetricsSource {
+ public:
+  ConnectionMetrics(unsigned workers, const BufferBudget& buffers, unsigned max_connections);
+  ConnectionCounters& worker(unsigned index) { return *workers_[index]; }
+  void render(std::string& out) const override;
+
+ private:
+  const BufferBudget& buffers_;
+  const unsigned max_connections_;
+  std::vector<std::unique_ptr<ConnectionCounters>> workers_;
+};
+
 // What a loop's connections share: the read buffer, the responses of the
 // batch being answered, the chunked-body buffer, the request handler, the
 // deferred-response slot. One per worker thread (or per unit test).
 struct LoopContext {
-  LoopContext(const Config& config, const Clock& clock, BufferBudget& buffers, WorkerMetrics& counters,
+  LoopContext(const Config& config, const Clock& clock, BufferBudget& buffers, ConnectionCounters& counters,
               RequestHandler& handler);
 
   // The response of the deferred request (POST /snapshot) is ready: it goes
@@ -72,7 +104,7 @@ struct LoopContext {
   const Config& config;
   const Clock& clock;
   BufferBudget& buffers;
-  WorkerMetrics& counters;
+  ConnectionCounters& counters;
   RequestHandler& handler;
   std::unique_ptr<char[]> input;         // read buffer (kInputCapacity and the JSON parser's padding)
   std::unique_ptr<char[]> chunked_body;  // decoded chunked bodies

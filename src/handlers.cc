@@ -13,19 +13,6 @@ namespace {
 
 using http::ConnectionMode;
 
-struct Route {
-  std::string_view path;
-  Endpoint endpoint;
-  http::Method method;
-};
-
-constexpr Route kRoutes[] = {
-    {"/get", Endpoint::get, http::Method::get},        {"/put", Endpoint::put, http::Method::post},
-    {"/delete", Endpoint::del, http::Method::post},    {"/mput", Endpoint::mput, http::Method::post},
-    {"/mget", Endpoint::mget, http::Method::post},     {"/health", Endpoint::health, http::Method::get},
-    {"/metrics", Endpoint::metrics, http::Method::get},   {"/snapshot", Endpoint::snapshot, http::Method::post},
-};
-
 constexpr std::string_view kKeyNotFound = "Key not found.";
 constexpr std::string_view kHealthy = R"({"status":"OK"})";
 // Bodies built in scratch_ may be sent compressed, so caches must key on Accept-Encoding.
@@ -37,7 +24,64 @@ constexpr std::string_view kWrongToken = "WWW-Authenticate: Bearer realm=\"kvcac
 
 }  // namespace
 
-RequestHandler::RequestHandler(Store& store, const Metrics& metrics, WorkerMetrics& counters,
+const RequestHandler::Endpoint RequestHandler::kEndpoints[] = {
+    {"get", "/get", http::Method::get, false, &RequestHandler::get},
+    {"put", "/put", http::Method::post, false, &RequestHandler::put},
+    {"delete", "/delete", http::Method::post, false, &RequestHandler::del},
+    {"mput", "/mput", http::Method::post, false, &RequestHandler::mput},
+    {"mget", "/mget", http::Method::post, false, &RequestHandler::mget},
+    {"health", "/health", http::Method::get, true, &RequestHandler::health},
+    {"metrics", "/metrics", http::Method::get, false, &RequestHandler::metrics},
+    {"snapshot", "/snapshot", http::Method::post, false, &RequestHandler::snapshot},
+};
+const size_t RequestHandler::kEndpointCount = std::size(kEndpoints);
+
+namespace {
+
+// A request to no endpoint is counted as "other".
+constexpr std::string_view kOtherEndpoint = "other";
+constexpr size_t kStatusSlots = http::kStatusCount + 1;  // and "other"
+
+}  // namespace
+
+ApiCounters::ApiCounters() : requests(new Counter[(RequestHandler::kEndpointCount + 1) * kStatusSlots]) {}
+
+void ApiCounters::count_request(size_t endpoint, int code) {
+  requests[endpoint * kStatusSlots + http::status_index(code)].add();
+}
+
+ApiMetrics::ApiMetrics(unsigned workers) {
+  for (unsigned i = 0; i < workers; ++i) workers_.push_back(std::make_unique<ApiCounters>());
+}
+
+void ApiMetrics::render(std::string& out) const {
+  auto sum = [&](auto counter) {
+    uint64_t total = 0;
+    for (const auto& worker : workers_) total += counter(*worker).get();
+    return total;
+  };
+  exposition::family(out, "kvcache_requests_total", "counter", "HTTP requests answered, by endpoint and status code.");
+  for (size_t e = 0; e <= RequestHandler::kEndpointCount; ++e) {
+    std::string_view endpoint = e < RequestHandler::kEndpointCount ? RequestHandler::kEndpoints[e].name : kOtherEndpoint;
+    for (size_t s = 0; s < kStatusSlots; ++s) {
+      uint64_t total = sum([&](const ApiCounters& c) -> const Counter& { return c.requests[e * kStatusSlots + s]; });
+      if (total == 0) continue;
+      std::string code = s < http::kStatusCount ? std::to_string(http::kStatusCodes[s].code) : "other";
+      fmt::format_to(std::back_inserter(out), "kvcache_requests_total{{endpoint=\"{}\",code=\"{}\"}} {}\n", endpoint,
+                     code, total);
+    }
+  }
+  exposition::family(out, "kvcache_auth_failures_total", "counter", "Requests refused with 401, by reason.");
+  constexpr std::string_view kReasons[] = {"missing", "wrong"};
+  for (size_t r = 0; r < std::size(kReasons); ++r) {
+    fmt::format_to(std::back_inserter(out), "kvcache_auth_failures_total{{reason=\"{}\"}} {}\n", kReasons[r],
+                   sum([&](const ApiCounters& c) -> const Counter& { return c.auth_failures[r]; }));
+  }
+  exposition::single(out, "kvcache_gzip_responses_total", "counter", "Responses sent gzip-compressed.",
+                     sum([](const ApiCounters& c) -> const Counter& { return c.gzip_responses; }));
+}
+
+RequestHandler::RequestHandler(Store& store, const Metrics& metrics, ApiCounters& counters,
                                const http::DateHeader& date, const TokenStore* tokens)
     : store_(store),
       metrics_(metrics),
@@ -49,9 +93,13 @@ RequestHandler::RequestHandler(Store& store, const Metrics& metrics, WorkerMetri
   batch_.reserve(kMaxBatchItems);
 }
 
+void RequestHandler::count(int code) {
+  counters_.count_request(endpoint_ != nullptr ? static_cast<size_t>(endpoint_ - kEndpoints) : kEndpointCount, code);
+}
+
 void RequestHandler::message(int code, std::string_view text, ConnectionMode mode, std::string& out,
                              std::string_view extra_headers) {
-  counters_.count_request(endpoint_, code);
+  count(code);
   http::append_json_message(out, code, text, mode, date_, extra_headers);
 }
 
@@ -59,7 +107,7 @@ void RequestHandler::body_response(int code, std::string_view content_type, Conn
   if (scratch_.size() > body_limit_) {
     return message(503, "connection buffer memory is short: response too large, retry later", mode, out);
   }
-  counters_.count_request(endpoint_, code);
+  count(code);
   std::string_view body = scratch_;
   std::string_view headers = kVary;
   if (body.size() >= gzip::kCompressThreshold && gzip::accepts_gzip(accept_encoding_)) {
@@ -81,8 +129,7 @@ void RequestHandler::trim() {
 
 bool RequestHandler::admit(const http::Request& request, std::string_view& body, ConnectionMode mode,
                            std::string& out) {
-  // Load balancers' health checks carry no token.
-  bool open = endpoint_ == Endpoint::health &&
+  bool open = endpoint_ && endpoint_->open && endpoint_->method == http::Method::get &&
               (request.method == http::Method::get || request.method == http::Method::head);
   if (tokens_ && !open) {
     AuthResult result = tokens_->check(request.authorization);
@@ -112,7 +159,7 @@ bool RequestHandler::admit(const http::Request& request, std::string_view& body,
 }
 
 void RequestHandler::reject(int code, std::string_view text, std::string& out, http::Method method) {
-  endpoint_ = Endpoint::other;
+  endpoint_ = nullptr;
   size_t start = out.size();
   message(code, text, ConnectionMode::close, out);
   if (method == http::Method::head) http::drop_body(out, start);
@@ -129,38 +176,23 @@ void RequestHandler::handle(const http::Request& request, std::string_view body,
 
 void RequestHandler::route(const http::Request& request, std::string_view body, ConnectionMode mode,
                            std::string& out) {
-  const Route* route = nullptr;
-  for (const Route& candidate : kRoutes) {
-    if (candidate.path == request.path) route = &candidate;
+  endpoint_ = nullptr;
+  for (const Endpoint& candidate : kEndpoints) {
+    if (candidate.path == request.path) endpoint_ = &candidate;
   }
-  endpoint_ = route ? route->endpoint : Endpoint::other;
   accept_encoding_ = request.accept_encoding;
   // Open access and a plain body, the usual case, skip admission entirely.
   if ((tokens_ || !request.content_encoding.empty()) && !admit(request, body, mode, out)) return;
-  if (route == nullptr) return message(404, "Unknown endpoint.", mode, out);
-  bool head_of_get = route->method == http::Method::get && request.method == http::Method::head;
-  if (route->method != request.method && !head_of_get) {
+  if (endpoint_ == nullptr) return message(404, "Unknown endpoint.", mode, out);
+  bool head_of_get = endpoint_->method == http::Method::get && request.method == http::Method::head;
+  if (endpoint_->method != request.method && !head_of_get) {
     return message(405, "Method not allowed.", mode, out,
-                   route->method == http::Method::get ? "Allow: GET, HEAD\r\n" : "Allow: POST\r\n");
+                   endpoint_->method == http::Method::get ? "Allow: GET, HEAD\r\n" : "Allow: POST\r\n");
   }
-  switch (route->endpoint) {
-    case Endpoint::put: return put(body, mode, out);
-    case Endpoint::get: return get(request.query, mode, out);
-    case Endpoint::del: return del(body, mode, out);
-    case Endpoint::mput: return mput(body, mode, out);
-    case Endpoint::mget: return mget(body, mode, out);
-    case Endpoint::health:
-      counters_.count_request(endpoint_, 200);
-      http::append_head(out, {200, kHealthy.size(), mode}, date_);
-      out += kHealthy;
-      return;
-    case Endpoint::metrics: return metrics(mode, out);
-    case Endpoint::snapshot: return snapshot(mode, out);
-    case Endpoint::other: break;
-  }
+  (this->*endpoint_->serve)(request, body, mode, out);
 }
 
-void RequestHandler::put(std::string_view body, ConnectionMode mode, std::string& out) {
+void RequestHandler::put(const http::Request&, std::string_view body, ConnectionMode mode, std::string& out) {
   PutItem item;
   if (!decoder_.decode_put(body, item)) return message(400, decoder_.error(), mode, out);
   if (store_.put(make_key(item.key), item.value, item.ttl_seconds) != PutStatus::ok) {
@@ -169,8 +201,8 @@ void RequestHandler::put(std::string_view body, ConnectionMode mode, std::string
   message(200, "Key inserted/updated successfully.", mode, out);
 }
 
-void RequestHandler::get(std::string_view query, ConnectionMode mode, std::string& out) {
-  auto encoded = find_query_param(query, "key");
+void RequestHandler::get(const http::Request& request, std::string_view, ConnectionMode mode, std::string& out) {
+  auto encoded = find_query_param(request.query, "key");
   if (!encoded) return message(400, "key is required", mode, out);
   auto decoded_size = url_decode(*encoded, key_buffer_);
   if (!decoded_size) return message(400, "malformed percent-escape in query", mode, out);
@@ -193,20 +225,20 @@ void RequestHandler::get(std::string_view query, ConnectionMode mode, std::strin
     out += kEnd;
   });
   if (found) {
-    counters_.count_request(endpoint_, 200);
+    count(200);
   } else {
     message(404, kKeyNotFound, mode, out);
   }
 }
 
-void RequestHandler::del(std::string_view body, ConnectionMode mode, std::string& out) {
+void RequestHandler::del(const http::Request&, std::string_view body, ConnectionMode mode, std::string& out) {
   std::string_view key;
   if (!decoder_.decode_key(body, key)) return message(400, decoder_.error(), mode, out);
   if (!store_.erase(make_key(key))) return message(404, kKeyNotFound, mode, out);
   message(200, "Key deleted.", mode, out);
 }
 
-void RequestHandler::mput(std::string_view body, ConnectionMode mode, std::string& out) {
+void RequestHandler::mput(const http::Request&, std::string_view body, ConnectionMode mode, std::string& out) {
   if (!decoder_.decode_mput(body)) return message(400, decoder_.error(), mode, out);
   batch_.clear();
   for (const PutItem& item : decoder_.items()) batch_.push_back({make_key(item.key), item.value, item.ttl_seconds});
@@ -216,7 +248,7 @@ void RequestHandler::mput(std::string_view body, ConnectionMode mode, std::strin
   message(200, "Items inserted/updated successfully.", mode, out);
 }
 
-void RequestHandler::mget(std::string_view body, ConnectionMode mode, std::string& out) {
+void RequestHandler::mget(const http::Request&, std::string_view body, ConnectionMode mode, std::string& out) {
   if (!decoder_.decode_mget(body)) return message(400, decoder_.error(), mode, out);
   scratch_.assign(R"({"status":"OK","values":[)");
   bool first = true;
@@ -240,15 +272,22 @@ void RequestHandler::enable_snapshots(Snapshotter* snapshots, std::function<void
   wake_ = std::move(wake);
 }
 
-void RequestHandler::snapshot(ConnectionMode mode, std::string& out) {
+void RequestHandler::health(const http::Request&, std::string_view, ConnectionMode mode, std::string& out) {
+  count(200);
+  http::append_head(out, {200, kHealthy.size(), mode}, date_);
+  out += kHealthy;
+}
+
+void RequestHandler::snapshot(const http::Request&, std::string_view, ConnectionMode mode, std::string& out) {
   if (snapshots_ == nullptr) return message(404, "Snapshots are off: start kvcache with --snapshot-path.", mode, out);
   if (!snapshots_->request(wake_)) return message(409, "A snapshot is already being written.", mode, out);
   deferred_ = true;
+  deferred_endpoint_ = endpoint_;
   deferred_mode_ = mode;
 }
 
 void RequestHandler::finish_snapshot(std::string& out) {
-  endpoint_ = Endpoint::snapshot;
+  endpoint_ = deferred_endpoint_;
   SnapshotResult result = snapshots_->last_result();
   if (!result.ok) {
     return message(500, fmt::format("snapshot failed: {}", result.abandoned ? "abandoned at shutdown" : result.error),
@@ -260,7 +299,7 @@ void RequestHandler::finish_snapshot(std::string& out) {
   body_response(200, "application/json", deferred_mode_, out);
 }
 
-void RequestHandler::metrics(ConnectionMode mode, std::string& out) {
+void RequestHandler::metrics(const http::Request&, std::string_view, ConnectionMode mode, std::string& out) {
   scratch_.clear();
   metrics_.render(scratch_);
   body_response(200, "text/plain; version=0.0.4; charset=utf-8", mode, out);

@@ -14,12 +14,36 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace kv {
+
+// The API's counters of one worker thread (written by it alone).
+struct ApiCounters {
+  ApiCounters();
+  void count_request(size_t endpoint, int code);
+
+  // [endpoint index (one more for "other")][status index in http::kStatusCodes (one more for "other")]
+  std::unique_ptr<Counter[]> requests;
+  Counter auth_failures[2];  // by reason: missing, wrong
+  Counter gzip_responses;
+};
+
+// The API's part of /metrics: requests by endpoint and status, 401s by reason, gzip responses.
+class ApiMetrics final : public MetricsSource {
+ public:
+  explicit ApiMetrics(unsigned workers);
+  ApiCounters& worker(unsigned index) { return *workers_[index]; }
+  void render(std::string& out) const override;
+
+ private:
+  std::vector<std::unique_ptr<ApiCounters>> workers_;
+};
 
 // Bodies built before their head (mget, metrics) go to a scratch buffer kept
 // at this capacity; an outsized one grows it until trim().
@@ -28,8 +52,23 @@ constexpr size_t kScratchKeepCapacity = 64 * 1024;
 // One per worker thread; holds that thread's reusable scratch buffers.
 class RequestHandler {
  public:
-  // With `tokens`, every request but GET and HEAD /health must present one of them.
-  RequestHandler(Store& store, const Metrics& metrics, WorkerMetrics& counters, const http::DateHeader& date,
+  using Serve = void (RequestHandler::*)(const http::Request& request, std::string_view body,
+                                          http::ConnectionMode mode, std::string& out);
+  // One row per endpoint: adding an endpoint touches this table (handlers.cc)
+  // and its handler, nothing else.
+  struct Endpoint {
+    std::string_view name;  // its label in /metrics
+    std::string_view path;
+    http::Method method;    // a GET endpoint answers HEAD too
+    bool open;              // served without a token (load balancers' health checks)
+    Serve serve;
+  };
+  static const Endpoint kEndpoints[];
+  static const size_t kEndpointCount;
+  static std::span<const Endpoint> endpoints() { return {kEndpoints, kEndpointCount}; }
+
+  // With `tokens`, every request but those to an open endpoint must present one of them.
+  RequestHandler(Store& store, const Metrics& metrics, ApiCounters& counters, const http::DateHeader& date,
                  const TokenStore* tokens = nullptr);
 
   // Appends the full response to out (its head alone for HEAD). `body` is
@@ -61,13 +100,17 @@ class RequestHandler {
   // the body's Content-Encoding (a gzip body is replaced by its decompressed
   // bytes). Returns false when it has answered the request itself.
   bool admit(const http::Request& request, std::string_view& body, http::ConnectionMode mode, std::string& out);
-  void put(std::string_view body, http::ConnectionMode mode, std::string& out);
-  void get(std::string_view query, http::ConnectionMode mode, std::string& out);
-  void del(std::string_view body, http::ConnectionMode mode, std::string& out);
-  void mput(std::string_view body, http::ConnectionMode mode, std::string& out);
-  void mget(std::string_view body, http::ConnectionMode mode, std::string& out);
-  void metrics(http::ConnectionMode mode, std::string& out);
-  void snapshot(http::ConnectionMode mode, std::string& out);
+  // The endpoints (Serve).
+  void put(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
+  void get(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
+  void del(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
+  void mput(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
+  void mget(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
+  void health(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
+  void metrics(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
+  void snapshot(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
+  // Counts a response of the request being handled.
+  void count(int code);
   // Writes a {"status","message"} response and counts it.
   void message(int code, std::string_view text, http::ConnectionMode mode, std::string& out,
                std::string_view extra_headers = {});
@@ -76,11 +119,11 @@ class RequestHandler {
 
   Store& store_;
   const Metrics& metrics_;
-  WorkerMetrics& counters_;
+  ApiCounters& counters_;
   const http::DateHeader& date_;
   RequestBodyDecoder decoder_;
   std::vector<BatchPut> batch_;          // the /mput being stored
-  Endpoint endpoint_ = Endpoint::other;  // of the request being handled
+  const Endpoint* endpoint_ = nullptr;   // of the request being handled; null: none of them
   size_t body_limit_ = SIZE_MAX;         // of the request being handled
   std::string_view accept_encoding_;     // of the request being handled
   std::optional<TokenView> tokens_;      // set when access needs a token
@@ -91,6 +134,7 @@ class RequestHandler {
   Snapshotter* snapshots_ = nullptr;
   std::function<void()> wake_;
   bool deferred_ = false;
+  const Endpoint* deferred_endpoint_ = nullptr;
   http::ConnectionMode deferred_mode_ = http::ConnectionMode::keep_alive;
 };
 

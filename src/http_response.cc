@@ -8,24 +8,8 @@
 namespace kv::http {
 
 std::string_view reason_phrase(int code) {
-  switch (code) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 431: return "Request Header Fields Too Large";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    case 505: return "HTTP Version Not Supported";
-    case 507: return "Insufficient Storage";
-    default: return "Unknown";
-  }
+  size_t i = status_index(code);
+  return i < kStatusCount ? kStatusCodes[i].reason : "Unknown";
 }
 
 void DateHeader::refresh() {

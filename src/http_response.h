@@ -16,6 +16,41 @@ enum class ConnectionMode {
 // The interim answer to "Expect: 100-continue" once the head is accepted.
 constexpr std::string_view kContinueResponse = "HTTP/1.1 100 Continue\r\n\r\n";
 
+// Every status kvcache answers with: the one table behind the reason phrases
+// and the request counters by status (handlers.h). A new status goes here.
+struct StatusCode {
+  int code;
+  std::string_view reason;
+};
+inline constexpr StatusCode kStatusCodes[] = {
+    {100, "Continue"},
+    {200, "OK"},
+    {400, "Bad Request"},
+    {401, "Unauthorized"},
+    {404, "Not Found"},
+    {405, "Method Not Allowed"},
+    {408, "Request Timeout"},
+    {409, "Conflict"},
+    {413, "Content Too Large"},
+    {414, "URI Too Long"},
+    {415, "Unsupported Media Type"},
+    {431, "Request Header Fields Too Large"},
+    {500, "Internal Server Error"},
+    {501, "Not Implemented"},
+    {503, "Service Unavailable"},
+    {505, "HTTP Version Not Supported"},
+    {507, "Insufficient Storage"},
+};
+inline constexpr size_t kStatusCount = sizeof kStatusCodes / sizeof kStatusCodes[0];
+
+// Where code is in kStatusCodes; kStatusCount for a code that is not.
+constexpr size_t status_index(int code) {
+  size_t i = 0;
+  while (i < kStatusCount && kStatusCodes[i].code != code) ++i;
+  return i;
+}
+
+// "Unknown" for a code missing from kStatusCodes (a bug: http_parser_test checks the ones sent).
 std::string_view reason_phrase(int code);
 
 // Per-thread "Date: ...\r\n" header, refreshed by the caller's loop tick.

@@ -9,6 +9,7 @@
 #include "service_notify.h"
 #include "snapshot.h"
 #include "store.h"
+#include "store_metrics.h"
 #include "tls.h"
 #include "version.h"
 #include "worker.h"
@@ -156,19 +157,27 @@ int main(int argc, char** argv) {
   // Connection buffers get their own share of the limit, the store the rest.
   BufferBudget buffers(memory_limit / kBufferBudgetDivisor);
   Store store(config.shards, store_budget(memory_limit - buffers.limit(), overhead), clock);
-  Metrics metrics(store, buffers, config.threads, memory_limit, config.max_connections);
-  if (tls) metrics.set_tls_metrics(&tls->metrics());
+  // Each subsystem's counters, strung together for /metrics.
+  ApiMetrics api_metrics(config.threads);
+  ConnectionMetrics connection_metrics(config.threads, buffers, config.max_connections);
+  StoreMetrics store_metrics(store);
+  Metrics metrics(memory_limit);
+  metrics.add(api_metrics);
+  metrics.add(connection_metrics);
+  metrics.add(store_metrics);
+  if (tls) metrics.add(tls->metrics());
   std::unique_ptr<Snapshotter> snapshots;
   if (!config.snapshot_path.empty()) {
     snapshots = std::make_unique<Snapshotter>(store, config, config.threads);
-    metrics.set_snapshot_metrics(&snapshots->metrics());
+    metrics.add(snapshots->metrics());
     // Before listening: clients see the restored cache, or connection refused.
     snapshots->load();
   }
   std::atomic<unsigned> open_connections{0};
   std::vector<std::unique_ptr<Worker>> workers;
   for (unsigned i = 0; i < config.threads; ++i) {
-    workers.push_back(std::make_unique<Worker>(i, config, store, metrics, open_connections, buffers, snapshots.get(),
+    workers.push_back(std::make_unique<Worker>(i, config, store, WorkerMetrics{metrics, api_metrics, connection_metrics},
+                                               open_connections, buffers, snapshots.get(),
                                                token_store.get(), tls.get()));
     std::string error = workers.back()->listen();
     if (!error.empty()) {

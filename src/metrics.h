@@ -1,33 +1,19 @@
-// Counters kept per worker thread (one writer each, no contention on the hot
-// path) and summed into the Prometheus text format on scrape.
+// /metrics in the Prometheus text format (0.0.4). Each subsystem owns its
+// counters and writes its own families as a MetricsSource (the API layer its
+// requests by endpoint and status, the connection layer its connections,
+// latency and buffers, the store its entries, snapshots theirs); Metrics
+// only strings the sources together and adds the process's own gauges.
+// Counters kept per worker thread have one writer each: no contention on
+// the hot path; a scrape sums them.
 #pragma once
 
-#include "buffer_budget.h"
-#include "store.h"
-
-#include <array>
 #include <atomic>
 #include <cstdint>
-#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace kv {
-
-struct SnapshotMetrics;
-struct TlsMetrics;
-
-enum class Endpoint : uint8_t { put, get, del, mput, mget, health, metrics, snapshot, other };
-constexpr size_t kEndpointCount = 9;
-std::string_view endpoint_name(Endpoint endpoint);
-
-// Upper bounds (seconds) of the request latency histogram buckets.
-constexpr std::array<double, 12> kLatencyBuckets = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
-                                                    0.005,   0.01,   0.025,   0.05,   0.1,   0.25};
-
-constexpr std::array<int, 17> kStatusCodes = {200, 400, 401, 404, 405, 408, 409, 413, 414,
-                                              415, 431, 500, 501, 503, 505, 507, 0};
 
 // Written by one thread, read by the scraper: relaxed load+store, no lock prefix.
 class Counter {
@@ -39,40 +25,34 @@ class Counter {
   std::atomic<uint64_t> value_{0};
 };
 
-struct WorkerMetrics {
-  Counter requests[kEndpointCount][kStatusCodes.size()];
-  Counter connections_accepted;
-  Counter connections_closed;
-  Counter connections_rejected;
-  Counter latency_buckets[kLatencyBuckets.size() + 1];  // the last one is +Inf
-  Counter latency_sum_ns;
-  Counter auth_failures[2];  // by reason: missing, wrong
-  Counter gzip_responses;
-
-  void count_request(Endpoint endpoint, int code);
-  void observe_latency(uint64_t nanoseconds);
+// A subsystem's part of the exposition.
+class MetricsSource {
+ public:
+  virtual ~MetricsSource() = default;
+  // Appends this source's families to out.
+  virtual void render(std::string& out) const = 0;
 };
+
+// Writing the text format.
+namespace exposition {
+void family(std::string& out, std::string_view name, std::string_view type, std::string_view help);
+void sample(std::string& out, std::string_view name, uint64_t value);
+void sample(std::string& out, std::string_view name, double value);
+// A family with one unlabelled sample.
+void single(std::string& out, std::string_view name, std::string_view type, std::string_view help, uint64_t value);
+}  // namespace exposition
 
 class Metrics {
  public:
-  Metrics(const Store& store, const BufferBudget& buffers, unsigned workers, uint64_t memory_limit,
-          unsigned max_connections);
-  WorkerMetrics& worker(unsigned index) { return *workers_[index]; }
-  // With snapshots on, their metrics join the exposition.
-  void set_snapshot_metrics(const SnapshotMetrics* snapshot) { snapshot_ = snapshot; }
-  // With --tls-cert, the TLS families join it.
-  void set_tls_metrics(const TlsMetrics* tls) { tls_ = tls; }
-  // Appends the whole exposition (text format 0.0.4) to out.
+  explicit Metrics(uint64_t memory_limit) : memory_limit_(memory_limit) {}
+  // Sources render in the order they were added; each must outlive this.
+  void add(const MetricsSource& source) { sources_.push_back(&source); }
+  // Appends the whole exposition to out.
   void render(std::string& out) const;
 
  private:
-  const Store& store_;
-  const BufferBudget& buffers_;
-  const uint64_t memory_limit_;  // for the whole process; the store gets what is left of it
-  const unsigned max_connections_;  // exported so that an alert can compare the open connections with it
-  std::vector<std::unique_ptr<WorkerMetrics>> workers_;
-  const SnapshotMetrics* snapshot_ = nullptr;
-  const TlsMetrics* tls_ = nullptr;
+  const uint64_t memory_limit_;  // for the whole process
+  std::vector<const MetricsSource*> sources_;
 };
 
 }  // namespace kv

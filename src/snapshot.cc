@@ -42,6 +42,22 @@ std::string bad_name(const std::string& path) {
 
 }  // namespace
 
+void SnapshotMetrics::render(std::string& out) const {
+  using namespace exposition;
+  family(out, "kvcache_snapshot_last_success_timestamp_seconds", "gauge",
+         "When the last snapshot was written (Unix time; 0: none yet).");
+  sample(out, "kvcache_snapshot_last_success_timestamp_seconds", static_cast<double>(last_success_unix_ms.load()) / 1e3);
+  family(out, "kvcache_snapshot_last_duration_seconds", "gauge", "How long the last snapshot took to write.");
+  sample(out, "kvcache_snapshot_last_duration_seconds", static_cast<double>(last_duration_us.load()) / 1e6);
+  single(out, "kvcache_snapshot_last_bytes", "gauge", "Size of the last snapshot file.", last_bytes.load());
+  single(out, "kvcache_snapshot_last_entries", "gauge", "Entries in the last snapshot.", last_entries.load());
+  single(out, "kvcache_snapshot_failures_total", "counter", "Snapshots that failed (write errors; the previous file stays).",
+         failures.load());
+  single(out, "kvcache_snapshot_restored_entries", "gauge", "Entries loaded from the snapshot at start.",
+         restored_entries.load());
+  single(out, "kvcache_snapshot_in_progress", "gauge", "1 while a snapshot is being written.", running.load());
+}
+
 TimeBase TimeBase::now(const Clock& clock) { return {clock.now_ms(), wall_now_ms()}; }
 
 int64_t TimeBase::wall_from_tick(uint32_t tick) const {

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "config.h"
+#include "metrics.h"
 #include "snapshot_format.h"
 #include "store.h"
 #include "validation.h"
@@ -44,7 +45,9 @@ struct SnapshotResult {
 };
 
 // For /metrics: written by the snapshot thread, read by the scraper.
-struct SnapshotMetrics {
+struct SnapshotMetrics final : MetricsSource {
+  void render(std::string& out) const override;
+
   std::atomic<int64_t> last_success_unix_ms{0};
   std::atomic<uint64_t> last_duration_us{0};
   std::atomic<uint64_t> last_bytes{0};

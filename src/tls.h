@@ -10,6 +10,7 @@
 #pragma once
 
 #include "connection_io.h"
+#include "metrics.h"
 
 #include <array>
 #include <atomic>
@@ -41,7 +42,7 @@ constexpr size_t kTlsFailureCount = 5;
 
 // Written by every loop (handshakes are per connection, not per request, so
 // an atomic add is cheap enough), read by the scraper.
-struct TlsMetrics {
+struct TlsMetrics final : MetricsSource {
   std::atomic<uint64_t> handshakes[2][2] = {};  // [TLS 1.2, 1.3][full, resumed]
   std::atomic<uint64_t> failures[kTlsFailureCount] = {};
   std::atomic<uint64_t> ktls_connections{0};    // whose records the kernel encrypts
@@ -50,7 +51,7 @@ struct TlsMetrics {
   std::atomic<int64_t> certificate_expiry{0};   // the leaf's notAfter, Unix time
 
   // Appends the kvcache_tls_* families (Prometheus text format 0.0.4).
-  void render(std::string& out) const;
+  void render(std::string& out) const override;
 };
 
 std::string_view tls_failure_name(TlsFailure failure);

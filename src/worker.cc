@@ -227,17 +227,17 @@ class Worker::TlsIo final : public SocketIo {
   bool handshaken_ = false;  // and its timer gone
 };
 
-Worker::Worker(unsigned index, const Config& config, Store& store, Metrics& metrics,
+Worker::Worker(unsigned index, const Config& config, Store& store, const WorkerMetrics& metrics,
                std::atomic<unsigned>& open_connections, BufferBudget& buffers, Snapshotter* snapshots,
                const TokenStore* tokens, TlsContext* tls)
     : index_(index),
       config_(config),
-      counters_(metrics.worker(index)),
+      counters_(metrics.connections.worker(index)),
       open_connections_(open_connections),
       tls_(tls),
       base_(event_base_new()),
-      handler_(store, metrics, metrics.worker(index), date_, tokens),
-      loop_(config, clock_, buffers, metrics.worker(index), handler_) {
+      handler_(store, metrics.all, metrics.api.worker(index), date_, tokens),
+      loop_(config, clock_, buffers, counters_, handler_) {
   if (snapshots != nullptr) {
     handler_.enable_snapshots(snapshots, [this] {
       uint64_t one = 1;
@@ -361,10 +361,10 @@ void Worker::accept_pending() {
     open_ = io;
     ++open_count_;
     if (over_limit) {
-      counters_.connections_rejected.add();
+      counters_.rejected.add();
       io->connection().start_rejected();
     } else {
-      counters_.connections_accepted.add();
+      counters_.accepted.add();
       io->connection().start();
     }
   }
@@ -377,7 +377,7 @@ void Worker::retire(SocketIo& io) {
   retired_ = &io;
   --open_count_;
   open_connections_.fetch_sub(1, std::memory_order_relaxed);
-  if (!io.rejected()) counters_.connections_closed.add();
+  if (!io.rejected()) counters_.closed.add();
   if (loop_.draining && open_count_ == 0) event_base_loopexit(base_, nullptr);
 }
 

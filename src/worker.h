@@ -29,11 +29,18 @@ class CoarseClock final : public Clock {
   double now() const override;
 };
 
+// What the workers count into, and the whole exposition (for GET /metrics).
+struct WorkerMetrics {
+  const Metrics& all;
+  ApiMetrics& api;
+  ConnectionMetrics& connections;
+};
+
 class Worker {
  public:
   // snapshots: null when --snapshot-path is not set; `tokens`: null when access
   // needs no token; `tls`: null when the listener speaks plain HTTP.
-  Worker(unsigned index, const Config& config, Store& store, Metrics& metrics,
+  Worker(unsigned index, const Config& config, Store& store, const WorkerMetrics& metrics,
          std::atomic<unsigned>& open_connections, BufferBudget& buffers, Snapshotter* snapshots,
          const TokenStore* tokens, TlsContext* tls);
   ~Worker();
@@ -65,7 +72,7 @@ class Worker {
 
   const unsigned index_;
   const Config& config_;
-  WorkerMetrics& counters_;
+  ConnectionCounters& counters_;
   std::atomic<unsigned>& open_connections_;
   TlsContext* const tls_;
 

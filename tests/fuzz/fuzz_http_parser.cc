@@ -12,10 +12,7 @@
 // split point (little endian, taken modulo the payload size), then the payload.
 #include "connection.h"
 #include "fake_io.h"
-#include "handlers.h"
 #include "log.h"
-#include "metrics.h"
-#include "store.h"
 
 #include <algorithm>
 #include <cstddef>
@@ -34,25 +31,6 @@ using namespace kv::testing;
 void check(bool ok) {
   if (!ok) __builtin_trap();
 }
-
-// One loop: its store lives across inputs. The two loops see the same
-// requests in the same order (or the run traps), so their stores stay equal.
-struct Loop {
-  explicit Loop(const http::DateHeader& date)
-      : store(16, 64 << 20, clock),
-        buffers(8 << 20),
-        metrics(store, buffers, 1, 64 << 20, 100),
-        handler(store, metrics, metrics.worker(0), date),
-        loop(config, clock, buffers, metrics.worker(0), handler) {}
-
-  Config config;
-  FakeClock clock;
-  Store store;
-  BufferBudget buffers;
-  Metrics metrics;
-  RequestHandler handler;
-  LoopContext loop;
-};
 
 std::string without_continues(std::string sent) {
   constexpr std::string_view kContinue = http::kContinueResponse;
@@ -80,9 +58,12 @@ void settle(Connection& connection, FakeIo& io, size_t send_step) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const bool quiet = (set_log_level(LogLevel::error), true);
   (void)quiet;
-  static http::DateHeader date;  // one Date: line for both, so their responses can be compared
-  static Loop whole_loop(date);
-  static Loop split_loop(date);
+  // One loop per side; their stores live across inputs. The two see the same
+  // requests in the same order (or the run traps), so their stores stay equal.
+  static TestLoop whole_loop;
+  static TestLoop split_loop;
+  static const bool same_date = (split_loop.date = whole_loop.date, true);  // so the responses compare
+  (void)same_date;
   if (size < 1) return 0;
   size_t splits = data[0] % 8;
   const size_t send_step = (data[0] & 8) ? 1024 : SIZE_MAX;

@@ -37,17 +37,10 @@ std::string repeat(std::string_view piece, int times) {
   return out;
 }
 
-// One loop with its store and handler, and one connection on a fake socket.
-struct Fixture {
+// One loop and one connection on a fake socket.
+struct Fixture : TestLoop {
   explicit Fixture(uint64_t budget = 8 << 20, Config settings = {})
-      : config(std::move(settings)),
-        store(16, 64 << 20, clock),
-        buffers(budget),
-        metrics(store, buffers, 1, 64 << 20, 100),
-        handler(store, metrics, metrics.worker(0), date),
-        loop(config, clock, buffers, metrics.worker(0), handler),
-        io(clock),
-        connection(loop, io) {
+      : TestLoop(budget, std::move(settings)), io(clock), connection(loop, io) {
     connection.start();
   }
 
@@ -57,14 +50,6 @@ struct Fixture {
   }
   void advance(double seconds) { testing::advance(connection, io, clock, seconds); }
 
-  Config config;
-  FakeClock clock;
-  Store store;
-  BufferBudget buffers;
-  Metrics metrics;
-  http::DateHeader date;
-  RequestHandler handler;
-  LoopContext loop;
   FakeIo io;
   Connection connection;
 };
@@ -80,6 +65,24 @@ TEST_CASE("requests are answered in order, one recv per read event and one send 
   CHECK(f.io.reading);
   CHECK(!f.io.closed);
   CHECK(f.connection.charged() == 0);  // nothing carried over, nothing pending
+}
+
+TEST_CASE("one endpoint table: every endpoint is routed, checks its method and is counted under its name") {
+  Fixture f;
+  for (const RequestHandler::Endpoint& endpoint : RequestHandler::endpoints()) {
+    INFO(endpoint.path);
+    bool get = endpoint.method == http::Method::get;
+    f.io.sent.clear();
+    f.send(std::string(get ? "POST " : "GET ") + std::string(endpoint.path) + " HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    CHECK(f.io.sent.rfind("HTTP/1.1 405 Method Not Allowed\r\n", 0) == 0);
+    CHECK(f.io.sent.find(get ? "Allow: GET, HEAD\r\n" : "Allow: POST\r\n") != std::string::npos);
+  }
+  f.io.sent.clear();
+  f.send("GET /metrics HTTP/1.1\r\n\r\n");
+  for (const RequestHandler::Endpoint& endpoint : RequestHandler::endpoints()) {
+    CHECK(f.io.sent.find("kvcache_requests_total{endpoint=\"" + std::string(endpoint.name) + "\",code=\"405\"} 1") !=
+          std::string::npos);
+  }
 }
 
 TEST_CASE("backpressure: a client that does not read stops being read, and is served once it reads") {

@@ -5,6 +5,9 @@
 
 #include "connection.h"
 #include "connection_io.h"
+#include "handlers.h"
+#include "metrics.h"
+#include "store.h"
 
 #include <algorithm>
 #include <atomic>
@@ -79,6 +82,34 @@ class FakeIo final : public ConnectionIo {
 
  private:
   const FakeClock& clock_;
+};
+
+// One loop's worth of what connections need: a store, the buffer budget, the
+// counters (the API's in /metrics), a handler and the LoopContext.
+struct TestLoop {
+  explicit TestLoop(uint64_t budget = 8 << 20, Config settings = {}, const TokenStore* tokens = nullptr)
+      : config(std::move(settings)),
+        store(16, 64 << 20, clock),
+        buffers(budget),
+        api(1),
+        connections(1, buffers, 100),
+        metrics(64 << 20),
+        handler(store, metrics, api.worker(0), date, tokens),
+        loop(config, clock, buffers, connections.worker(0), handler) {
+    metrics.add(api);
+    metrics.add(connections);
+  }
+
+  Config config;
+  FakeClock clock;
+  Store store;
+  BufferBudget buffers;
+  ApiMetrics api;
+  ConnectionMetrics connections;
+  Metrics metrics;
+  http::DateHeader date;
+  RequestHandler handler;
+  LoopContext loop;
 };
 
 // What an event loop would do: deliver readable and writable events while the

@@ -67,15 +67,8 @@ using namespace kv::testing;
 namespace {
 
 // One loop and one keep-alive connection on a fake socket.
-struct Loop {
-  explicit Loop(const TokenStore* tokens = nullptr)
-      : store(16, 64 << 20, clock),
-        buffers(8 << 20),
-        metrics(store, buffers, 1, 64 << 20, 100),
-        handler(store, metrics, metrics.worker(0), date, tokens),
-        loop(config, clock, buffers, metrics.worker(0), handler),
-        io(clock),
-        connection(loop, io) {
+struct Loop : TestLoop {
+  explicit Loop(const TokenStore* tokens = nullptr) : TestLoop(8 << 20, {}, tokens), io(clock), connection(loop, io) {
     connection.start();
   }
 
@@ -89,14 +82,6 @@ struct Loop {
     }
   }
 
-  Config config;
-  FakeClock clock;
-  Store store;
-  BufferBudget buffers;
-  Metrics metrics;
-  http::DateHeader date;
-  RequestHandler handler;
-  LoopContext loop;
   FakeIo io;
   Connection connection;
 };
@@ -222,16 +207,9 @@ TEST_CASE("over TLS, a warm request costs kvcache no allocation (OpenSSL's are c
   int fds[2];
   REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds) == 0);
 
-  Config config;
-  FakeClock clock;
-  Store store(16, 64 << 20, clock);
-  BufferBudget buffers(8 << 20);
-  Metrics metrics(store, buffers, 1, 64 << 20, 100);
-  http::DateHeader date;
-  RequestHandler handler(store, metrics, metrics.worker(0), date, nullptr);
-  LoopContext loop(config, clock, buffers, metrics.worker(0), handler);
+  TestLoop l;
   CountedTlsIo io(context->new_ssl(fds[0]), context->metrics());
-  Connection connection(loop, io);
+  Connection connection(l.loop, io);
   connection.start();
 
   SSL_CTX* client_ctx = SSL_CTX_new(TLS_client_method());
@@ -282,7 +260,7 @@ TEST_CASE("over TLS, a warm request costs kvcache no allocation (OpenSSL's are c
   size_t total = allocations.load() - before;
   CHECK(total - io.openssl_allocations - client_allocations == 0);  // kvcache's own
   CHECK(received.find("HTTP/1.1 200 OK") != std::string::npos);
-  CHECK(store.stats().entries == 200);
+  CHECK(l.store.stats().entries == 200);
   MESSAGE("OpenSSL allocations per request (2 per exchange of a put and a get): server ",
           static_cast<double>(io.openssl_allocations) / (2 * requests.size()), ", client ",
           static_cast<double>(client_allocations) / (2 * requests.size()));

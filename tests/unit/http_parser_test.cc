@@ -1,7 +1,9 @@
 #include "http_framing.h"
+#include "http_response.h"
 
 #include <doctest/doctest.h>
 
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -245,4 +247,30 @@ TEST_CASE("pipelined requests are consumed one at a time") {
   Parsed second = parse(two.substr(first.consumed));
   REQUIRE(second.status == Status::complete);
   CHECK(second.request.path == "/get");
+}
+
+TEST_CASE("one status table: every status sent has its reason phrase") {
+  // 0e59145 answered "409 Unknown" and "500 Unknown": the metrics' list of
+  // statuses and the reason phrases were two tables that disagreed.
+  CHECK(reason_phrase(409) == "Conflict");
+  CHECK(reason_phrase(500) == "Internal Server Error");
+  for (const StatusCode& status : kStatusCodes) {
+    INFO(status.code);
+    CHECK(status_index(status.code) < kStatusCount);
+    CHECK(reason_phrase(status.code) == status.reason);
+    CHECK(!status.reason.empty());
+  }
+  CHECK(status_index(299) == kStatusCount);
+  // Every code the parser answers with is in the table.
+  for (const char* bad : {"GET / HTTP/1.1\r\nno colon\r\n\r\n", "GET / HTTP/2.0\r\n\r\n", "BREW / HTTP/1.1\r\n\r\n",
+                          "POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n",
+                          "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"}) {
+    FrameState state;
+    Request request;
+    std::unique_ptr<char[]> body(new char[kMaxBodyBytes]);
+    Frame frame = frame_request(bad, std::strlen(bad), state, request, body.get());
+    INFO(bad);
+    REQUIRE(frame.status == Status::error);
+    CHECK(status_index(frame.error.code) < kStatusCount);
+  }
 }
