@@ -202,7 +202,9 @@ TEST_CASE("--help and the flag table of docs/operations.md list the same flags, 
     size_t variable = line.find("| ", name_end) + 2;
     table[line.substr(3, name_end - 3)] = line.substr(variable, line.find(" |", variable) - variable);
   }
-  for (const auto& [flag, takes_value] : usage) {
+  for (const auto& row : usage) {  // no structured bindings: clang 14 cannot capture them (INFO)
+    const std::string& flag = row.first;
+    const bool takes_value = row.second;
     INFO(flag);
     REQUIRE(table.count(flag) == 1);
     std::string variable = "KVCACHE_" + flag.substr(2);
@@ -215,7 +217,8 @@ TEST_CASE("--help and the flag table of docs/operations.md list the same flags, 
     ConfigResult bad = parse_config({}, [&](const char* name) { return name == variable ? "\x01" : nullptr; }, config);
     if (!bad.ok) CHECK((bad.error.find(variable) != std::string::npos || bad.error.find(flag) != std::string::npos));
   }
-  for (const auto& [flag, variable] : table) {
+  for (const auto& row : table) {
+    const std::string& flag = row.first;
     INFO(flag);
     CHECK(usage.count(flag) == 1);
   }
