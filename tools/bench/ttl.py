@@ -26,6 +26,7 @@ no-TTL time / TTL time; goals: >= 0.9, and p99.9 and max <= 1.5x).
   /usr/bin/python3 tools/bench/ttl.py                                  # 1M keys, build/kvcache
   /usr/bin/python3 tools/bench/ttl.py --entries 3000000 --baseline /path/to/old/kvcache
   /usr/bin/python3 tools/bench/ttl.py --expiry --baseline /path/to/old/kvcache
+  /usr/bin/python3 tools/bench/ttl.py --rounds 3      # pairs in alternating order, medians
 
 The box should be otherwise idle; the load average at the start and end is printed.
 Exit status: 0 ok, 1 a failed request, 2 usage or kvcache could not be started.
@@ -35,6 +36,7 @@ import argparse
 import multiprocessing
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -166,6 +168,8 @@ def main():
     p.add_argument("--kvcache", default=d.DEFAULT_KVCACHE, help="kvcache binary")
     p.add_argument("--baseline", help="another kvcache binary, measured in the same run first")
     p.add_argument("--timeout", type=float, default=900, help="seconds allowed for each fill or pass")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat each binary's pair, the mode order alternating; medians reported")
     p.add_argument("--expiry", action="store_true", help="measure how soon keys with ttl 2 are gone instead")
     args = p.parse_args()
     binaries = ([("baseline", args.baseline)] if args.baseline else []) + [("kvcache", args.kvcache)]
@@ -179,21 +183,24 @@ def main():
                       flush=True)
         print(f"load average at end: {os.getloadavg()[0]:.2f}")
         return 0
-    results = {}
+    runs = {}
     with tempfile.TemporaryDirectory(prefix="kv-ttl-bench-") as logdir:
-        for name, binary in binaries:
-            for mode_ttl in (False, True):
-                try:
-                    r = run_one(binary, mode_ttl, args, logdir)
-                except (d.BenchError, OSError) as e:
-                    print(f"{name} {'TTL' if mode_ttl else 'no TTL'}: FAILED: {e}", file=sys.stderr)
-                    return 1
-                results[(name, mode_ttl)] = r
-                print(f"{name:9} {'TTL   ' if mode_ttl else 'no TTL'}: rewrite {r['seconds']:.1f} s, "
-                      f"GET p99 {r['p99']:.1f} ms, p99.9 {r['p999']:.1f} ms, max {r['max']:.1f} ms "
-                      f"({r['gets']} GETs, {r['entries']:.0f} entries)", flush=True)
+        for round_number in range(args.rounds):
+            for name, binary in binaries:
+                for mode_ttl in ((False, True) if round_number % 2 == 0 else (True, False)):
+                    try:
+                        r = run_one(binary, mode_ttl, args, logdir)
+                    except (d.BenchError, OSError) as e:
+                        print(f"{name} {'TTL' if mode_ttl else 'no TTL'}: FAILED: {e}", file=sys.stderr)
+                        return 1
+                    runs.setdefault((name, mode_ttl), []).append(r)
+                    print(f"{name:9} {'TTL   ' if mode_ttl else 'no TTL'}: rewrite {r['seconds']:.1f} s, "
+                          f"GET p99 {r['p99']:.1f} ms, p99.9 {r['p999']:.1f} ms, max {r['max']:.1f} ms "
+                          f"({r['gets']} GETs, {r['entries']:.0f} entries)", flush=True)
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    results = {key: {field: statistics.median(r[field] for r in rs) for field in rs[0]} for key, rs in runs.items()}
     print()
+    print(f"medians of {args.rounds} round(s):")
     print(f"| binary | N | rewrite time, no TTL / TTL | rewrite throughput TTL/no-TTL | GET p99 | GET p99.9 | GET max |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, _ in binaries:
