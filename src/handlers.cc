@@ -280,17 +280,26 @@ void RequestHandler::health(const http::Request&, std::string_view, ConnectionMo
 
 void RequestHandler::snapshot(const http::Request&, std::string_view, ConnectionMode mode, std::string& out) {
   if (snapshots_ == nullptr) return message(404, "Snapshots are off: start kvcache with --snapshot-path.", mode, out);
-  if (!snapshots_->request(wake_)) return message(409, "A snapshot is already being written.", mode, out);
-  deferred_ = true;
-  deferred_endpoint_ = endpoint_;
-  deferred_mode_ = mode;
+  switch (snapshots_->request(wake_)) {
+    case Snapshotter::Request::accepted:
+      deferred_ = true;
+      deferred_endpoint_ = endpoint_;
+      deferred_mode_ = mode;
+      return;
+    case Snapshotter::Request::busy:
+      return message(409, "A snapshot is already being written.", mode, out);
+    case Snapshotter::Request::stopping:
+      return message(503, "The server is shutting down; it writes a final snapshot before it exits.", mode, out);
+  }
 }
 
 void RequestHandler::finish_snapshot(std::string& out) {
   endpoint_ = deferred_endpoint_;
-  SnapshotResult result = snapshots_->last_result();
+  SnapshotResult result = snapshots_->collect();
   if (!result.ok) {
-    return message(500, fmt::format("snapshot failed: {}", result.abandoned ? "abandoned at shutdown" : result.error),
+    return message(500,
+                   fmt::format("snapshot failed: {}",
+                               result.abandoned ? "abandoned at shutdown (the final snapshot follows)" : result.error),
                    deferred_mode_, out);
   }
   scratch_.clear();

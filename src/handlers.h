@@ -85,7 +85,8 @@ class RequestHandler {
   // POST /snapshot answers when the snapshot is written, without blocking
   // the loop: handle() then appends nothing and take_deferred() is true
   // (once); wake runs on the snapshot thread when it is done, and the loop
-  // then calls finish_snapshot() for the response. One snapshot at a time.
+  // then calls finish_snapshot() for the response (always: it frees the
+  // Snapshotter for the next request). One snapshot at a time.
   void enable_snapshots(Snapshotter* snapshots, std::function<void()> wake);
   bool take_deferred() { return std::exchange(deferred_, false); }
   void finish_snapshot(std::string& out);

@@ -29,6 +29,11 @@
 
 namespace {
 
+// Exit codes: 2 is a bad flag or a state only a person can fix (an
+// unreadable snapshot), so the systemd unit does not restart on it; 3 is a
+// stop whose final snapshot was not written (it restarts, loading the previous one).
+constexpr int kExitFinalSnapshotFailed = 3;
+
 unsigned available_cpus() {
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
@@ -171,7 +176,7 @@ int main(int argc, char** argv) {
     snapshots = std::make_unique<Snapshotter>(store, config, config.threads);
     metrics.add(snapshots->metrics());
     // Before listening: clients see the restored cache, or connection refused.
-    snapshots->load();
+    if (!snapshots->load()) return 2;
   }
   std::atomic<unsigned> open_connections{0};
   std::vector<std::unique_ptr<Worker>> workers;
@@ -231,14 +236,19 @@ int main(int argc, char** argv) {
   log(LogLevel::info, "received {}: draining connections (up to {}s)", signal_number == SIGTERM ? "SIGTERM" : "SIGINT",
       config.drain_timeout);
   notify_service_manager("STOPPING=1");
+  // A background snapshot still running is abandoned for the final one,
+  // which sees every write the drained requests made; stopped first, so a
+  // POST /snapshot waiting on it is answered and does not hold up the drain.
+  if (snapshots) snapshots->stop();
   for (auto& worker : workers) worker->stop();
   for (auto& thread : threads) thread.join();
   if (snapshots) {
-    // A background snapshot still running is abandoned for this last one,
-    // which sees every write the drained requests made.
-    snapshots->stop();
     log(LogLevel::info, "writing the final snapshot (up to {}s)", config.snapshot_timeout);
-    snapshots->write_final();
+    if (!snapshots->write_final()) {
+      // Not a clean stop: what changed since the previous snapshot is lost.
+      log(LogLevel::error, "stopped without the final snapshot: exit code {}", kExitFinalSnapshotFailed);
+      return kExitFinalSnapshotFailed;
+    }
   }
   log(LogLevel::info, "stopped");
   return 0;

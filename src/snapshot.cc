@@ -11,6 +11,7 @@
 #include <cstring>
 #include <ctime>
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 namespace kv {
@@ -80,7 +81,9 @@ RestoreSummary restore_snapshot(snapshot::Source& source, Store& store, const Ti
     if (record.expires_unix_ms != 0) {
       tick = base.tick_from_wall(record.expires_unix_ms);
       if (tick == 0) {
+        // The key's last value had run out: an earlier one must not come back.
         ++summary.expired;
+        store.erase(key);
         return;
       }
     }
@@ -88,6 +91,7 @@ RestoreSummary restore_snapshot(snapshot::Source& source, Store& store, const Ti
       ++summary.loaded;
     } else {
       ++summary.too_large;
+      store.erase(key);
     }
   });
   return summary;
@@ -146,7 +150,10 @@ SnapshotResult write_snapshot(Store& store, const std::string& path, absl::Funct
       }
     }
   }
-  if (!writer.commit()) return fail(writer.error());
+  if (!writer.commit()) {
+    result.replaced = writer.replaced();
+    return fail(writer.error());
+  }
   result.ok = true;
   result.entries = writer.records();
   result.bytes = writer.bytes();
@@ -165,19 +172,37 @@ Snapshotter::Snapshotter(Store& store, const Config& config, unsigned threads)
 
 Snapshotter::~Snapshotter() { stop(); }
 
-void Snapshotter::load() {
+bool Snapshotter::load() {
   // A PATH.tmp is what a crash or kill -9 left mid-write: never a snapshot.
   std::string tmp = path_ + ".tmp";
   if (unlink(tmp.c_str()) == 0) log(LogLevel::info, "removed {} left by an interrupted snapshot", tmp);
+  // Every snapshot creates PATH.tmp: find out now, not when the data is at stake.
+  int probe = open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (probe < 0) {
+    log(LogLevel::error,
+        "cannot write snapshots: create {}: {}; create the directory and make it writable for the server's user, "
+        "or change --snapshot-path",
+        tmp, std::strerror(errno));
+    return false;
+  }
+  close(probe);
+  unlink(tmp.c_str());
 
+  // Only "no such file" means there is nothing to lose. Any other failure to
+  // open or read is fatal, as Redis does with an RDB it cannot read: serving
+  // empty would replace the file with an empty snapshot.
+  auto unreadable = [&](const std::string& error) {
+    log(LogLevel::error,
+        "cannot read snapshot {}: {}; not starting, so that it is not replaced by an empty one: fix the file's "
+        "permissions (or the disk) and start again, or move it aside (mv {} {}.aside) to start empty",
+        path_, error, path_, path_);
+    return false;
+  };
   int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    if (errno == ENOENT) {
-      log(LogLevel::info, "no snapshot at {}: starting empty", path_);
-    } else {
-      log(LogLevel::error, "cannot open snapshot {}: {}; starting empty", path_, std::strerror(errno));
-    }
-    return;
+    if (errno != ENOENT) return unreadable(std::strerror(errno));
+    log(LogLevel::info, "no snapshot at {}: starting empty", path_);
+    return true;
   }
   close(fd);
   // Nothing is served yet, so every core may help: one thread per group of
@@ -185,6 +210,7 @@ void Snapshotter::load() {
   // inserts). They all meet the same damage, if any, at the same offset.
   auto start = std::chrono::steady_clock::now();
   TimeBase base = TimeBase::now(store_.clock());
+  StoreStats before = store_.stats();
   std::vector<RestoreSummary> parts(load_threads_);
   std::vector<std::thread> threads;
   for (size_t part = 0; part < load_threads_; ++part) {
@@ -215,8 +241,10 @@ void Snapshotter::load() {
   switch (read.status) {
     case snapshot::ReadStatus::complete:
       break;
-    case snapshot::ReadStatus::damaged:
     case snapshot::ReadStatus::io_error:
+      // Some shards would be loaded short, and the next snapshot would drop the rest.
+      return unreadable(fmt::format("{} at offset {}", read.reason, read.offset));
+    case snapshot::ReadStatus::damaged:
       log(LogLevel::warn, "snapshot {} is damaged at offset {}: {}; loaded the {} records before it", path_,
           read.offset, read.reason, read.records);
       break;
@@ -226,30 +254,41 @@ void Snapshotter::load() {
       bool moved = rename(path_.c_str(), aside.c_str()) == 0;
       log(LogLevel::error, "{} cannot be loaded ({}: {}); {}; starting empty", path_, snapshot::status_name(read.status),
           read.reason, moved ? fmt::format("moved aside to {}", aside) : fmt::format("cannot move it aside: {}", std::strerror(errno)));
-      return;
+      return true;
     }
   }
-  metrics_.restored_entries = summary.loaded;
+  // What the store holds now, not what went in: under a smaller limit the
+  // load itself evicts the oldest.
+  StoreStats after = store_.stats();
+  uint64_t kept = after.entries - before.entries;
+  uint64_t evicted = after.evictions - before.evictions;
+  metrics_.restored_entries = kept;
   log(LogLevel::info,
-      "snapshot {} loaded: {} entries, {} skipped as expired, {} not stored (over the memory limit), {} bytes in {:.3f}s",
-      path_, summary.loaded, summary.expired, summary.too_large, read.bytes, seconds);
+      "snapshot {} loaded: {} entries, {} skipped as expired, {} not kept (over the memory limit), {} records, {} "
+      "bytes in {:.3f}s",
+      path_, kept, summary.expired, summary.too_large + evicted, read.records, read.bytes, seconds);
+  return true;
 }
 
 void Snapshotter::start() { thread_ = std::thread([this] { run(); }); }
 
-bool Snapshotter::request(std::function<void()> done) {
+Snapshotter::Request Snapshotter::request(std::function<void()> done) {
   std::lock_guard lock(mutex_);
-  if (busy_ || stopping_) return false;
-  busy_ = true;
+  if (stopping_) return Request::stopping;
+  // One requester at a time, until it has its result: a second accepted
+  // before the first collected would be answered with the first's result.
+  if (answer_pending_ || writing_) return Request::busy;
+  answer_pending_ = true;
   requested_ = true;
   done_ = std::move(done);
   wake_.notify_one();
-  return true;
+  return Request::accepted;
 }
 
-SnapshotResult Snapshotter::last_result() const {
+SnapshotResult Snapshotter::collect() {
   std::lock_guard lock(mutex_);
-  return last_;
+  answer_pending_ = false;
+  return std::move(answer_);
 }
 
 SnapshotResult Snapshotter::write(absl::FunctionRef<bool()> should_stop, double duty) {
@@ -263,6 +302,9 @@ SnapshotResult Snapshotter::write(absl::FunctionRef<bool()> should_stop, double 
     metrics_.last_entries = result.entries;
     log(LogLevel::info, "snapshot written to {}: {} entries, {} bytes in {:.3f}s", path_, result.entries, result.bytes,
         result.seconds);
+  } else if (result.replaced) {
+    ++metrics_.failures;
+    log(LogLevel::error, "snapshot written but not made durable: {}", result.error);
   } else if (!result.abandoned) {
     ++metrics_.failures;
     log(LogLevel::error, "snapshot to {} failed: {}; the previous snapshot stays", path_, result.error);
@@ -283,22 +325,33 @@ void Snapshotter::run() {
       }
       continue;
     }
-    requested_ = false;
-    busy_ = true;
+    bool answering = std::exchange(requested_, false);
+    writing_ = true;
     lock.unlock();
     SnapshotResult result = write([this] { return stopping_.load(); }, kBackgroundDuty);
     lock.lock();
-    last_ = result;
-    busy_ = false;
-    std::function<void()> done = std::move(done_);
-    done_ = nullptr;
+    writing_ = false;
     next = std::chrono::steady_clock::now() + interval_;
-    if (done) {
-      lock.unlock();
-      done();
-      lock.lock();
-    }
+    if (answering) answer(lock, std::move(result));
   }
+  // Accepted but never started: its requester still gets an answer.
+  if (requested_) {
+    requested_ = false;
+    SnapshotResult abandoned;
+    abandoned.abandoned = true;
+    abandoned.error = "abandoned";
+    answer(lock, std::move(abandoned));
+  }
+}
+
+void Snapshotter::answer(std::unique_lock<std::mutex>& lock, SnapshotResult result) {
+  answer_ = std::move(result);
+  std::function<void()> done = std::move(done_);
+  done_ = nullptr;
+  // The slot stays taken (answer_pending_) until the requester collects.
+  lock.unlock();
+  done();
+  lock.lock();
 }
 
 void Snapshotter::stop() {
@@ -310,13 +363,14 @@ void Snapshotter::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-void Snapshotter::write_final() {
+bool Snapshotter::write_final() {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_);
   SnapshotResult result = write([&] { return std::chrono::steady_clock::now() > deadline; }, 1.0);
   if (result.abandoned) {
-    log(LogLevel::warn, "final snapshot took longer than --snapshot-timeout {}s: abandoned; {} keeps the previous one",
+    log(LogLevel::error, "final snapshot took longer than --snapshot-timeout {}s: abandoned; {} keeps the previous one",
         timeout_, path_);
   }
+  return result.ok;
 }
 
 }  // namespace kv

@@ -41,6 +41,7 @@ struct SnapshotResult {
   uint64_t bytes = 0;
   double seconds = 0;
   bool abandoned = false;  // stopped on purpose (shutdown, timeout), not failed
+  bool replaced = false;   // when !ok: the new file is in place all the same (only its directory's fsync failed)
   std::string error;       // when !ok
 };
 
@@ -71,16 +72,18 @@ struct TimeBase {
 
 struct RestoreSummary {
   snapshot::ReadResult read;
-  uint64_t loaded = 0;
-  uint64_t expired = 0;    // skipped: their TTL ran out while the server was down
-  uint64_t too_large = 0;  // could not be stored under the current memory limit
+  uint64_t loaded = 0;     // records stored (a later record of the same key may replace one)
+  uint64_t expired = 0;    // records whose TTL ran out while the server was down
+  uint64_t too_large = 0;  // records that could not be stored under the current memory limit
 };
 
 // Puts every record the source holds into the store in file order, so the
 // newest entries end up the most recently used (and win under a smaller
-// limit). With parts > 1, only the records of the shards whose index is
-// part modulo parts: that many threads, each reading the file, restore it
-// in parallel with no shard touched by two of them.
+// limit). The last record of a key decides: one that is expired or cannot
+// be stored removes what an earlier record of that key put. With parts > 1,
+// only the records of the shards whose index is part modulo parts: that
+// many threads, each reading the file, restore it in parallel with no shard
+// touched by two of them.
 RestoreSummary restore_snapshot(snapshot::Source& source, Store& store, const TimeBase& base, size_t part = 0,
                                 size_t parts = 1);
 
@@ -104,24 +107,37 @@ class Snapshotter {
   Snapshotter(const Snapshotter&) = delete;
   Snapshotter& operator=(const Snapshotter&) = delete;
 
-  // Before serving: loads --snapshot-path if it exists and logs one line.
-  void load();
+  // Before serving: checks that snapshots can be written next to
+  // --snapshot-path, then loads it if it exists, and logs one line. False
+  // (the reason logged) when the server must not start: the directory is
+  // missing or not writable, or the file exists but cannot be opened or
+  // read, which only a person can fix (serving empty would replace it with
+  // an empty snapshot).
+  bool load();
   // Starts the snapshot thread.
   void start();
-  // Thread-safe. Starts a snapshot now; done() runs on the snapshot thread
-  // once it has finished (last_result() has it). False, and done is not
-  // kept, when one is already being written.
-  bool request(std::function<void()> done);
-  SnapshotResult last_result() const;
-  // Stops the thread; a snapshot it was writing is abandoned (the previous file stays).
+  enum class Request { accepted, busy, stopping };
+  // Thread-safe. Starts a snapshot now for one requester; done() runs on the
+  // snapshot thread once it is over, and the requester then takes its
+  // result with collect(). Until it has, every other request is `busy`, as
+  // while any snapshot is written; `stopping` once stop() has begun. done is
+  // kept only when accepted.
+  Request request(std::function<void()> done);
+  // The result of the accepted request's snapshot (after its done()); frees the slot.
+  SnapshotResult collect();
+  // Stops the thread; a snapshot it was writing is abandoned (the previous
+  // file stays), and an accepted request gets that result.
   void stop();
   // At shutdown, after the workers have drained: a last snapshot on the
-  // calling thread, abandoned past --snapshot-timeout.
-  void write_final();
+  // calling thread, abandoned past --snapshot-timeout. False when it was
+  // not written (failed or abandoned).
+  bool write_final();
   const SnapshotMetrics& metrics() const { return metrics_; }
 
  private:
   void run();
+  // Hands the accepted request its result and runs its done() (unlocked meanwhile).
+  void answer(std::unique_lock<std::mutex>& lock, SnapshotResult result);
   SnapshotResult write(absl::FunctionRef<bool()> should_stop, double duty);
 
   Store& store_;
@@ -135,10 +151,11 @@ class Snapshotter {
   mutable std::mutex mutex_;
   // Rest are protected by mutex_.
   std::condition_variable wake_;
-  bool requested_ = false;
-  bool busy_ = false;  // requested or being written
+  bool requested_ = false;  // accepted, not started yet
+  bool writing_ = false;
+  bool answer_pending_ = false;  // accepted, and its result not collected yet
   std::function<void()> done_;
-  SnapshotResult last_;
+  SnapshotResult answer_;  // for the accepted request
 };
 
 }  // namespace kv

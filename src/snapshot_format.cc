@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <utility>
 
 namespace kv::snapshot {
 namespace {
@@ -116,6 +117,11 @@ uint32_t crc32c(const void* data, size_t size) {
 
 // ---------------------------------------------------------------- writer
 
+const FileCalls& system_file_calls() {
+  static const FileCalls calls{::fsync, ::close};
+  return calls;
+}
+
 Writer::~Writer() { abandon(); }
 
 bool Writer::fail(std::string_view what) {
@@ -129,6 +135,7 @@ bool Writer::open(const std::string& path, int64_t created_unix_ms) {
   created_unix_ms_ = created_unix_ms;
   records_ = 0;
   bytes_ = 0;
+  replaced_ = false;
   block_records_ = 0;
   block_.clear();
   block_.reserve(block_target_);
@@ -192,24 +199,32 @@ bool Writer::commit() {
   put<uint64_t>(header, records_);
   put<uint32_t>(header, crc32c(header.data(), header.size()));
   if (pwrite(fd_, header.data(), header.size(), 0) != static_cast<ssize_t>(header.size())) return fail("write header of");
-  if (fsync(fd_) != 0) return fail("fsync");
-  int fd = fd_;
-  fd_ = -1;
-  if (::close(fd) != 0) return fail("close");
+  if (calls_.fsync(fd_) != 0) return fail("fsync");
+  int fd = std::exchange(fd_, -1);
+  // After a failed close the data may not be on disk: the .tmp goes too.
+  if (calls_.close(fd) != 0) {
+    fail("close");
+    unlink(tmp_path_.c_str());
+    return false;
+  }
   if (rename(tmp_path_.c_str(), path_.c_str()) != 0) {
     fail("rename");
     unlink(tmp_path_.c_str());
     return false;
   }
+  replaced_ = true;
   // The rename is durable only once the directory is on disk too.
   std::string dir = directory_of(path_);
   int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0 || fsync(dir_fd) != 0) {
-    error_ = fmt::format("fsync directory {}: {}", dir, std::strerror(errno));
-    if (dir_fd >= 0) ::close(dir_fd);
+  if (dir_fd < 0 || calls_.fsync(dir_fd) != 0) {
+    error_ = fmt::format(
+        "{} is the new snapshot, but fsync of its directory {} failed: {}; a crash before the directory reaches the "
+        "disk may bring back the previous one",
+        path_, dir, std::strerror(errno));
+    if (dir_fd >= 0) calls_.close(dir_fd);
     return false;
   }
-  ::close(dir_fd);
+  calls_.close(dir_fd);
   block_.clear();
   block_.shrink_to_fit();
   return true;

@@ -42,12 +42,21 @@ struct Record {
   int64_t expires_unix_ms;  // 0 = never
 };
 
+// The file calls whose failure the writer must report truthfully: a seam
+// through which tests make them fail (slab.h's MemoryCalls does the same).
+struct FileCalls {
+  int (*fsync)(int fd);
+  int (*close)(int fd);
+};
+const FileCalls& system_file_calls();
+
 // Writes PATH.tmp, then on commit: fsync, rename over PATH, fsync the
 // directory. Until commit the previous file at PATH is untouched.
 class Writer {
  public:
   // Tests pass a small block_target to get many blocks from a few records.
-  explicit Writer(size_t block_target = kBlockTarget) : block_target_(block_target) {}
+  explicit Writer(size_t block_target = kBlockTarget, const FileCalls& calls = system_file_calls())
+      : block_target_(block_target), calls_(calls) {}
   ~Writer();
   Writer(const Writer&) = delete;
   Writer& operator=(const Writer&) = delete;
@@ -59,7 +68,10 @@ class Writer {
   void add(const Record& record);
   bool block_full() const { return block_.size() >= block_target_; }
   bool flush();
+  // False on error; replaced() then tells whether PATH already holds the new
+  // file (only its directory's fsync failed) or still the previous one.
   bool commit();
+  bool replaced() const { return replaced_; }
   // Removes PATH.tmp after a failure or a timeout; the previous file stays.
   void abandon();
 
@@ -73,6 +85,7 @@ class Writer {
   bool write_block(uint32_t count, std::string_view payload);
 
   const size_t block_target_;
+  const FileCalls& calls_;
   std::string path_;
   std::string tmp_path_;
   int fd_ = -1;
@@ -81,6 +94,7 @@ class Writer {
   uint64_t records_ = 0;
   uint64_t bytes_ = 0;
   int64_t created_unix_ms_ = 0;
+  bool replaced_ = false;
   std::string error_;
 };
 

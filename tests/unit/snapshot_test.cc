@@ -5,10 +5,16 @@
 
 #include <doctest/doctest.h>
 #include <fmt/core.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <fstream>
+#include <mutex>
 #include <iterator>
 #include <optional>
 #include <string>
@@ -392,4 +398,181 @@ TEST_CASE("an abandoned snapshot keeps the previous file") {
   CHECK(result.abandoned);
   CHECK(read_file(path) == previous);
   CHECK_FALSE(std::ifstream(path + ".tmp").good());
+}
+
+// ---------------------------------------------------------------- issue 16
+
+namespace {
+
+// Restores a file written from items into a fresh store.
+RestoreSummary restore_items(const TempDir& dir, const std::vector<Item>& items, Store& store, const Clock& clock) {
+  std::string bytes = write_items(dir, items);
+  snapshot::MemorySource source(bytes);
+  return restore_snapshot(source, store, TimeBase::now(clock));
+}
+
+}  // namespace
+
+TEST_CASE("restore: the last record of a key decides, and an expired one means absent") {
+  // Issue 16 item 3: K copied as v1 (no TTL), then rewritten with a 1 s TTL
+  // during the snapshot and copied again; that TTL ran out while down.
+  TempDir dir;
+  FakeClock clock;
+  Store store(4, 64 << 20, clock);
+  int64_t past = TimeBase::now(clock).wall_ms - 1000;
+  int64_t future = TimeBase::now(clock).wall_ms + 3'600'000;
+  RestoreSummary summary = restore_items(dir,
+                                         {{"K", "v1-old", 0},
+                                          {"L", "l1", 0},
+                                          {"M", "m1", past},
+                                          {"K", "v2", past},
+                                          {"L", "l2", future},
+                                          {"M", "m2", 0}},
+                                         store, clock);
+  CHECK_FALSE(lookup(store, "K"));
+  CHECK(lookup(store, "L") == "l2");
+  CHECK(lookup(store, "M") == "m2");
+  CHECK(summary.expired == 2);
+  CHECK(store.stats().entries == 2);
+}
+
+namespace {
+
+// File calls that fail on demand (the system's otherwise).
+struct FailingFileCalls {
+  static inline int fail_fsync_of_directory = 0;
+  static inline int fail_close = 0;
+  static bool is_directory(int fd) {
+    struct stat st {};
+    return fstat(fd, &st) == 0 && S_ISDIR(st.st_mode);
+  }
+  static const snapshot::FileCalls& calls() {
+    static const snapshot::FileCalls calls{
+        [](int fd) {
+          if (fail_fsync_of_directory && is_directory(fd)) {
+            errno = EIO;
+            return -1;
+          }
+          return snapshot::system_file_calls().fsync(fd);
+        },
+        [](int fd) {
+          if (fail_close && !is_directory(fd)) {
+            snapshot::system_file_calls().close(fd);
+            errno = EIO;  // as NFS reports a write-back failure at close
+            return -1;
+          }
+          return snapshot::system_file_calls().close(fd);
+        },
+    };
+    return calls;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("commit: a failed close removes PATH.tmp; a failed directory fsync says the new file is in place") {
+  // Issue 16 item 8.
+  TempDir dir;
+  std::string path = dir.path + "/cache.snap";
+  std::string previous = write_items(dir, sample_items(5));
+  snapshot::Writer writer(2048, FailingFileCalls::calls());
+  SUBCASE("close fails: the previous file stays, and no .tmp is left") {
+    FailingFileCalls::fail_close = 1;
+    REQUIRE(writer.open(path, 2));
+    writer.add({"x", "y", 0});
+    CHECK_FALSE(writer.commit());
+    FailingFileCalls::fail_close = 0;
+    CHECK_FALSE(writer.replaced());
+    CHECK(writer.error().find("close") != std::string::npos);
+    CHECK(read_file(path) == previous);
+    CHECK_FALSE(std::ifstream(path + ".tmp").good());
+  }
+  SUBCASE("the directory's fsync fails: the new file is at PATH, and the error says so") {
+    FailingFileCalls::fail_fsync_of_directory = 1;
+    REQUIRE(writer.open(path, 2));
+    writer.add({"x", "y", 0});
+    CHECK_FALSE(writer.commit());
+    FailingFileCalls::fail_fsync_of_directory = 0;
+    CHECK(writer.replaced());
+    CHECK(writer.error().find("is the new snapshot") != std::string::npos);
+    std::vector<Item> items;
+    CHECK(read_bytes(read_file(path), items).status == snapshot::ReadStatus::complete);
+    CHECK(items == std::vector<Item>{{"x", "y", 0}});
+  }
+}
+
+TEST_CASE("Snapshotter: one requester at a time, until it has collected its own result") {
+  // Issue 16 item 4: the slot used to be freed before the requester was
+  // woken, so a second request could take it and the first's result.
+  TempDir dir;
+  FakeClock clock;
+  Store store(2, 64 << 20, clock);
+  Config config;
+  config.snapshot_path = dir.path + "/cache.snap";
+  config.snapshot_interval = 0;
+  Snapshotter snapshots(store, config, 1);
+  REQUIRE(snapshots.load());
+  snapshots.start();
+  std::mutex mutex;
+  std::condition_variable cv;
+  int done = 0;
+  auto on_done = [&] {
+    std::lock_guard lock(mutex);
+    ++done;
+    cv.notify_all();
+  };
+  auto wait_done = [&](int count) {
+    std::unique_lock lock(mutex);
+    return cv.wait_for(lock, std::chrono::seconds(60), [&] { return done >= count; });
+  };
+  for (int round = 1; round <= 3; ++round) {
+    REQUIRE(store.put(make_key(fmt::format("k{}", round)), "v", 0) == PutStatus::ok);
+    REQUIRE(snapshots.request(on_done) == Snapshotter::Request::accepted);
+    CHECK(snapshots.request(on_done) == Snapshotter::Request::busy);
+    REQUIRE(wait_done(round));
+    // Written, but not collected: still busy, and no other done() runs.
+    CHECK(snapshots.request(on_done) == Snapshotter::Request::busy);
+    SnapshotResult result = snapshots.collect();
+    CHECK(result.ok);
+    CHECK(result.entries == static_cast<uint64_t>(round));
+  }
+  snapshots.stop();
+  CHECK(snapshots.request(on_done) == Snapshotter::Request::stopping);
+  CHECK(done == 3);
+}
+
+TEST_CASE("Snapshotter: a request accepted as it stops is answered, as abandoned") {
+  TempDir dir;
+  FakeClock clock;
+  Store store(2, 64 << 20, clock);
+  Config config;
+  config.snapshot_path = dir.path + "/cache.snap";
+  config.snapshot_interval = 0;
+  Snapshotter snapshots(store, config, 1);
+  REQUIRE(snapshots.load());
+  // Not started: the request can only be answered by stop().
+  std::atomic<int> done{0};
+  REQUIRE(snapshots.request([&] { ++done; }) == Snapshotter::Request::accepted);
+  snapshots.start();
+  snapshots.stop();
+  // Either it was written before the stop, or abandoned: answered both ways.
+  CHECK(done == 1);
+  SnapshotResult result = snapshots.collect();
+  CHECK((result.ok || result.abandoned));
+}
+
+TEST_CASE("Snapshotter::load refuses a directory it cannot write and a file it cannot read") {
+  // Issue 16 items 5 and 1 (the e2e tests cover the messages).
+  TempDir dir;
+  FakeClock clock;
+  Store store(2, 64 << 20, clock);
+  Config config;
+  config.snapshot_interval = 0;
+  config.snapshot_path = dir.path + "/missing/cache.snap";
+  CHECK_FALSE(Snapshotter(store, config, 1).load());
+  config.snapshot_path = dir.path + "/a-directory";
+  REQUIRE(mkdir(config.snapshot_path.c_str(), 0700) == 0);
+  CHECK_FALSE(Snapshotter(store, config, 2).load());
+  config.snapshot_path = dir.path + "/absent.snap";
+  CHECK(Snapshotter(store, config, 2).load());
 }
