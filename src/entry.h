@@ -5,6 +5,7 @@
 //   0        4        8          10       11                   11 or 15
 //   | newer  | older  | val size | key-1  | [expiry tick: TTL]  | key bytes | value bytes |
 //                       bit 15 of val size: the expiry is there
+//                       bit 14: the snapshot walk's mark (shard.h)
 //
 // LRU links are slab handles (32 bits), guarded by the owning shard's lock.
 #pragma once
@@ -20,7 +21,7 @@ namespace kv {
 struct Entry {
   Handle newer;
   Handle older;
-  uint16_t value_size_and_flag;  // value size 0..256, kHasExpiry
+  uint16_t value_size_and_flag;  // value size 0..256, kHasExpiry, kCopyMark
   uint8_t key_size_minus_one;    // keys are 1..256 bytes
 
   static constexpr size_t kHeaderSize = 11;
@@ -29,6 +30,8 @@ struct Entry {
   // A chunk reserved for a batch item, not yet an entry, has this in
   // `newer` (never a valid handle) and the item's index in `older`.
   static constexpr Handle kReserved = kNoHandle - 1;
+  static constexpr uint16_t kCopyMark = 0x4000;
+  static constexpr uint16_t kValueSizeMask = 0x01FF;
   static size_t size_for(size_t key_size, size_t value_size, bool has_expiry) {
     return kHeaderSize + (has_expiry ? kExpirySize : 0) + key_size + value_size;
   }
@@ -41,14 +44,20 @@ struct Entry {
     return tick;
   }
   size_t key_size() const { return size_t{key_size_minus_one} + 1; }
-  size_t value_size() const { return value_size_and_flag & ~kHasExpiry; }
+  size_t value_size() const { return value_size_and_flag & kValueSizeMask; }
+  // The snapshot walk's mark: kept by fill(), set by the shard.
+  bool copy_mark() const { return (value_size_and_flag & kCopyMark) != 0; }
+  void set_copy_mark(bool mark) {
+    value_size_and_flag = static_cast<uint16_t>((value_size_and_flag & ~kCopyMark) | (mark ? kCopyMark : 0));
+  }
   std::string_view key() const { return {bytes(), key_size()}; }
   std::string_view value() const { return {bytes() + key_size(), value_size()}; }
   size_t size() const { return size_for(key_size(), value_size(), has_expiry()); }
 
-  // The one copy of key and value into the store (the LRU links are kept).
+  // The one copy of key and value into the store (the LRU links and the copy mark are kept).
   void fill(std::string_view key, std::string_view value, uint32_t expires) {
-    value_size_and_flag = static_cast<uint16_t>(value.size() | (expires != 0 ? kHasExpiry : 0));
+    value_size_and_flag =
+        static_cast<uint16_t>(value.size() | (expires != 0 ? kHasExpiry : 0) | (value_size_and_flag & kCopyMark));
     key_size_minus_one = static_cast<uint8_t>(key.size() - 1);
     if (expires != 0) std::memcpy(header_end(), &expires, sizeof expires);
     std::memcpy(bytes(), key.data(), key.size());

@@ -28,6 +28,8 @@ void Shard::link_newest_locked(Handle handle) {
   if (newest_ != kNoHandle) entry_locked(newest_).newer = handle;
   newest_ = handle;
   if (oldest_ == kNoHandle) oldest_ = handle;
+  // The cursor ran off the end as this (pending) entry was unlinked there.
+  if (copy_cursor_ == kNoHandle && copy_pending_ > 0) copy_cursor_ = handle;
 }
 
 void Shard::unlink_locked(Handle handle) {
@@ -41,6 +43,7 @@ void Shard::remove_locked(Handle handle) { remove_locked(handle, make_key(entry_
 
 void Shard::remove_locked(Handle handle, const KeyRef& key) {
   uint32_t expires_at = entry_locked(handle).expires_at();
+  if (copy_pending_locked(entry_locked(handle))) --copy_pending_;
   index_.erase(key);
   unlink_locked(handle);
   slab_.release(handle);
@@ -210,7 +213,11 @@ void Shard::commit_one_locked(const BatchPut& item) {
     // Reserved as a rewrite: the entry exists and its chunk fits.
     rewrite_locked(*index_.find(item.key), item);
   } else {
-    entry_locked(handle).fill(item.key.key, item.value, item.expires_at);
+    Entry& entry = entry_locked(handle);
+    entry.fill(item.key.key, item.value, item.expires_at);
+    // A new key is not the running walk's to copy; a new chunk for an
+    // existing key is, if the old one was (same mark, same count).
+    entry.set_copy_mark(copy_mark_);
     bool inserted = false;
     auto it = index_.lazy_emplace(item.key, [&](const auto& construct) {
       construct(handle);
@@ -221,6 +228,7 @@ void Shard::commit_one_locked(const BatchPut& item) {
       Handle previous = *it;
       const_cast<Handle&>(*it) = handle;
       uint32_t previous_expiry = entry_locked(previous).expires_at();
+      entry.set_copy_mark(entry_locked(previous).copy_mark());
       unlink_locked(previous);
       slab_.release(previous);
       expiry_.update(previous, previous_expiry, 0);
@@ -324,10 +332,21 @@ bool Shard::sweep_expired(size_t max_pages) {
   return expiry_.may_be_due(now_ms_);
 }
 
+void Shard::start_walk_locked() {
+  copy_mark_ = !copy_mark_;
+  copy_pending_ = index_.size();
+  copy_cursor_ = oldest_;
+  copy_closing_ = false;
+}
+
 size_t Shard::copy_start() {
   std::lock_guard lock(mutex_);
-  copy_cursor_ = oldest_;
-  copy_budget_ = 2 * index_.size();
+  // Marks are all equal only once a walk has ended: close an abandoned one first.
+  if (copy_pending_ > 0) {
+    copy_closing_ = true;
+  } else {
+    start_walk_locked();
+  }
   return index_.size();
 }
 
@@ -335,13 +354,18 @@ bool Shard::copy_batch(size_t max_entries,
                        absl::FunctionRef<void(std::string_view key, std::string_view value, uint32_t expires_at)> out) {
   std::lock_guard lock(mutex_);
   now_ms_ = clock_.now_ms();
-  for (size_t visited = 0; visited < max_entries && copy_cursor_ != kNoHandle && copy_budget_ > 0; ++visited) {
-    const Entry& entry = entry_locked(copy_cursor_);
+  for (size_t visited = 0; visited < max_entries; ++visited) {
+    // The abandoned walk is closed (by visits or by removals): this one starts.
+    if (copy_pending_ == 0 && copy_closing_) start_walk_locked();
+    if (copy_pending_ == 0) break;
+    Entry& entry = entry_locked(copy_cursor_);
     copy_cursor_ = entry.newer;
-    --copy_budget_;
-    if (!expired_locked(entry)) out(entry.key(), entry.value(), entry.expires_at());
+    if (entry.copy_mark() == copy_mark_) continue;  // copied, or created, during this walk
+    entry.set_copy_mark(copy_mark_);
+    --copy_pending_;
+    if (!copy_closing_ && !expired_locked(entry)) out(entry.key(), entry.value(), entry.expires_at());
   }
-  return copy_cursor_ != kNoHandle && copy_budget_ > 0;
+  return copy_pending_ > 0 || copy_closing_;
 }
 
 uint64_t Shard::work_steps() const {

@@ -94,16 +94,22 @@ class Shard {
       Slab::kMaxChunksPerPage;
 
   // Snapshot walk over the LRU list, oldest to newest, a bounded batch per
-  // call. The position is the shard's own (kept valid when entries are
-  // touched, moved or removed between calls), so there
-  // is one walk at a time.
+  // call, which copies every entry present at copy_start() exactly once
+  // unless it is removed first: each entry carries a mark, and the entries
+  // whose mark differs from copy_mark_ are the walk's to copy (pending).
+  // Starting a walk flips copy_mark_, so every entry becomes pending; the
+  // walk marks what it copies, and entries created meanwhile are born
+  // marked. A pending entry that is read or written moves to the newest
+  // end, ahead of the cursor, where the walk still reaches it (with its
+  // newer value); the walk ends when nothing is pending. The argument and
+  // why it terminates: docs/architecture.md, "Snapshots". The position is
+  // the shard's own, so there is one walk at a time.
   // Returns the entries the walk starts with.
   size_t copy_start();
-  // Calls out(key, value, expires_at) under the lock for up to max_entries
-  // live entries. Returns false once the walk is over: past the newest entry, or past its
-  // visit budget of twice the entries it started with (an entry touched
-  // after being copied moves ahead and is copied again; a busy shard must
-  // not keep the walk going for ever).
+  // Visits up to max_entries entries (the bounded work under the lock) and
+  // calls out(key, value, expires_at) for the pending live ones. Returns
+  // false once the walk is over. A walk abandoned before its end is closed
+  // by the next one (marking without copying) before it starts its own.
   bool copy_batch(size_t max_entries,
                   absl::FunctionRef<void(std::string_view key, std::string_view value, uint32_t expires_at)> out);
 
@@ -143,6 +149,8 @@ class Shard {
   // The *_locked functions expect mutex_ to be held.
   Entry& entry_locked(Handle handle) const { return *reinterpret_cast<Entry*>(slab_.at(handle)); }
   void link_newest_locked(Handle handle);
+  bool copy_pending_locked(const Entry& entry) const { return copy_pending_ > 0 && entry.copy_mark() != copy_mark_; }
+  void start_walk_locked();
   void unlink_locked(Handle handle);
   void remove_locked(Handle handle);
   // The same, given the entry's key with its hash (saves hashing it again).
@@ -199,8 +207,12 @@ class Shard {
   // Neither this entry nor any newer one is evicted or expired: the entries
   // a put or batch is completing.
   Handle protected_ = kNoHandle;
-  Handle copy_cursor_ = kNoHandle;   // next entry the snapshot walk copies, walking toward newer
-  uint64_t copy_budget_ = 0;         // entries the snapshot walk may still visit
+  // The snapshot walk (copy_batch). Every pending entry is at or ahead of
+  // the cursor, so it is never kNoHandle while copy_pending_ > 0.
+  Handle copy_cursor_ = kNoHandle;   // next entry the walk visits, toward newer
+  uint64_t copy_pending_ = 0;        // entries whose mark differs from copy_mark_ (0: all equal)
+  bool copy_mark_ = false;
+  bool copy_closing_ = false;        // finishing an abandoned walk: marking, not copying
   uint64_t now_ms_ = 0;          // the clock, read once per operation
   std::span<BatchPut> batch_;    // items being reserved (their chunks may move)
   size_t index_pending_ = 0;     // index slots a reserved batch may still insert

@@ -3,7 +3,8 @@
 #  1. build-asan (-Db_sanitize=address,undefined): the whole meson test suite,
 #     unit and e2e (the e2e suite starts build-asan/kvcache via KVCACHE_BIN);
 #  2. build-tsan (-Db_sanitize=thread): the connection unit tests (a
-#     connection waiting on the snapshot thread's answer), then the
+#     connection waiting on the snapshot thread's answer) and the snapshot
+#     model test (the walk beside a thread of random operations), then the
 #     concurrency-relevant e2e tests (concurrent clients, pipelining, slow
 #     clients, drain, connection limit, eviction) against the TSan binary.
 # Sanitizer reports go to files (log_path) and any report fails the run, even
@@ -63,7 +64,7 @@ if [ "$what" = all ] || [ "$what" = tsan ]; then
     CC=clang CXX=clang++ meson setup "$build" -Db_sanitize=thread -Db_lundef=false \
       -Dbuildtype=debugoptimized -Dcpp_args=-fno-omit-frame-pointer
   fi
-  ninja -C "$build" kvcache tests/connection_test
+  ninja -C "$build" kvcache tests/connection_test tests/snapshot_model_test
   reports="$PWD/$build/sanitizer-reports"
   rm -rf "$reports"
   mkdir -p "$reports"
@@ -88,11 +89,13 @@ if [ "$what" = all ] || [ "$what" = tsan ]; then
   # in flight, the shared connection limit, eviction under load, and the
   # snapshot thread beside the loops (test_snapshot.py), and every TLS test
   # (test_tls.py: handshakes on both loops, SIGHUP reloads beside them).
-  rc=0
-  TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:log_path=$reports/tsan" \
-    TSAN_SYMBOLIZER_PATH="$symbolizer" "${wrap[@]}" "$build/tests/connection_test" || rc=$?
-  echo "tsan: connection_test exit $rc"
-  [ "$rc" -ne 0 ] && status=1
+  for unit in connection_test snapshot_model_test; do
+    rc=0
+    TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:log_path=$reports/tsan" \
+      TSAN_SYMBOLIZER_PATH="$symbolizer" "${wrap[@]}" "$build/tests/$unit" || rc=$?
+    echo "tsan: $unit exit $rc"
+    [ "$rc" -ne 0 ] && status=1
+  done
   selection="concurrent or pipelined or burst or slow_client or read_timeout or sigterm \
 or max_connections or memory_limit or byte_by_byte or fragments or snapshot or tls"
   start=$SECONDS
