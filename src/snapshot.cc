@@ -191,16 +191,16 @@ bool Snapshotter::load() {
   // Only "no such file" means there is nothing to lose. Any other failure to
   // open or read is fatal, as Redis does with an RDB it cannot read: serving
   // empty would replace the file with an empty snapshot.
-  auto unreadable = [&](const std::string& error) {
+  auto unreadable = [&](std::string_view what, const std::string& error) {
     log(LogLevel::error,
-        "cannot read snapshot {}: {}; not starting, so that it is not replaced by an empty one: fix the file's "
+        "cannot {} snapshot {}: {}; not starting, so that it is not replaced by an empty one: fix the file's "
         "permissions (or the disk) and start again, or move it aside (mv {} {}.aside) to start empty",
-        path_, error, path_, path_);
+        what, path_, error, path_, path_);
     return false;
   };
   int fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    if (errno != ENOENT) return unreadable(std::strerror(errno));
+    if (errno != ENOENT) return unreadable("open", std::strerror(errno));
     log(LogLevel::info, "no snapshot at {}: starting empty", path_);
     return true;
   }
@@ -243,7 +243,7 @@ bool Snapshotter::load() {
       break;
     case snapshot::ReadStatus::io_error:
       // Some shards would be loaded short, and the next snapshot would drop the rest.
-      return unreadable(fmt::format("{} at offset {}", read.reason, read.offset));
+      return unreadable("read", fmt::format("{} at offset {}", read.reason, read.offset));
     case snapshot::ReadStatus::damaged:
       log(LogLevel::warn, "snapshot {} is damaged at offset {}: {}; loaded the {} records before it", path_,
           read.offset, read.reason, read.records);

@@ -325,7 +325,7 @@ def test_a_snapshot_without_read_permission_is_fatal_and_not_overwritten(start_s
             raise AssertionError("the server kept running with a snapshot it cannot read") from None
         log = done.stderr.decode(errors="replace")
         assert done.returncode == 2, log
-        assert f"cannot read snapshot {path}: Permission denied" in log and "move it aside" in log, log
+        assert f"cannot open snapshot {path}: Permission denied" in log and "move it aside" in log, log
         assert path.read_bytes() == content
 
 
