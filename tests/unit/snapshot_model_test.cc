@@ -208,7 +208,9 @@ std::unique_ptr<Store> restore_records(const Records& records, const Clock& cloc
 }
 
 void check_against_model(Store& restored, Model& model) {
-  for (auto& [key, k] : model.keys) {
+  for (auto& item : model.keys) {
+    const std::string& key = item.first;
+    const Model::Key& k = item.second;
     std::optional<std::string> got = lookup(restored, key);
     CAPTURE(key);
     if (k.live_throughout) {
