@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Snapshot benchmark: kvcache with ENTRIES keys of VALUE_LEN bytes, baselines in the same run.
 
-  1. write: POST /snapshot on an idle server (paced: a background snapshot works a quarter of
+  1. write: POST /snapshot on an idle server (paced: a background snapshot works an eighth of
      the time) and the final snapshot at shutdown (full speed) -> MB/s, each against
      `dd bs=1M conv=fsync` of the same size into the same directory right after it;
   2. service during a snapshot: wrk mixed.lua (tools/bench/run.sh's mixed load: 5000 keys,
