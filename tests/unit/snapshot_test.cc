@@ -549,16 +549,24 @@ TEST_CASE("commit: a failed close removes PATH.tmp; a failed directory fsync say
   }
 }
 
+// A two-shard store and a Snapshotter config writing into a fresh directory, no interval.
+struct SnapshotterSetup {
+  TempDir dir;
+  FakeClock clock;
+  Store store{2, 64 << 20, clock};
+  Config config;
+  SnapshotterSetup() {
+    config.snapshot_path = dir.path + "/cache.snap";
+    config.snapshot_interval = 0;
+  }
+};
+
 TEST_CASE("Snapshotter: one requester at a time, until it has collected its own result") {
   // Issue 16 item 4: the slot used to be freed before the requester was
   // woken, so a second request could take it and the first's result.
-  TempDir dir;
-  FakeClock clock;
-  Store store(2, 64 << 20, clock);
-  Config config;
-  config.snapshot_path = dir.path + "/cache.snap";
-  config.snapshot_interval = 0;
-  Snapshotter snapshots(store, config, 1);
+  SnapshotterSetup setup;
+  Store& store = setup.store;
+  Snapshotter snapshots(store, setup.config, 1);
   REQUIRE(snapshots.load());
   snapshots.start();
   std::mutex mutex;
@@ -590,13 +598,9 @@ TEST_CASE("Snapshotter: one requester at a time, until it has collected its own 
 }
 
 TEST_CASE("Snapshotter: a request accepted as it stops is answered, as abandoned") {
-  TempDir dir;
-  FakeClock clock;
-  Store store(2, 64 << 20, clock);
-  Config config;
-  config.snapshot_path = dir.path + "/cache.snap";
-  config.snapshot_interval = 0;
-  Snapshotter snapshots(store, config, 1);
+  SnapshotterSetup setup;
+  Store& store = setup.store;
+  Snapshotter snapshots(store, setup.config, 1);
   REQUIRE(snapshots.load());
   // Not started: the request can only be answered by stop().
   std::atomic<int> done{0};
@@ -611,16 +615,15 @@ TEST_CASE("Snapshotter: a request accepted as it stops is answered, as abandoned
 
 TEST_CASE("Snapshotter::load refuses a directory it cannot write and a file it cannot read") {
   // Issue 16 items 5 and 1 (the e2e tests cover the messages).
-  TempDir dir;
-  FakeClock clock;
-  Store store(2, 64 << 20, clock);
-  Config config;
-  config.snapshot_interval = 0;
-  config.snapshot_path = dir.path + "/missing/cache.snap";
+  SnapshotterSetup setup;
+  Store& store = setup.store;
+  Config& config = setup.config;
+  const std::string& dir_path = setup.dir.path;
+  config.snapshot_path = dir_path + "/missing/cache.snap";
   CHECK_FALSE(Snapshotter(store, config, 1).load());
-  config.snapshot_path = dir.path + "/a-directory";
+  config.snapshot_path = dir_path + "/a-directory";
   REQUIRE(mkdir(config.snapshot_path.c_str(), 0700) == 0);
   CHECK_FALSE(Snapshotter(store, config, 2).load());
-  config.snapshot_path = dir.path + "/absent.snap";
+  config.snapshot_path = dir_path + "/absent.snap";
   CHECK(Snapshotter(store, config, 2).load());
 }
