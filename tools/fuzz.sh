@@ -7,7 +7,8 @@
 #    tree stays clean; everything goes to build-fuzz/fuzz-out/<target>/).
 # Prints the executions each target reached (libFuzzer's "#N DONE" line) and
 # exits non-zero if any target or regression crashes; new crashing inputs are
-# left in build-fuzz/fuzz-out/<target>/artifacts/.
+# left in build-fuzz/fuzz-out/<target>/artifacts/. Targets run side by side,
+# FUZZ_JOBS at a time (default: the CPU count).
 # Usage: tools/fuzz.sh [seconds-per-target [target...]]   (default 60 s, every target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,12 +33,12 @@ rm -rf "$out"
 mkdir -p "$out"
 export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1:symbolize=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-failed=()
-regressions_failed=()
-summary=()
-for target in "${targets[@]}"; do
-  corpus="$out/$target/corpus"
+# One target: its saved regressions, then the timed run. Everything it reports
+# goes to files under $out/$target, so that targets can run side by side.
+fuzz_target() {
+  local target="$1" corpus="$out/$1/corpus" regression rc=0 done_line execs rate cov
   mkdir -p "$corpus" "$out/$target/artifacts"
+  : >"$out/$target/regressions-failed"
   cp tests/fuzz/corpus/"$target"/* "$corpus"/ 2>/dev/null || true
   # Saved crashers first, one by one: one that still fails is reported as such
   # and left out of the corpus, so the known bug does not stop the fuzzing.
@@ -51,13 +52,12 @@ for target in "${targets[@]}"; do
         "(log: $out/$target/regression-$(basename "$regression").log)" >&2
       grep -E 'ERROR|SUMMARY|runtime error|#[0-9]+ 0x' "$out/$target/regression-$(basename "$regression").log" \
         | head -12 >&2 || true
-      regressions_failed+=("$regression")
+      echo "$regression" >>"$out/$target/regressions-failed"
     fi
   done
   shopt -u nullglob
-  log="$out/$target/log"
+  local log="$out/$target/log"
   echo "== $target: ${seconds}s on $(ls "$corpus" | wc -l) seed inputs" >&2
-  rc=0
   # -jobs=1/-workers=1 keep one process; the log is the only output.
   "$build/tests/fuzz/$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="$out/$target/artifacts/" "$corpus" >"$log" 2>&1 || rc=$?
@@ -68,16 +68,42 @@ for target in "${targets[@]}"; do
     execs=$(sed -E 's/^#([0-9]+).*/\1/' <<<"$done_line")
     rate=$(sed -nE 's/.*exec\/s: ([0-9]+).*/\1/p' <<<"$done_line")
     cov=$(sed -nE 's/.*cov: ([0-9]+).*/\1/p' <<<"$done_line")
-    summary+=("$(printf '%-18s %10s execs  %6s exec/s  cov %s' "$target" "$execs" "$rate" "$cov")")
+    printf '%-18s %10s execs  %6s exec/s  cov %s\n' "$target" "$execs" "$rate" "$cov" >"$out/$target/summary"
   else
-    summary+=("$(printf '%-18s %10s execs  CRASHED (rc %s)' "$target" "${execs:-?}" "$rc")")
+    printf '%-18s %10s execs  CRASHED (rc %s)\n' "$target" "${execs:-?}" "$rc" >"$out/$target/summary"
   fi
   if [ "$rc" -ne 0 ] || [ -z "$done_line" ]; then
-    failed+=("$target")
     echo "!! $target failed (rc $rc); log: $log" >&2
     grep -E 'ERROR|SUMMARY|runtime error|#[0-9]+ 0x' "$log" | head -40 >&2 || true
     ls "$out/$target/artifacts/" >&2
+    return 1
   fi
+}
+
+# One target per CPU at a time (each fuzzer is one process): CI's total time
+# is the targets' time divided by the CPUs, each target still fuzzed for the
+# full time on a CPU of its own.
+jobs="${FUZZ_JOBS:-$(nproc)}"
+running=0
+for target in "${targets[@]}"; do
+  if [ "$running" -ge "$jobs" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+  (fuzz_target "$target" && touch "$out/$target/ok") &
+  running=$((running + 1))
+done
+wait || true
+
+failed=()
+regressions_failed=()
+summary=()
+for target in "${targets[@]}"; do
+  summary+=("$(cat "$out/$target/summary" 2>/dev/null || echo "$target: no result")")
+  [ -e "$out/$target/ok" ] || failed+=("$target")
+  while read -r regression; do
+    [ -n "$regression" ] && regressions_failed+=("$regression")
+  done <"$out/$target/regressions-failed"
 done
 
 echo

@@ -72,8 +72,8 @@ wrk_bound=$(( dur_s + 60 ))
 for s in $SCENARIOS; do
   case $s in mixed|get|put|big|evict|conns1000|tls|handshakes|cluster) ;; *) die "unknown scenario '$s'";; esac
 done
-command -v wrk >/dev/null || die "wrk missing: apt-get install -y wrk"
-[[ -x /usr/sbin/nginx ]] || die "nginx missing: apt-get install -y nginx-light"
+# wrk, nginx-light, matplotlib for the chart, ...: whatever is missing.
+"$repo/tools/install-deps.sh" bench || die "tools/install-deps.sh bench failed"
 
 mkdir -p "$OUT_DIR/raw" || die "cannot create $OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
@@ -340,7 +340,7 @@ $PY "$here/report.py" summary "$ROUNDS_CSV" "$OUT_DIR/summary.csv" | tee "$OUT_D
 if $PY "$here/chart.py" "$OUT_DIR/summary.csv" "$OUT_DIR/chart.png" > /dev/null 2>&1; then
   log "chart: $OUT_DIR/chart.png"
 else
-  log "chart.py failed (python3-matplotlib missing?)"
+  log "chart.py failed: $PY $here/chart.py $OUT_DIR/summary.csv $OUT_DIR/chart.png to see why"
 fi
 if [[ -s $NOTES ]]; then echo; echo "notes:"; cat "$NOTES"; fi
 log "csv: $OUT_DIR/summary.csv (per round: $ROUNDS_CSV)"

@@ -6,7 +6,7 @@
      `dd bs=1M conv=fsync` of the same size into the same directory right after it;
   2. service during a snapshot: wrk mixed.lua (tools/bench/run.sh's mixed load: 5000 keys,
      128-byte values, 30% puts, -c50) for DURATION with snapshots written back to back the
-     whole time, against the same wrk without any (alternating, ROUNDS each): req/s and p99;
+     whole time, against the same wrk without any (ROUNDS each, the order alternating): req/s and p99;
   3. restore: the restart's "loaded ... in S s" line -> entries/s, against `cat FILE
      >/dev/null` of the same file (page cache warm for both; alternating, ROUNDS each).
 
@@ -146,14 +146,23 @@ def main():
              f"= {size / 1e6 / secs:.0f} MB/s; dd {size / 1e6 / dd:.0f} MB/s; snapshot/dd speed {dd / secs:.2f}")
 
     # 2. service during snapshots vs without
-    for r in range(ROUNDS):
-        rps0, p99_0 = wrk(f"plain-r{r + 1}")
+    def during_snapshots(r):
         done, results = threading.Event(), []
         writer = threading.Thread(target=snapshots_during, args=(done, results))
         writer.start()
-        rps1, p99_1 = wrk(f"snapshot-r{r + 1}")
+        rps, p99 = wrk(f"snapshot-r{r + 1}")
         done.set()
         writer.join()
+        return rps, p99, results
+
+    # The order alternates: a first run warms caches and a box's load drifts.
+    for r in range(ROUNDS):
+        if r % 2 == 0:
+            rps0, p99_0 = wrk(f"plain-r{r + 1}")
+            rps1, p99_1, results = during_snapshots(r)
+        else:
+            rps1, p99_1, results = during_snapshots(r)
+            rps0, p99_0 = wrk(f"plain-r{r + 1}")
         note(f"load round {r + 1}: without snapshot {rps0:.0f} req/s p99 {p99_0:.0f} us; during "
              f"{len(results)} back-to-back snapshots {rps1:.0f} req/s p99 {p99_1:.0f} us; throughput "
              f"{rps1 / rps0:.2f}x, p99 {p99_1 / p99_0:.2f}x")
