@@ -28,6 +28,16 @@
 #   file:PATH     another whole config (e.g. an older haproxy.cfg: git show REV:deploy/haproxy/haproxy.cfg)
 #   nocheck       no health checks  (shipped: every 1 s)
 #   bufreq-off    no option http-buffer-request (POSTs then route by no key: cost only)
+#   floor-http    the floor: HAProxy with the least config that forwards HTTP (round robin,
+#                 no rules, no checks, no logs, one thread; routes nothing by key)
+#   floor-tcp     the same in mode tcp: each client connection is tied to one node and bytes
+#                 are copied, no HTTP parsing at all (the socket work alone)
+#   route-min     floor-http plus the key routing alone (the two set-var rules, the ring)
+#   global:KW=V   one more line "KW V" in global (every '=' becomes a space), e.g.
+#                 global:tune.pattern.cache-size=0
+#   defaults:KW=V one more line in defaults, e.g. defaults:http-reuse=safe
+#   args:FLAGS    the shipped file, HAProxy started with extra command-line flags (every
+#                 '+' becomes a space), e.g. args:-dMglobal,no-tag
 #
 # Env: ROUNDS (3) DURATION (8s) CONNS (50) WRK_THREADS (2) DELAY_MS (unset: as fast as
 #      answered; N: each connection waits N ms per request, which gives the direct node and
@@ -77,9 +87,33 @@ variant_config() {  # variant_config NAME > FILE
     bufreq-off) sed '/^    option http-buffer-request$/d' "$shipped" ;;
     felog-off) sed 's/^frontend kvcache$/frontend kvcache\n    no log/' "$shipped" ;;
     threads1-felog-off) variant_config threads1 | sed 's/^frontend kvcache$/frontend kvcache\n    no log/' ;;
+    floor-http | floor-tcp | route-min) floor_config "$1" ;;
+    global:* | defaults:*)
+      local section=${1%%:*} line=${1#*:}
+      sed "s/^$section\$/$section\n    ${line//=/ }/" "$shipped" ;;
+    args:*) cat "$shipped" ;;
     file:*) cat "${1#file:}" ;;
     *) die "unknown variant '$1' (known: $ALL_VARIANTS, file:PATH)" ;;
   esac
+}
+
+# The least config that forwards the load (floor-http, floor-tcp), or that and
+# the key routing (route-min): what HAProxy costs per request at its cheapest.
+floor_config() {  # floor_config VARIANT > FILE
+  local mode=http balance=roundrobin
+  [[ $1 == floor-tcp ]] && mode=tcp
+  [[ $1 == route-min ]] && balance="hash var(txn.key)"$'\n'"    hash-type consistent"
+  printf '%s\n' global "    nbthread 1" "    maxconn 4096" defaults "    mode $mode" \
+    "    timeout client 30s" "    timeout server 5s" "    timeout connect 1s" \
+    "frontend kvcache" '    bind "${KVCACHE_PROXY_BIND-:7171}"'
+  [[ $1 == route-min ]] && printf '%s\n' "    option http-buffer-request" \
+    "    http-request set-var(txn.key) url_param(key),url_dec(1) if { path /get }" \
+    "    http-request set-var(txn.key) req.body,json_query('\$.key') if METH_POST"
+  printf '%s\n' "    default_backend nodes" "backend nodes" "    balance $balance"
+  [[ $mode == http ]] && echo "    http-reuse always"
+  printf '%s\n' "    default-server weight 100" "    # BEGIN nodes" "    # END nodes" \
+    "frontend stats" "    mode http" '    bind "${KVCACHE_STATS_BIND-:8405}"' \
+    "    stats enable" "    stats uri /stats"
 }
 
 cpu_ticks() {  # cpu_ticks PID...: "USER SYSTEM" clock ticks, all threads
@@ -128,8 +162,15 @@ measure() {  # measure TARGET ROUND PORT "name:pids"...
   echo "$line"
 }
 
-cluster_up() {  # cluster_up VARIANT
-  RUN_DIR=$OUT_DIR/cluster HAPROXY_TEMPLATE=$OUT_DIR/haproxy-$1.cfg KVCACHE=$KVCACHE \
+HAPROXY=${HAPROXY:-$(command -v haproxy || echo /usr/sbin/haproxy)}
+cluster_up() {  # cluster_up VARIANT NAME
+  local haproxy=$HAPROXY
+  if [[ $1 == args:* ]]; then  # cluster.sh runs $HAPROXY: a wrapper adds the flags
+    haproxy=$OUT_DIR/haproxy-$2.sh
+    printf '#!/bin/sh\nexec %q %s "$@"\n' "$HAPROXY" "${1#args:}" | tr + ' ' >"$haproxy"
+    chmod +x "$haproxy"
+  fi
+  RUN_DIR=$OUT_DIR/cluster HAPROXY_TEMPLATE=$OUT_DIR/haproxy-$2.cfg KVCACHE=$KVCACHE HAPROXY=$haproxy \
     NODE_FLAGS="--threads $KV_THREADS --memory-limit 256M" "$repo/tools/cluster.sh" up 2 "$PORT" \
     >/dev/null 2>"$OUT_DIR/cluster-up.err"
 }
@@ -144,11 +185,11 @@ echo "# $(date -u +%FT%TZ) rounds=$ROUNDS duration=$DURATION conns=$CONNS delay_
 for ((round = 1; round <= ROUNDS; round++)); do
   measure direct "$round" "$KV_PORT" "node:$direct_pid"
   for v in $variants; do
-    name=${v//\//_}
+    name=${v//[\/,]/_}
     variant_config "$v" >"$OUT_DIR/haproxy-$name.cfg"
     cluster_port=$PORT
     # On a busy box a node may miss cluster.sh's 10 s health wait: one retry.
-    if ! cluster_up "$name" && ! { sleep 2; cluster_up "$name"; }; then
+    if ! cluster_up "$v" "$name" && ! { sleep 2; cluster_up "$v" "$name"; }; then
       echo "# $v round $round: cluster.sh up failed twice: $(tail -2 "$OUT_DIR/cluster-up.err" | tr '\n' ' ')" |
         tee -a "$OUT_DIR/notes.txt"
       continue
