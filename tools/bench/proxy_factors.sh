@@ -28,6 +28,8 @@
 #   file:PATH     another whole config (e.g. an older haproxy.cfg: git show REV:deploy/haproxy/haproxy.cfg)
 #   nocheck       no health checks  (shipped: every 1 s)
 #   bufreq-off    no option http-buffer-request (POSTs then route by no key: cost only)
+#   replay-off    retry-on conn-failure only (shipped: also empty-response, which copies every
+#                 request into a second buffer to be able to replay it on another node)
 #   floor-http    the floor: HAProxy with the least config that forwards HTTP (round robin,
 #                 no rules, no checks, no logs, one thread; routes nothing by key)
 #   floor-tcp     the same in mode tcp: each client connection is tied to one node and bytes
@@ -59,7 +61,8 @@ KV_PORT=${KV_PORT:-17390}
 KV_THREADS=${KV_THREADS:-2}
 KVCACHE=${KVCACHE:-$repo/build/kvcache}
 OUT_DIR=${OUT_DIR:-$here/results/proxy-$(date +%Y%m%d-%H%M%S)}
-ALL_VARIANTS="shipped threads1 threads2 buf8k buf64k noreuse nolog felog-off nocheck bufreq-off threads1-felog-off"
+ALL_VARIANTS="shipped threads1 threads2 buf8k buf64k noreuse nolog felog-off nocheck bufreq-off threads1-felog-off
+  replay-off floor-http floor-tcp route-min"
 variants=${*:-$ALL_VARIANTS}
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
@@ -85,6 +88,7 @@ variant_config() {  # variant_config NAME > FILE
     nocheck) sed -e 's/^\(    default-server\) check /\1 /' -e 's/ observe layer4 error-limit 1 on-error fastinter//' \
       -e '/^    option httpchk$/d' -e '/^    http-check /d' "$shipped" ;;
     bufreq-off) sed '/^    option http-buffer-request$/d' "$shipped" ;;
+    replay-off) sed 's/^    retry-on conn-failure empty-response$/    retry-on conn-failure/' "$shipped" ;;
     felog-off) sed 's/^frontend kvcache$/frontend kvcache\n    no log/' "$shipped" ;;
     threads1-felog-off) variant_config threads1 | sed 's/^frontend kvcache$/frontend kvcache\n    no log/' ;;
     floor-http | floor-tcp | route-min) floor_config "$1" ;;
