@@ -183,6 +183,29 @@ def cluster3(tmp_path_factory):
     c.down()
 
 
+def up3_with_keys(make_cluster, prefix, n):
+    """Three nodes holding the keys "PREFIX:0".."PREFIX:n-1" (value "v-" + key), put through the proxy."""
+    c = make_cluster()
+    c.up(3)
+    keys = [f"{prefix}:{i}" for i in range(n)]
+    with requests.Session() as s:
+        c.put_all(keys, s)
+    return c, keys
+
+
+def while_clients_run(client, args, stop, action):
+    """Runs client(arg) in a thread per arg while action() runs; then sets stop and joins them."""
+    threads = [threading.Thread(target=client, args=(arg,)) for arg in args]
+    for t in threads:
+        t.start()
+    try:
+        action()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=35)
+
+
 def test_shipped_config_validates():
     result = subprocess.run([HAPROXY, "-c", "-f", str(SHIPPED_CONFIG)], capture_output=True,
                             text=True, timeout=30)
@@ -425,11 +448,8 @@ def test_proxy_answers_health_metrics_and_batches_itself(cluster3):
 
 
 def test_node_loss_costs_its_keys_and_nothing_else(make_cluster):
-    c = make_cluster()
-    c.up(3)
-    keys = [f"loss:{i}" for i in range(600)]
+    c, keys = up3_with_keys(make_cluster, "loss", 600)
     with requests.Session() as s:
-        c.put_all(keys, s)
         owner = {k: v[0] for k, v in c.holders(keys).items()}
         os.kill(c.pid("node2"), signal.SIGKILL)
         killed_at = time.monotonic()
@@ -475,11 +495,7 @@ def test_a_node_killed_under_load_costs_misses_not_errors(make_cluster):
     # misses for the keys the node held. Without the replay some clients see
     # their connection closed; how many depends on timing, so this test can
     # only catch that with some probability, and every run it passes counts.
-    c = make_cluster()
-    c.up(3)
-    keys = [f"kill:{i}" for i in range(300)]
-    with requests.Session() as s:
-        c.put_all(keys, s)
+    c, keys = up3_with_keys(make_cluster, "kill", 300)
     stop = threading.Event()
     errors, counts = [], Counter()
 
@@ -502,10 +518,7 @@ def test_a_node_killed_under_load_costs_misses_not_errors(make_cluster):
                 except requests.RequestException as e:
                     errors.append((k, repr(e)))
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    try:
+    def kill_node2():
         time.sleep(0.5)
         before = sum(counts.values())
         os.kill(c.pid("node2"), signal.SIGKILL)
@@ -513,20 +526,14 @@ def test_a_node_killed_under_load_costs_misses_not_errors(make_cluster):
             if c.node_status(2) == "DOWN" and sum(counts.values()) > 2 * before:
                 break
             time.sleep(0.05)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=35)
+
+    while_clients_run(client, range(8), stop, kill_node2)
     assert not errors, errors[:5]
     assert counts[404] > 0 and counts[200] > 0, counts
 
 
 def test_add_a_node_with_a_graceful_reload(make_cluster):
-    c = make_cluster()
-    c.up(3)
-    keys = [f"grow:{i}" for i in range(KEYS)]
-    with requests.Session() as s:
-        c.put_all(keys, s)
+    c, keys = up3_with_keys(make_cluster, "grow", KEYS)
     before = {k: v[0] for k, v in c.holders(keys).items()}
 
     # Clients keep going through the reload: fresh connections and one keep-alive session.
@@ -554,17 +561,12 @@ def test_add_a_node_with_a_graceful_reload(make_cluster):
             except requests.RequestException as e:
                 failures.append((keep_alive, repr(e)))
 
-    threads = [threading.Thread(target=client, args=(ka,)) for ka in (True, False)]
-    for t in threads:
-        t.start()
-    try:
+    def add_node():
         time.sleep(0.3)
         c.add()
         time.sleep(0.3)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=35)
+
+    while_clients_run(client, (True, False), stop, add_node)
     assert not failures, failures[:5]
     assert counts[True] > 0 and counts[False] > 0
 
