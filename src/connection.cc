@@ -76,6 +76,12 @@ void ConnectionMetrics::render(std::string& out) const {
   single(out, "kvcache_connections_total", "counter", "Client connections accepted.", accepted);
   single(out, "kvcache_connections_rejected_total", "counter", "Connections refused over --max-connections.",
          sum(&ConnectionCounters::rejected));
+  single(out, "kvcache_connections_idle_closed_total", "counter",
+         "Idle keep-alive connections closed to make room in the connection buffer budget for a new one.",
+         sum(&ConnectionCounters::idle_closed));
+  single(out, "kvcache_connections_refused_total", "counter",
+         "New connections closed at accept: the connection buffer budget could not pay for their TLS state.",
+         sum(&ConnectionCounters::refused));
 }
 
 LoopContext::LoopContext(const Config& config, const Clock& clock, BufferBudget& buffers, ConnectionCounters& counters,
@@ -100,7 +106,22 @@ Connection* LoopContext::deliver_deferred() {
   }
   c->waiting_ = false;
   c->resume();
+  c->settle();
   return c;
+}
+
+bool LoopContext::make_room(size_t bytes) {
+  auto fits = [&] { return buffers.used() + bytes <= buffers.limit(); };
+  for (size_t closes = 0; !fits() && idle_oldest != nullptr && closes < kMaxIdleClosesPerAdmission; ++closes) {
+    // An idle keep-alive connection may be closed at any time (RFC 9112
+    // 9.6): clients retry on a new one. close_notify and FIN first, so the
+    // client sees a clean close, not a reset.
+    Connection* victim = idle_oldest;
+    victim->io_.shutdown_write();
+    victim->close();
+    counters.idle_closed.add();
+  }
+  return fits();
 }
 
 void LoopContext::trim() {
@@ -120,6 +141,7 @@ void Connection::start() {
   last_active_ = loop_.clock.now();
   set_reading(true);
   io_.arm_timer(loop_.config.idle_timeout);
+  settle();  // a TLS connection's handshake state is charged from the start
 }
 
 void Connection::start_rejected() {
@@ -127,11 +149,13 @@ void Connection::start_rejected() {
   loop_.handler.reject(503, "too many connections", loop_.output);
   closing_ = true;
   flush();  // arms the send timeout if the client does not take it at once
+  settle();
 }
 
 void Connection::close() {
   if (closed_) return;
   closed_ = true;
+  unlist_idle();
   io_.close();
   if (loop_.deferred == this) loop_.deferred = nullptr;
   loop_.buffers.recharge(charged_, 0);
@@ -163,11 +187,40 @@ void Connection::recharge() {
   charged_ = now;
 }
 
+bool Connection::reapable() const {
+  return charged_ > 0 && reading_ && !closing_ && !lingering_ && !waiting_ && !peer_closed_ && !starved_ &&
+         input_.empty() && output_.empty() && request_started_ == 0 && !io_.busy();
+}
+
+void Connection::settle() {
+  if (closed_) return;
+  recharge();
+  if (!reapable()) return unlist_idle();
+  if (idle_listed_ && idle_since_ == last_active_) return;
+  // Active since it was listed (or newly idle): it goes to the newest end,
+  // so the list stays in order of last activity.
+  unlist_idle();
+  idle_since_ = last_active_;
+  idle_older_ = loop_.idle_newest;
+  (loop_.idle_newest != nullptr ? loop_.idle_newest->idle_newer_ : loop_.idle_oldest) = this;
+  loop_.idle_newest = this;
+  idle_listed_ = true;
+}
+
+void Connection::unlist_idle() {
+  if (!idle_listed_) return;
+  (idle_older_ != nullptr ? idle_older_->idle_newer_ : loop_.idle_oldest) = idle_newer_;
+  (idle_newer_ != nullptr ? idle_newer_->idle_older_ : loop_.idle_newest) = idle_older_;
+  idle_older_ = idle_newer_ = nullptr;
+  idle_listed_ = false;
+}
+
 size_t Connection::output_allowance() const { return loop_.buffers.spent() ? kBufferFloor : kOutputHighWater; }
 
 void Connection::on_readable() {
   if (closed_) return;
   lingering_ ? discard() : (void)read();
+  settle();
 }
 
 bool Connection::read() {
@@ -374,6 +427,7 @@ void Connection::discard() {
 void Connection::on_writable() {
   if (closed_) return;
   resume();
+  settle();
 }
 
 void Connection::resume() {
@@ -389,6 +443,7 @@ void Connection::drain() {
   // One look at what the client has sent: a request is answered with "Connection: close".
   if (input_.empty() && !read()) return;
   if (input_.empty() && output_.empty() && !closing_) close();
+  settle();
 }
 
 double Connection::next_deadline() const {
@@ -405,6 +460,11 @@ void Connection::schedule() {
 
 void Connection::on_timer() {
   if (closed_) return;
+  check_deadlines();
+  settle();
+}
+
+void Connection::check_deadlines() {
   double now = loop_.clock.now();
   // A connection waiting on a deferred response obeys these deadlines too:
   // its client may stop reading (send), or the wait may outlast the idle timeout.

@@ -55,6 +55,10 @@ constexpr size_t kInputKeepCapacity = 4096;
 // the high-water mark, so room for it and one more response. An outsized
 // response (a large /mget) grows it; trim() shrinks it back.
 constexpr size_t kOutputKeepCapacity = 2 * kOutputHighWater;
+// Admission (LoopContext::make_room): a new connection whose transport holds
+// memory (TLS) may close at most this many idle ones to make room for itself,
+// as nginx closes up to 32 reusable connections when it runs short.
+constexpr size_t kMaxIdleClosesPerAdmission = 32;
 
 // Upper bounds (seconds) of the request latency histogram buckets.
 constexpr std::array<double, 12> kLatencyBuckets = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
@@ -67,6 +71,8 @@ struct ConnectionCounters {
   Counter accepted;
   Counter closed;
   Counter rejected;
+  Counter idle_closed;  // idle keep-alive connections closed to make room for a new one
+  Counter refused;      // new connections closed at accept: no room in the buffer budget
   Counter latency_buckets[kLatencyBuckets.size() + 1];  // the last one is +Inf
   Counter latency_sum_ns;
 };
@@ -96,6 +102,12 @@ struct LoopContext {
   // to the connection waiting for it, if that is still open. Returns that
   // connection (it may have closed meanwhile: see Connection::closed()).
   Connection* deliver_deferred();
+  // Admission of a new connection whose transport will hold `bytes` (TLS
+  // state, handshake included) charged to the buffer budget: while the
+  // budget cannot pay for it, closes the loop's longest-idle keep-alive
+  // connections that hold budget memory (at most kMaxIdleClosesPerAdmission).
+  // Returns whether it can pay now; if not, the caller refuses the connection.
+  bool make_room(size_t bytes);
   // Gives back what an outsized response grew (here and in the handler): the
   // memory limit sets aside only the usual sizes a thread. Called now and
   // then (the worker's tick), so a burst of them does not reallocate each time.
@@ -111,6 +123,10 @@ struct LoopContext {
   std::string output;                    // responses of the connection being served
   Connection* deferred = nullptr;        // waiting for its deferred response
   bool draining = false;                 // stopping: answer what was sent, then close
+  // Idle keep-alive connections holding budget memory, longest idle first
+  // (intrusive, through Connection::idle_older_/idle_newer_): make_room's victims.
+  Connection* idle_oldest = nullptr;
+  Connection* idle_newest = nullptr;
   uint64_t batch_started_ns = 0;         // when the batch being answered was read
 };
 
@@ -146,6 +162,9 @@ class Connection {
   size_t carried_input() const { return input_.size(); }
   size_t pending_output() const { return output_.size(); }
   size_t charged() const { return charged_; }
+  // Waiting for its next request with nothing read, unsent or in progress in
+  // its transport, and holding budget memory: make_room may close it.
+  bool idle() const { return idle_listed_; }
 
  private:
   friend struct LoopContext;
@@ -170,10 +189,17 @@ class Connection {
   void resume();
   // Brings the connection's charge to the buffer budget up to date.
   void recharge();
+  // At the end of every event: the charge, and the connection's place among
+  // the loop's idle ones (the newest end each time it was active).
+  void settle();
+  bool reapable() const;
+  void unlist_idle();
   size_t output_allowance() const;
   // The earliest of the connection's deadlines (read, send, idle, linger).
   double next_deadline() const;
   void schedule();
+  // on_timer: acts on the deadline that has passed, if any.
+  void check_deadlines();
   void set_reading(bool on);
   void set_writing(bool on);
   // Copies the carried-over input to the front of the read buffer; returns its size.
@@ -189,6 +215,9 @@ class Connection {
   double last_sent_ = 0;        // last send progress while output is pending (--send-timeout)
   double linger_until_ = 0;     // lingering: close by then at the latest
   double linger_quiet_until_ = 0;  // lingering: close by then unless something arrives
+  double idle_since_ = 0;       // last_active_ when it was listed idle
+  Connection* idle_older_ = nullptr;  // LoopContext's idle list, while idle_listed_
+  Connection* idle_newer_ = nullptr;
   size_t charged_ = 0;          // bytes of input + output + I/O state charged to the buffer budget
   bool closing_ = false;        // close as soon as output is flushed
   bool lingering_ = false;      // our side is shut down; discarding what still arrives
@@ -198,6 +227,7 @@ class Connection {
   bool writing_ = false;
   bool waiting_ = false;        // for a deferred response: nothing more is answered until it comes
   bool closed_ = false;
+  bool idle_listed_ = false;
 };
 
 }  // namespace kv

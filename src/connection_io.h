@@ -40,6 +40,9 @@ class ConnectionIo {
   virtual void close() = 0;
   // Memory this I/O holds (TLS state and buffers), charged to the buffer budget.
   virtual size_t held_bytes() const { return 0; }
+  // In the middle of work of its own (a TLS handshake, a record half read or
+  // half written): the connection is not idle even when it waits for nothing.
+  virtual bool busy() const { return false; }
 };
 
 }  // namespace kv

@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -317,11 +318,35 @@ void TlsStream::closing() {
   if (!handshake_done_ && !failed_) fail(TlsFailure::incomplete);
 }
 
-IoResult TlsStream::recv(char* buffer, size_t size) { return read(buffer, size, false); }
+IoResult TlsStream::recv(char* buffer, size_t size) {
+  size_t taken = std::min(size, stash_.size());
+  if (taken > 0) {
+    std::memcpy(buffer, stash_.data(), taken);
+    stash_.erase(0, taken);
+    if (stash_.empty()) std::string().swap(stash_);  // its memory goes with it
+    if (taken == size) return {IoResult::ok, taken};
+  }
+  IoResult more = read(buffer + taken, size - taken, false);
+  if (taken == 0) return more;
+  // An eof or error after the stash is reported by the next call.
+  return {IoResult::ok, taken + (more.kind == IoResult::ok ? more.bytes : 0)};
+}
 
-IoResult TlsStream::peek(char* buffer, size_t size) { return read(buffer, size, true); }
+IoResult TlsStream::peek(char* buffer, size_t size) {
+  size_t seen = std::min(size, stash_.size());
+  std::memcpy(buffer, stash_.data(), seen);
+  if (seen < size) {
+    // On to EAGAIN: a record the read-ahead buffer had no room for is still in the socket.
+    IoResult more = read(buffer + seen, size - seen, true);
+    if (more.kind != IoResult::ok) return seen > 0 ? IoResult{IoResult::ok, seen} : more;
+    if (stash_.empty()) stash_.reserve(size);
+    stash_.append(buffer + seen, more.bytes);
+    seen += more.bytes;
+  }
+  return {IoResult::ok, seen};
+}
 
-IoResult TlsStream::read(char* buffer, size_t size, bool peek) {
+IoResult TlsStream::read(char* buffer, size_t size, bool until_blocked) {
   read_wants_write_ = false;
   if (!handshake_done_) {
     IoResult done = handshake(read_wants_write_);
@@ -331,16 +356,15 @@ IoResult TlsStream::read(char* buffer, size_t size, bool peek) {
   if (eof_) return {IoResult::eof, 0};
   size_t total = 0;
   bool broken = false;
-  // A peek sees one record's worth (SSL_peek does not consume, so cannot go on).
   while (total < size) {
     ERR_clear_error();
     size_t got = 0;
-    int rc = peek ? SSL_peek_ex(ssl_, buffer, size, &got) : SSL_read_ex(ssl_, buffer + total, size - total, &got);
+    int rc = SSL_read_ex(ssl_, buffer + total, size - total, &got);
     if (rc == 1) {
       total += got;
       // Nothing left in OpenSSL's buffer: the socket says when more comes
       // (level-triggered), so no read that would only return EAGAIN.
-      if (peek || SSL_has_pending(ssl_) == 0) break;
+      if (!until_blocked && SSL_has_pending(ssl_) == 0) break;
       continue;
     }
     int error = SSL_get_error(ssl_, rc);
@@ -410,7 +434,7 @@ TlsStream::Dispatch TlsStream::on_event(bool readable, bool writable) {
 }
 
 size_t TlsStream::held_bytes() const {
-  return kIdleBytes + (!handshake_done_ || buffered_ || write_blocked_ ? kActiveBytes : 0);
+  return kIdleBytes + (records_held() ? kActiveBytes : 0) + (stash_.empty() ? 0 : stash_.capacity());
 }
 
 }  // namespace kv

@@ -109,7 +109,10 @@ class TlsStream {
   // Both complete the handshake first. recv reads records until `size` bytes
   // or the socket has no more; eof is the client's close_notify or FIN.
   IoResult recv(char* buffer, size_t size);
-  // Like recv, but the bytes stay to be received again; sees one record at most.
+  // Like recv, but the bytes stay to be received again. SSL_peek sees one
+  // record at most and a request may span several, so peek decrypts records
+  // into a stash of up to `size` bytes that recv hands out first: it holds
+  // what OpenSSL's read buffer would otherwise hold, and is charged as such.
   IoResult peek(char* buffer, size_t size);
   IoResult send(const char* data, size_t size);
   // close_notify, best effort (the connection's lingering close follows).
@@ -133,9 +136,11 @@ class TlsStream {
   Dispatch on_event(bool readable, bool writable);
   // recv stopped with whole records left in OpenSSL's buffer: the socket
   // will not signal them, so the owner must run the read handler again.
-  bool input_buffered() const { return conn_read_ && buffered_; }
+  bool input_buffered() const { return conn_read_ && (buffered_ || !stash_.empty()); }
 
   bool handshake_done() const { return handshake_done_; }
+  // Handshaking, records half read or half written, or bytes peeked at.
+  bool busy() const { return records_held() || !stash_.empty(); }
   // The TLS state and record buffers this connection holds (estimated from
   // measured constants: OpenSSL does not tell per connection).
   size_t held_bytes() const;
@@ -148,11 +153,19 @@ class TlsStream {
   // needs its 16.7 KiB buffers. The margin covers other interleavings.
   static constexpr size_t kIdleBytes = 14 * 1024;
   static constexpr size_t kActiveBytes = 72 * 1024;
+  // What a new connection holds until its handshake is done: admission
+  // (LoopContext::make_room) asks the buffer budget for this much.
+  static constexpr size_t kNewBytes = kIdleBytes + kActiveBytes;
 
  private:
   // Sets wants_write when it waits for the socket to take its messages.
   IoResult handshake(bool& wants_write);
-  IoResult read(char* buffer, size_t size, bool peek);
+  // Reads records into `buffer` until it is full or OpenSSL's buffer is
+  // empty (the socket, level-triggered, says when more comes), or with
+  // `until_blocked` until the socket has no more.
+  IoResult read(char* buffer, size_t size, bool until_blocked);
+  // The state that needs OpenSSL's record buffers (kActiveBytes).
+  bool records_held() const { return !handshake_done_ || buffered_ || write_blocked_; }
   IoResult fail(TlsFailure reason);
 
   SSL* ssl_;
@@ -167,6 +180,7 @@ class TlsStream {
   bool timed_out_ = false;
   bool eof_ = false;       // the client's close_notify or FIN was seen
   bool write_blocked_ = false;  // a record waits in OpenSSL's write buffer
+  std::string stash_;           // decrypted by peek, not yet received
 };
 
 }  // namespace kv

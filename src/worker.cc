@@ -1,5 +1,6 @@
 #include "worker.h"
 
+#include "auth.h"  // LogThrottle
 #include "listener.h"
 #include "log.h"
 #include "tls.h"
@@ -36,6 +37,16 @@ timespec coarse_now() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);  // vDSO, no syscall
   return ts;
+}
+
+void log_refused(const BufferBudget& buffers) {
+  static LogThrottle throttle(1000);
+  uint64_t suppressed = 0;
+  if (!throttle.allow_warning(suppressed)) return;
+  log(LogLevel::warn, "tls: refused a new connection: the connection buffer budget ({} of {} MiB used) cannot pay "
+      "for its TLS state and no idle connection of this loop could be closed for it ({} more refused since the "
+      "last such line; see kvcache_connections_refused_total)",
+      buffers.used() >> 20, buffers.limit() >> 20, suppressed);
 }
 
 }  // namespace
@@ -180,6 +191,7 @@ class Worker::TlsIo final : public SocketIo {
     SocketIo::close();
   }
   size_t held_bytes() const override { return stream_.held_bytes(); }
+  bool busy() const override { return stream_.busy(); }
 
  private:
   void readable() override { run(stream_.on_event(true, false)); }
@@ -340,6 +352,14 @@ void Worker::accept_pending() {
         event_add(accept_pause_event_, &kAcceptPause);
       }
       return;
+    }
+    // A TLS connection's state is charged to the buffer budget, which bounds
+    // it: close idle ones for it, or refuse it before any handshake work.
+    if (tls_ != nullptr && !loop_.make_room(TlsStream::kNewBytes)) {
+      ::close(fd);
+      counters_.refused.add();
+      log_refused(loop_.buffers);
+      continue;
     }
     // A rejected connection is held (and counted) until its lingering close ends.
     bool over_limit = open_connections_.fetch_add(1, std::memory_order_relaxed) >= config_.max_connections;

@@ -9,6 +9,7 @@ Certificates are ECDSA P-256, made by the openssl command for this module.
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -383,3 +384,69 @@ def test_tls_wrk(tls_server, certs):
     m = re.search(r"(\d+) requests in", out.stdout)
     assert m and int(m.group(1)) > 0, out.stdout
     assert "Non-2xx" not in out.stdout and "Socket errors" not in out.stdout, out.stdout
+
+
+def test_tls_idle_connections_make_room_for_new_ones(start_server, certs):
+    """Each TLS connection's state is charged to the connection buffer budget
+    (1/8 of --memory-limit: 1 MiB at 8M, ~70 idle TLS connections): a new
+    connection that does not fit closes the longest-idle ones, so every
+    client is served and the memory stays bounded."""
+    srv = start_server(*tls_flags(certs), "--memory-limit", "8M", "--threads", "1", "--idle-timeout", "600")
+    ctx = client_context(certs)
+    held = []
+    try:
+        for i in range(200):
+            c = RawConn(srv.port, tls=ctx, timeout=10)
+            held.append(c)
+            assert c.request("GET", "/health").status == 200, f"connection {i}"
+        time.sleep(0.2)
+        # A connection the server closed has its close_notify and FIN to read.
+        readable, _, _ = select.select([c.sock for c in held], [], [], 0)
+        closed = [c for c in held if c.sock in readable and c.wait_closed(1.0)]
+        assert 100 <= len(closed) < 200
+        assert closed == held[:len(closed)], "the longest-idle connections go first"
+        for c in held[-10:]:
+            assert c.request("GET", "/health").status == 200
+    finally:
+        for c in held:
+            c.close()
+    assert metric_value(srv, certs, "kvcache_connections_idle_closed_total") >= len(closed)
+    assert metric_value(srv, certs, "kvcache_connections_refused_total") == 0
+    assert metric_value(srv, certs, "kvcache_connection_buffer_bytes") <= 1 << 20
+    assert srv.alive()
+
+
+def test_tls_new_connections_refused_while_no_idle_one_can_make_room(start_server, certs):
+    """Connections with a request in progress are not idle: once they hold the
+    whole budget, new ones are closed at accept, before any handshake work,
+    counted and logged at most once a second; served again once they go."""
+    srv = start_server(*tls_flags(certs), "--memory-limit", "8M", "--threads", "1", "--read-timeout", "60s")
+    ctx = client_context(certs)
+    partial, refused = [], 0
+    started = time.monotonic()
+    try:
+        for _ in range(150):
+            try:
+                c = RawConn(srv.port, tls=ctx, timeout=10)
+            except (ssl.SSLError, OSError):
+                refused += 1
+                continue
+            c.send("GET /health HTTP/1.1\r\nHost: x\r\n")  # never finished
+            partial.append(c)
+        assert refused >= 40 and len(partial) >= 40, (refused, len(partial))
+        assert srv.alive()
+    finally:
+        for c in partial:
+            c.close()
+    elapsed = time.monotonic() - started
+    served = None
+    for _ in range(100):
+        try:
+            served = requests.get(f"{srv.url}/health", verify=str(certs / "ca.pem"), timeout=5)
+            break
+        except requests.RequestException:
+            time.sleep(0.1)
+    assert served is not None and served.status_code == 200
+    assert metric_value(srv, certs, "kvcache_connections_refused_total") >= refused
+    logged = srv.stderr().count("tls: refused a new connection")
+    assert 1 <= logged <= elapsed + 2, srv.stderr()[-2000:]

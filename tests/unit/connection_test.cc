@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <cstdlib>
 #include <string>
 #include <thread>
@@ -418,4 +419,119 @@ TEST_CASE("waiting on a deferred response (POST /snapshot)") {
   }
   snapshots.stop();
   unlink(config.snapshot_path.c_str());
+}
+
+namespace {
+
+// Connections whose transport holds memory (TLS state), on one loop.
+struct Crowd : TestLoop {
+  struct Member {
+    explicit Member(Crowd& crowd) : io(crowd.clock), connection(crowd.loop, io) {}
+    FakeIo io;
+    Connection connection;
+  };
+
+  explicit Crowd(uint64_t budget) : TestLoop(budget) {}
+
+  // A connection that did its handshake (held as TLS would be: handshaking,
+  // then idle; a plain one holds nothing) and one request, a second after
+  // the previous one.
+  Member& join(size_t idle_bytes) {
+    clock.set(clock.now() + 1);
+    Member& m = members.emplace_back(*this);
+    m.io.held = idle_bytes > 0 ? idle_bytes + 72 * 1024 : 0;
+    m.io.in_progress = idle_bytes > 0;
+    m.connection.start();
+    m.io.held = idle_bytes;
+    m.io.in_progress = false;
+    request(m);
+    return m;
+  }
+  void request(Member& m) {
+    m.io.incoming += kGet;
+    pump(m.connection, m.io);
+  }
+
+  std::deque<Member> members;
+};
+
+}  // namespace
+
+TEST_CASE("admission: a handshake is charged from the start, an idle TLS connection its idle state") {
+  Crowd crowd(1 << 20);
+  Crowd::Member& m = crowd.members.emplace_back(crowd);
+  m.io.held = 86 * 1024;
+  m.io.in_progress = true;
+  m.connection.start();
+  CHECK(m.connection.charged() == 86 * 1024);
+  CHECK(!m.connection.idle());  // a handshake in progress is never closed for room
+  // The handshake completes inside a read that finds no request yet.
+  m.io.held = 14 * 1024;
+  m.io.in_progress = false;
+  m.connection.on_readable();
+  CHECK(m.connection.charged() == 14 * 1024);
+  CHECK(m.connection.idle());
+  CHECK(crowd.buffers.used() == 14 * 1024);
+}
+
+TEST_CASE("admission: the longest-idle connections are closed to make room; none idle means no room") {
+  constexpr size_t kIdle = 20 * 1024;
+  Crowd crowd(5 * kIdle);
+  for (int i = 0; i < 5; ++i) crowd.join(kIdle);
+  CHECK(crowd.buffers.spent());
+  for (auto& m : crowd.members) CHECK(m.connection.idle());
+
+  SUBCASE("oldest first, only as many as needed, each with close_notify and FIN") {
+    CHECK(crowd.loop.make_room(30 * 1024));
+    CHECK(crowd.members[0].io.closed);
+    CHECK(crowd.members[0].io.shut);
+    CHECK(crowd.members[1].io.closed);
+    CHECK(!crowd.members[2].io.closed);
+    CHECK(crowd.connections.worker(0).idle_closed.get() == 2);
+    CHECK(crowd.buffers.used() == 3 * kIdle);
+  }
+  SUBCASE("a request makes a connection the newest idle one") {
+    crowd.clock.set(crowd.clock.now() + 1);
+    crowd.request(crowd.members[0]);
+    CHECK(crowd.loop.make_room(kIdle));
+    CHECK(!crowd.members[0].io.closed);
+    CHECK(crowd.members[1].io.closed);
+    CHECK(count(crowd.members[0].io.sent, "HTTP/1.1 404") == 2);
+  }
+  SUBCASE("connections with work in progress are never closed for room") {
+    crowd.members[0].io.incoming = "GET /get?key=k HTTP/1.1\r\nHo";  // a partial request
+    pump(crowd.members[0].connection, crowd.members[0].io);
+    crowd.members[1].io.send_room = 0;                                // a client that does not read
+    crowd.request(crowd.members[1]);
+    crowd.members[2].io.in_progress = true;                           // a TLS record half written
+    crowd.members[2].connection.on_readable();
+    crowd.members[3].io.incoming = "POST /put HTTP/1.1\r\nContent-Length: 10\r\n\r\n{";  // a body to come
+    pump(crowd.members[3].connection, crowd.members[3].io);
+    for (int i : {0, 1, 2, 3}) CHECK(!crowd.members[i].connection.idle());
+    // Only the last one is idle: it is closed, and there is no room for a second.
+    CHECK(!crowd.loop.make_room(2 * kIdle));
+    CHECK(crowd.members[4].io.closed);
+    for (int i : {0, 1, 2, 3}) CHECK(!crowd.members[i].io.closed);
+    CHECK(crowd.connections.worker(0).idle_closed.get() == 1);
+  }
+  SUBCASE("at most kMaxIdleClosesPerAdmission closes for one new connection") {
+    Crowd many(kMaxIdleClosesPerAdmission * 2 * 1024);
+    for (size_t i = 0; i < kMaxIdleClosesPerAdmission + 8; ++i) many.join(2 * 1024);
+    CHECK(!many.loop.make_room(many.buffers.limit()));
+    CHECK(many.connections.worker(0).idle_closed.get() == kMaxIdleClosesPerAdmission);
+  }
+  std::string metrics;
+  crowd.connections.render(metrics);
+  CHECK(metrics.find("kvcache_connections_idle_closed_total ") != std::string::npos);
+  CHECK(metrics.find("kvcache_connections_refused_total 0\n") != std::string::npos);
+}
+
+TEST_CASE("admission: plain connections hold no budget memory and are never closed for room") {
+  Crowd crowd(64 * 1024);
+  for (int i = 0; i < 3; ++i) crowd.join(0);
+  crowd.buffers.recharge(0, crowd.buffers.limit());
+  for (auto& m : crowd.members) CHECK(!m.connection.idle());
+  CHECK(!crowd.loop.make_room(1));
+  for (auto& m : crowd.members) CHECK(!m.io.closed);
+  crowd.buffers.recharge(crowd.buffers.limit(), 0);
 }

@@ -65,12 +65,16 @@ class FakeIo final : public ConnectionIo {
     closed = true;
     reading = writing = false;
   }
+  size_t held_bytes() const override { return held; }
+  bool busy() const override { return in_progress; }
 
   std::string incoming;         // sent by the client, not read yet
   bool client_fin = false;      // once incoming is read: end of stream
   bool reset = false;           // every call fails
   size_t recv_chunk = SIZE_MAX; // the most one recv returns
   size_t send_room = SIZE_MAX;  // what the socket still takes before it would block
+  size_t held = 0;              // what the transport itself holds (TLS state): charged to the budget
+  bool in_progress = false;     // busy(): a TLS handshake, a record half read or written
   std::string sent;             // everything the connection sent
   bool shut = false;
   bool closed = false;

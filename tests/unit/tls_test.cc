@@ -3,6 +3,8 @@
 // against an OpenSSL client in the same thread.
 #include "tls.h"
 
+#include "connection.h"
+#include "fake_io.h"
 #include "test_certs.h"
 
 #include <doctest/doctest.h>
@@ -487,6 +489,99 @@ TEST_CASE("want-read/want-write: a stalled send asks for writable, buffered reco
   }
   CHECK(got == upload);
   CHECK(link.server->on_event(true, false).read);
+}
+
+TEST_CASE("peek: a request split across records is seen whole, and received once") {
+  CertDir certs("tls-peek");
+  auto context = load_context(certs);
+  Link link(*context, certs);
+  link.handshake();
+  REQUIRE(link.server->handshake_done());
+  char buffer[16384];
+  CHECK(link.server->peek(buffer, sizeof buffer).kind == IoResult::would_block);
+  CHECK(link.server->held_bytes() == TlsStream::kIdleBytes);
+
+  // Head and body in two records, as curl and requests send a POST.
+  std::string body = "{\"key\":\"k\",\"value\":\"vvvv\"}";
+  std::string head = "POST /put HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+  REQUIRE(SSL_write(link.client, head.data(), head.size()) == static_cast<int>(head.size()));
+  REQUIRE(SSL_write(link.client, body.data(), body.size()) == static_cast<int>(body.size()));
+  IoResult seen = link.server->peek(buffer, sizeof buffer);
+  REQUIRE(seen.kind == IoResult::ok);
+  CHECK(std::string(buffer, seen.bytes) == head + body);  // SSL_peek alone sees the head's record only
+  CHECK(link.server->busy());
+  CHECK(link.server->held_bytes() > TlsStream::kIdleBytes);
+  link.server->want_read(true);
+  CHECK(link.server->input_buffered());  // the socket will not signal the stash
+  // A second look sees the same bytes, and what came since.
+  REQUIRE(SSL_write(link.client, "GET", 3) == 3);
+  seen = link.server->peek(buffer, sizeof buffer);
+  REQUIRE(seen.kind == IoResult::ok);
+  CHECK(std::string(buffer, seen.bytes) == head + body + "GET");
+  // recv hands the stash out first, in as many pieces as asked for.
+  IoResult got = link.server->recv(buffer, head.size());
+  REQUIRE(got.kind == IoResult::ok);
+  CHECK(std::string(buffer, got.bytes) == head);
+  REQUIRE(SSL_write(link.client, " /", 2) == 2);
+  got = link.server->recv(buffer, sizeof buffer);
+  REQUIRE(got.kind == IoResult::ok);
+  CHECK(std::string(buffer, got.bytes) == body + "GET /");
+  CHECK_FALSE(link.server->busy());
+  CHECK(link.server->held_bytes() == TlsStream::kIdleBytes);
+
+  // The client's close_notify after a peeked record: the record first, then eof.
+  REQUIRE(SSL_write(link.client, "x", 1) == 1);
+  SSL_shutdown(link.client);
+  seen = link.server->peek(buffer, sizeof buffer);
+  REQUIRE(seen.kind == IoResult::ok);
+  CHECK(seen.bytes == 1);
+  CHECK(link.server->recv(buffer, sizeof buffer).kind == IoResult::ok);
+  CHECK(link.server->recv(buffer, sizeof buffer).kind == IoResult::eof);
+  ERR_clear_error();
+}
+
+namespace {
+
+// The shipped Connection's I/O over a Link's server stream.
+class StreamIo final : public ConnectionIo {
+ public:
+  explicit StreamIo(TlsStream& stream) : stream_(stream) {}
+  IoResult recv(char* buffer, size_t size) override { return stream_.recv(buffer, size); }
+  IoResult peek(char* buffer, size_t size) override { return stream_.peek(buffer, size); }
+  IoResult send(const char* data, size_t size) override { return stream_.send(data, size); }
+  void shutdown_write() override { stream_.shutdown(); }
+  void want_read(bool on) override { stream_.want_read(on); }
+  void want_write(bool on) override { stream_.want_write(on); }
+  void arm_timer(double) override {}
+  void close() override {}
+  size_t held_bytes() const override { return stream_.held_bytes(); }
+  bool busy() const override { return stream_.busy(); }
+
+ private:
+  TlsStream& stream_;
+};
+
+}  // namespace
+
+TEST_CASE("buffer budget spent: a request split across records is answered, not left to its 408") {
+  CertDir certs("tls-spent");
+  auto context = load_context(certs);
+  Link link(*context, certs);
+  link.handshake();
+  kv::testing::TestLoop l(1 << 20);
+  StreamIo io(*link.server);
+  Connection connection(l.loop, io);
+  connection.start();
+  l.buffers.recharge(0, l.buffers.limit());  // other connections hold it all
+  std::string body = "{\"key\":\"k\",\"value\":\"vvvv\"}";
+  std::string head = "POST /put HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+  REQUIRE(SSL_write(link.client, head.data(), head.size()) == static_cast<int>(head.size()));
+  REQUIRE(SSL_write(link.client, body.data(), body.size()) == static_cast<int>(body.size()));
+  for (int i = 0; i < 5 && (i == 0 || link.server->input_buffered()); ++i) connection.on_readable();
+  CHECK(link.client_read_all().rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  CHECK(connection.reading());
+  CHECK(connection.charged() == TlsStream::kIdleBytes);
+  l.buffers.recharge(l.buffers.limit(), 0);
 }
 
 TEST_CASE("metrics: the exposition names every family") {

@@ -2,19 +2,25 @@
 """Idle TLS connections against one kvcache: RSS against --memory-limit.
 
 Starts kvcache with --tls-cert (an ECDSA P-256 pair made here) and
---memory-limit LIMIT, opens N TLS connections that each complete the
-handshake and one keep-alive GET /health, then holds them idle and reads the
-server's RSS and /metrics (connection buffer bytes charged, TLS handshakes).
+--memory-limit LIMIT; with --fill, first fills the store to its limit (mput
+over TLS until it evicts, then as much again); opens N TLS connections that
+each complete the handshake and one keep-alive GET /health, then holds them
+idle, and reports the server's peak and final RSS against the limit, how
+many of the held connections are still open (the server closes the
+longest-idle ones when the connection buffer budget cannot pay for a new
+one) and /metrics (buffer bytes charged, idle closes, refusals).
 
-  tools/bench/tls_idle.py [--connections 10000] [--memory-limit 256M] [--kvcache build/kvcache]
+  tools/bench/tls_idle.py [--connections 10000] [--memory-limit 256M] [--fill] [--kvcache build/kvcache]
 
 Loopback only; every wait is bounded; only the kvcache started here is stopped.
 """
 
 import argparse
 import os
+import json
 import re
 import resource
+import select
 import signal
 import socket
 import ssl
@@ -41,12 +47,59 @@ def metrics(port, ctx):
         return s.makefile("rb").read().decode(errors="replace")
 
 
+def metric(text, name):
+    m = re.search(rf"^{name} (\S+)", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def fill(port, ctx, deadline):
+    """mput 200-byte values over one keep-alive TLS connection until the store
+    evicts, then as many again: a full store, its oldest keys evicted."""
+    value = "v" * 200
+    sent = 0
+    full_at = None
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        reader = s.makefile("rb")
+        batch = 0
+        while time.monotonic() < deadline:
+            items = [{"key": f"fill:{sent + i}", "value": value} for i in range(250)]
+            body = json.dumps({"items": items}, separators=(",", ":")).encode()
+            s.sendall(b"POST /mput HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            status = reader.readline()
+            length = 0
+            for line in iter(reader.readline, b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            reader.read(length)
+            if not status.startswith(b"HTTP/1.1 200"):
+                sys.exit(f"fill: {status!r}")
+            sent += len(items)
+            batch += 1
+            if full_at is None and batch % 100 == 0 and metric(metrics(port, ctx), "kvcache_evictions_total") > 0:
+                full_at = sent
+            if full_at is not None and sent >= 2 * full_at:
+                return sent
+    sys.exit(f"fill: not full after {sent} keys")
+
+
+def still_open(conns):
+    """The held connections the server has not closed (a closed one has its close_notify and FIN to read)."""
+    closed = set()
+    for i in range(0, len(conns), 500):
+        part = conns[i:i + 500]
+        readable, _, _ = select.select(part, [], [], 0)
+        closed.update(id(s) for s in readable)
+    return len(conns) - len(closed)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--connections", type=int, default=10000)
     ap.add_argument("--memory-limit", default="256M")
     ap.add_argument("--kvcache", default=str(REPO / "build" / "kvcache"))
     ap.add_argument("--port", type=int, default=17191)
+    ap.add_argument("--fill", action="store_true", help="fill the store to its limit first")
     args = ap.parse_args()
     limit_bytes = int(args.memory_limit[:-1]) << {"K": 10, "M": 20, "G": 30}[args.memory_limit[-1].upper()]
 
@@ -74,7 +127,9 @@ def main():
                 break
             except OSError:
                 time.sleep(0.1)
+        filled = fill(args.port, ctx, time.monotonic() + 300) if args.fill else 0
         rss_start = rss_kb(server.pid)
+        rss_peak = rss_start
         started = time.monotonic()
         deadline = started + 600
         for i in range(args.connections):
@@ -86,17 +141,27 @@ def main():
             if not s.recv(4096).startswith(b"HTTP/1.1 200"):
                 sys.exit(f"connection {i}: no 200")
             conns.append(s)
+            if i % 100 == 0:
+                rss_peak = max(rss_peak, rss_kb(server.pid))
         opened = time.monotonic() - started
         time.sleep(2)
         rss = rss_kb(server.pid)
+        rss_peak = max(rss_peak, rss)
         text = metrics(args.port, ctx)
-        charged = re.search(r"^kvcache_connection_buffer_bytes (\S+)", text, re.M)
         handshakes = sum(float(v) for v in re.findall(r"^kvcache_tls_handshakes_total\{[^}]*\} (\S+)", text, re.M))
-        print(f"{args.connections} idle TLS connections (opened in {opened:.1f} s, {handshakes:.0f} handshakes): "
-              f"RSS {rss_start / 1024:.1f} MiB at start -> {rss / 1024:.1f} MiB "
-              f"= {rss * 1024 / limit_bytes:.2f}x --memory-limit {args.memory_limit} "
-              f"({(rss - rss_start) * 1024 / args.connections:,.0f} B per connection); "
-              f"charged to the connection buffer budget: {float(charged.group(1)) / 2**20 if charged else 0:.1f} MiB")
+        open_now = still_open(conns)
+        if args.fill:
+            print(f"store filled: {filled:,} keys written, {metric(text, 'kvcache_entries'):,.0f} entries, "
+                  f"{metric(text, 'kvcache_memory_used_bytes') / 2**20:.1f} MiB of a "
+                  f"{metric(text, 'kvcache_store_budget_bytes') / 2**20:.1f} MiB store budget")
+        print(f"{args.connections} TLS connections opened and held idle (in {opened:.1f} s, {handshakes:.0f} handshakes): "
+              f"RSS {rss_start / 1024:.1f} MiB before them -> {rss / 1024:.1f} MiB "
+              f"= {rss * 1024 / limit_bytes:.3f}x --memory-limit {args.memory_limit} "
+              f"(peak {rss_peak * 1024 / limit_bytes:.3f}x); still open: {open_now}; "
+              f"closed by the server as the longest idle: {metric(text, 'kvcache_connections_idle_closed_total'):.0f}; "
+              f"refused: {metric(text, 'kvcache_connections_refused_total'):.0f}; charged to the connection buffer "
+              f"budget: {metric(text, 'kvcache_connection_buffer_bytes') / 2**20:.1f} of "
+              f"{metric(text, 'kvcache_connection_buffer_budget_bytes') / 2**20:.1f} MiB")
     finally:
         for s in conns:
             s.close()
