@@ -111,7 +111,8 @@ Connection* LoopContext::deliver_deferred() {
 }
 
 bool LoopContext::make_room(size_t bytes) {
-  auto fits = [&] { return buffers.used() + bytes <= buffers.limit(); };
+  const uint64_t share = buffers.limit() - buffers.limit() / kAdmissionHeadroomDivisor;
+  auto fits = [&] { return buffers.used() + bytes <= share; };
   for (size_t closes = 0; !fits() && idle_oldest != nullptr && closes < kMaxIdleClosesPerAdmission; ++closes) {
     // An idle keep-alive connection may be closed at any time (RFC 9112
     // 9.6): clients retry on a new one. close_notify and FIN first, so the

@@ -59,6 +59,11 @@ constexpr size_t kOutputKeepCapacity = 2 * kOutputHighWater;
 // memory (TLS) may close at most this many idle ones to make room for itself,
 // as nginx closes up to 32 reusable connections when it runs short.
 constexpr size_t kMaxIdleClosesPerAdmission = 32;
+// New connections are admitted only into the budget's first 7/8: the rest
+// stays for the buffers of connections in use (a response being sent, a
+// request being read), so that a crowd of idle TLS connections does not
+// leave every active one served under the spent budget's floor.
+constexpr uint64_t kAdmissionHeadroomDivisor = 8;
 
 // Upper bounds (seconds) of the request latency histogram buckets.
 constexpr std::array<double, 12> kLatencyBuckets = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
@@ -104,7 +109,7 @@ struct LoopContext {
   Connection* deliver_deferred();
   // Admission of a new connection whose transport will hold `bytes` (TLS
   // state, handshake included) charged to the buffer budget: while the
-  // budget cannot pay for it, closes the loop's longest-idle keep-alive
+  // budget's admission share cannot pay for it, closes the loop's longest-idle keep-alive
   // connections that hold budget memory (at most kMaxIdleClosesPerAdmission).
   // Returns whether it can pay now; if not, the caller refuses the connection.
   bool make_room(size_t bytes);
