@@ -6,11 +6,12 @@ set -euo pipefail
 build=(meson ninja-build pkg-config g++ cmake libevent-dev libsimdjson-dev libfmt-dev libabsl-dev doctest-dev libisal-dev libdeflate-dev libssl-dev)
 # prometheus for promtool, docker-compose for the offline compose check,
 # debootstrap + systemd-container to boot the unit under a real systemd;
-# openssl (the command) for the TLS tests' certificates and s_client.
+# openssl (the command) for the TLS tests' certificates and s_client; wrk
+# for the TLS test that drives it over https (the benchmarks need it too).
 test=(python3 python3-pytest python3-requests python3-prometheus-client python3-yaml systemd curl haproxy
-  prometheus docker-compose debootstrap systemd-container openssl)
+  prometheus docker-compose debootstrap systemd-container openssl wrk)
 sanitize=(clang libclang-rt-14-dev llvm)
-bench=(wrk nginx-light redis-server memcached python3-locust python3-matplotlib valgrind)
+bench=(nginx-light redis-server memcached python3-locust python3-matplotlib valgrind)
 
 case "${1:-test}" in
   build) wanted=("${build[@]}") ;;

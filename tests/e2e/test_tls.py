@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from helpers import SANITIZER_SLOWDOWN, RawConn, compact, free_port, run_binary, unique
+from helpers import REPO, SANITIZER_SLOWDOWN, RawConn, compact, free_port, run_binary, unique
 
 OPENSSL = shutil.which("openssl")
 pytestmark = pytest.mark.skipif(not OPENSSL, reason="the openssl command is not installed (install-deps.sh test)")
@@ -334,11 +334,22 @@ def test_tls_concurrent_clients_and_sigterm_drain(start_server, certs):
     assert srv.wait() == 0
 
 
+def documented_haproxy_tls_options(ca_file):
+    """The TLS options docs/scaling.md tells operators to add to the nodes' default-server line."""
+    text = (REPO / "docs" / "scaling.md").read_text()
+    line = next(l for l in text.splitlines() if l.strip().startswith("default-server ... ssl "))
+    options = line.split("...", 1)[1].strip()
+    assert "verify required" in options and "ca-file" in options, line
+    return re.sub(r"ca-file \S+", f"ca-file {ca_file}", options).replace("str(kvcache.internal)", "str(localhost)")
+
+
 def test_tls_behind_haproxy(start_server, certs, tmp_path):
+    """HAProxy 2.6 in front of a TLS node, with the server options docs/scaling.md shows."""
     haproxy = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None)
     if not haproxy:
         pytest.skip("haproxy is not installed")
     srv = start_server(*tls_flags(certs))
+    options = documented_haproxy_tls_options(certs / "ca.pem")
     front = free_port()
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(f"""
@@ -353,7 +364,7 @@ frontend fe
     bind 127.0.0.1:{front}
     default_backend nodes
 backend nodes
-    server node1 127.0.0.1:{srv.port} ssl verify required ca-file {certs / 'ca.pem'} sni str(localhost) alpn http/1.1
+    server node1 127.0.0.1:{srv.port} {options}
 """)
     proc = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -377,7 +388,7 @@ backend nodes
 def test_tls_wrk(tls_server, certs):
     wrk = shutil.which("wrk")
     if not wrk:
-        pytest.skip("wrk is not installed (install-deps.sh bench)")
+        pytest.skip("wrk is not installed (install-deps.sh test)")
     out = subprocess.run([wrk, "-t1", "-c4", "-d1s", f"https://127.0.0.1:{tls_server.port}/health"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
