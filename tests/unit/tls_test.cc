@@ -168,6 +168,17 @@ std::unique_ptr<TlsContext> load_context(const CertDir& certs, bool mutual = fal
   return context;
 }
 
+// A Link whose TLS 1.3 handshake is done, with its certificates and context.
+struct Connected {
+  explicit Connected(const char* name) : certs(name), context(load_context(certs)), link(*context, certs) {
+    link.handshake();
+    REQUIRE(link.server->handshake_done());
+  }
+  CertDir certs;
+  std::unique_ptr<TlsContext> context;
+  Link link;
+};
+
 uint64_t failures(const TlsContext& context, TlsFailure reason) {
   return context.metrics().failures[static_cast<size_t>(reason)].load();
 }
@@ -430,11 +441,8 @@ TEST_CASE("renegotiation: a TLS 1.2 client's attempt is refused, the connection 
 }
 
 TEST_CASE("want-read/want-write: a stalled send asks for writable, buffered records for another read") {
-  CertDir certs("tls-wants");
-  auto context = load_context(certs);
-  Link link(*context, certs);
-  link.handshake();
-  REQUIRE(link.server->handshake_done());
+  Connected connected("tls-wants");
+  Link& link = connected.link;
 
   // A large response fills the socket: the stream needs writable only while the connection wants to write.
   std::string big(4 << 20, 'v');
@@ -492,11 +500,8 @@ TEST_CASE("want-read/want-write: a stalled send asks for writable, buffered reco
 }
 
 TEST_CASE("peek: a request split across records is seen whole, and received once") {
-  CertDir certs("tls-peek");
-  auto context = load_context(certs);
-  Link link(*context, certs);
-  link.handshake();
-  REQUIRE(link.server->handshake_done());
+  Connected connected("tls-peek");
+  Link& link = connected.link;
   char buffer[16384];
   CHECK(link.server->peek(buffer, sizeof buffer).kind == IoResult::would_block);
   CHECK(link.server->held_bytes() == TlsStream::kIdleBytes);
@@ -564,10 +569,8 @@ class StreamIo final : public ConnectionIo {
 }  // namespace
 
 TEST_CASE("buffer budget spent: a request split across records is answered, not left to its 408") {
-  CertDir certs("tls-spent");
-  auto context = load_context(certs);
-  Link link(*context, certs);
-  link.handshake();
+  Connected connected("tls-spent");
+  Link& link = connected.link;
   kv::testing::TestLoop l(1 << 20);
   StreamIo io(*link.server);
   Connection connection(l.loop, io);
