@@ -2,24 +2,11 @@
 
 namespace kv {
 
-size_t Shard::IndexHash::operator()(Handle handle) const {
-  return absl::Hash<std::string_view>{}(reinterpret_cast<const Entry*>(slab->at(handle))->key());
-}
-
-bool Shard::IndexEq::operator()(const KeyRef& a, Handle b) const {
-  return a.key == reinterpret_cast<const Entry*>(slab->at(b))->key();
-}
-
 Shard::Shard(uint64_t byte_limit, const Clock& clock, const MemoryCalls& calls)
     : byte_limit_(byte_limit),
       clock_(clock),
       slab_(byte_limit / Slab::kPageSize, calls),
-      index_(0, IndexHash{&slab_}, IndexEq{&slab_}) {}
-
-uint64_t Shard::index_bytes_locked() const {
-  // One handle slot and one control byte per bucket.
-  return index_.capacity() * (sizeof(Handle) + 1);
-}
+      index_(EntryKey{&slab_}) {}
 
 void Shard::link_newest_locked(Handle handle) {
   Entry& entry = entry_locked(handle);
@@ -63,8 +50,7 @@ void Shard::moved_locked(Handle from, Handle to) {
   // Its old page is emptied and rescanned by reclaimed_enough_locked.
   expiry_.update(to, 0, entry.expires_at());
   // The old chunk still holds the same key, so the lookup finds its slot.
-  auto it = index_.find(make_key(entry.key()));
-  const_cast<Handle&>(*it) = to;
+  *index_.find(make_key(entry.key())) = to;
 }
 
 void Shard::expire_page_locked(uint32_t page) {
@@ -129,9 +115,9 @@ Handle Shard::allocate_locked(size_t size_class) {
 Handle Shard::touch_locked(BatchPut& item) {
   size_t size_class = class_of(item);
   item.chunk = kReserved;
-  auto it = index_.find(item.key);
-  if (it == index_.end()) return kNoHandle;
-  Handle existing = *it;
+  const Handle* slot = index_.find(item.key);
+  if (slot == nullptr) return kNoHandle;
+  Handle existing = *slot;
   if (expired_locked(entry_locked(existing))) {
     remove_locked(existing, item.key);
     ++expirations_;
@@ -165,7 +151,7 @@ bool Shard::reserve_locked(std::span<BatchPut> items) {
   // The index grows now, not at commit, so it is charged before chunks are
   // allocated (once committed, the batch's entries cannot be evicted).
   index_pending_ = items.size();
-  index_.reserve(index_.size() + index_pending_);
+  index_.reserve(index_pending_);
   batch_ = items;
   bool ok = true;
   for (uint32_t i = 0; i < items.size() && ok; ++i) {
@@ -174,11 +160,8 @@ bool Shard::reserve_locked(std::span<BatchPut> items) {
       for (BatchPut& rest : items.subspan(i)) rest.chunk = kNoHandle;
     }
   }
-  if (ok) {
-    // Then make room for the grown index.
-    trim_locked();
-    ok = bytes_used_locked() <= byte_limit_;
-  }
+  // Then make room for the grown index.
+  if (ok) ok = trim_locked();
   batch_ = {};
   // On success protected_ stays, for commit_locked or cancel_locked.
   if (!ok) cancel_locked(items);
@@ -218,15 +201,13 @@ void Shard::commit_one_locked(const BatchPut& item) {
     // A new key is not the running walk's to copy; a new chunk for an
     // existing key is, if the old one was (same mark, same count).
     entry.set_copy_mark(copy_mark_);
-    bool inserted = false;
-    auto it = index_.lazy_emplace(item.key, [&](const auto& construct) {
-      construct(handle);
-      inserted = true;
-    });
-    if (!inserted) {
+    Handle* slot = index_.find(item.key);
+    if (slot == nullptr) {
+      index_.insert(item.key, handle);
+    } else {
       // Replaces an entry in another size class.
-      Handle previous = *it;
-      const_cast<Handle&>(*it) = handle;
+      Handle previous = *slot;
+      *slot = handle;
       uint32_t previous_expiry = entry_locked(previous).expires_at();
       entry.set_copy_mark(entry_locked(previous).copy_mark());
       unlink_locked(previous);
@@ -247,22 +228,24 @@ void Shard::commit_locked(std::span<BatchPut> items) {
   protected_ = kNoHandle;
 }
 
-void Shard::trim_locked() {
-  // A grown index takes memory too.
+bool Shard::trim_locked() {
+  // A growing index takes memory too.
   bool index_shrunk = false;
-  while (bytes_used_locked() > byte_limit_) {
+  for (size_t pages = 0; bytes_used_locked() > byte_limit_; ++pages) {
+    // The rest next time: only an index rebuild larger than the one charged
+    // ahead gets here (see kMaxTrimPages).
+    if (pages == kMaxTrimPages) return true;
     if (!slab_.has_free_page() && !reclaim_locked(Slab::kClassCount)) {
       // Nothing left to evict. The index may still be sized for entries
       // evicted since it grew (a batch reserves its room before evicting):
-      // shrink it to what is left, once (a rehash walks the whole index).
-      if (index_shrunk) break;
+      // rebuild it smaller, a bounded part of that once.
+      if (index_shrunk || !index_.shrink(index_pending_, kShrinkSteps)) return false;
       index_shrunk = true;
-      index_.rehash(0);
-      index_.reserve(index_.size() + index_pending_);
       continue;
     }
-    if (slab_.has_free_page() && !slab_.give_back_free_page()) break;
+    if (slab_.has_free_page() && !slab_.give_back_free_page()) return false;
   }
+  return true;
 }
 
 PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires_at) {
@@ -290,9 +273,9 @@ PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires
 bool Shard::get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value) {
   std::lock_guard lock(mutex_);
   now_ms_ = clock_.now_ms();
-  auto it = index_.find(key);
-  if (it != index_.end()) {
-    Handle handle = *it;
+  index_.step();
+  if (const Handle* slot = index_.find(key)) {
+    Handle handle = *slot;
     Entry& entry = entry_locked(handle);
     if (!expired_locked(entry)) {
       if (handle != newest_) {
@@ -313,9 +296,10 @@ bool Shard::get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_
 bool Shard::erase(const KeyRef& key) {
   std::lock_guard lock(mutex_);
   now_ms_ = clock_.now_ms();
-  auto it = index_.find(key);
-  if (it == index_.end()) return false;
-  Handle handle = *it;
+  index_.step();
+  const Handle* slot = index_.find(key);
+  if (slot == nullptr) return false;
+  Handle handle = *slot;
   bool live = !expired_locked(entry_locked(handle));
   if (!live) ++expirations_;
   remove_locked(handle, key);
@@ -329,7 +313,9 @@ bool Shard::sweep_expired(size_t max_pages) {
     uint32_t page = expiry_.due_page(now_ms_);
     if (page != Slab::kNoPage) expire_page_locked(page);  // else it rescanned stale pages
   }
-  return expiry_.may_be_due(now_ms_);
+  // An idle shard finishes its index rebuild here.
+  for (size_t steps = 0; steps < kSweepRehashSteps; ++steps) index_.step();
+  return expiry_.may_be_due(now_ms_) || index_.rebuilding();
 }
 
 void Shard::start_walk_locked() {
@@ -370,7 +356,7 @@ bool Shard::copy_batch(size_t max_entries,
 
 uint64_t Shard::work_steps() const {
   std::lock_guard lock(mutex_);
-  return work_steps_ + expiry_.chunks_visited();
+  return work_steps_ + expiry_.chunks_visited() + index_.work();
 }
 
 ShardStats Shard::stats() const {

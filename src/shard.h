@@ -5,11 +5,10 @@
 #include "clock.h"
 #include "entry.h"
 #include "expiry.h"
+#include "index.h"
 #include "slab.h"
 
-#include <absl/container/flat_hash_set.h>
 #include <absl/functional/function_ref.h>
-#include <absl/hash/hash.h>
 
 #include <cstdint>
 #include <mutex>
@@ -18,14 +17,6 @@
 #include <vector>
 
 namespace kv {
-
-// A key with its hash, computed once per request outside any lock.
-struct KeyRef {
-  std::string_view key;
-  size_t hash;
-};
-
-inline KeyRef make_key(std::string_view key) { return {key, absl::Hash<std::string_view>{}(key)}; }
 
 enum class PutStatus { ok, too_large };
 
@@ -65,8 +56,9 @@ class Shard {
   bool erase(const KeyRef& key);
   // Removes the expired entries of up to max_pages slab pages, soonest
   // first: at most max_pages * (2 + ExpiryIndex::kRescansPerCall) *
-  // Slab::kMaxChunksPerPage chunk visits under the lock. Returns whether
-  // expired entries may remain (call again).
+  // Slab::kMaxChunksPerPage chunk visits under the lock, and moves on an
+  // index rebuild (kSweepRehashSteps steps). Returns whether expired
+  // entries may remain or a rebuild is running (call again soon).
   bool sweep_expired(size_t max_pages);
   ShardStats stats() const;
   // For tests: loop steps taken under the lock so far (chunks visited by
@@ -92,6 +84,22 @@ class Shard {
   static constexpr size_t kMaxReclaimSteps =
       kReclaimExpiredPages * (ExpiryIndex::kRescansPerCall + 3) * Slab::kMaxChunksPerPage + kMaxEvictionsPerReclaim +
       Slab::kMaxChunksPerPage;
+  // Pages one call gives back to get within its limit, each after at most
+  // one reclaim. The index charges its next table ahead, a little per
+  // insert (HandleIndex::charged_bytes), so a put normally needs one; only
+  // a rebuild larger than the one charged ahead (a batch that reserves
+  // more than the planned room) can leave more, which later calls repay.
+  static constexpr size_t kMaxTrimPages = 8;
+  // Index rebuild steps (HandleIndex::kRehashStepSlots slots each) a call
+  // may take to shrink an index sized for entries since evicted, and that
+  // each sweep call takes, so an idle shard finishes a rebuild.
+  static constexpr size_t kShrinkSteps = 64;
+  static constexpr size_t kSweepRehashSteps = 16;
+  // All the loop steps of one put (or get, erase): one reclaim to allocate,
+  // kMaxTrimPages more to get within the limit, one index rebuild step
+  // (an insert's), and a shrink's steps.
+  static constexpr size_t kMaxPutSteps =
+      (1 + kMaxTrimPages) * kMaxReclaimSteps + (1 + kShrinkSteps) * kRehashStepSlots;
 
   // Snapshot walk over the LRU list, oldest to newest, a bounded batch per
   // call, which copies every entry present at copy_start() exactly once
@@ -130,21 +138,12 @@ class Shard {
   void cancel_locked(std::span<BatchPut> items);
 
  private:
-  // Index functors resolve handles through the slab; lookups use a KeyRef.
-  struct IndexHash {
-    using is_transparent = void;
+  // The index resolves a handle's key through the slab.
+  struct EntryKey {
     const Slab* slab;
-    size_t operator()(const KeyRef& key) const { return key.hash; }
-    size_t operator()(Handle handle) const;
+    std::string_view operator()(Handle handle) const { return reinterpret_cast<const Entry*>(slab->at(handle))->key(); }
   };
-  struct IndexEq {
-    using is_transparent = void;
-    const Slab* slab;
-    bool operator()(Handle a, Handle b) const { return a == b; }
-    bool operator()(const KeyRef& a, Handle b) const;
-    bool operator()(Handle a, const KeyRef& b) const { return (*this)(b, a); }
-  };
-  using Index = absl::flat_hash_set<Handle, IndexHash, IndexEq>;
+  using Index = HandleIndex<EntryKey>;
 
   // The *_locked functions expect mutex_ to be held.
   Entry& entry_locked(Handle handle) const { return *reinterpret_cast<Entry*>(slab_.at(handle)); }
@@ -179,16 +178,14 @@ class Shard {
   bool reserve_chunk_locked(BatchPut& item, uint32_t index);
   void rewrite_locked(Handle handle, const BatchPut& item);
   void commit_one_locked(const BatchPut& item);
-  // Gives memory back until the shard is within its limit (if it can),
-  // never evicting protected_ or anything newer.
-  void trim_locked();
+  // Gives memory back until the shard is within its limit, never evicting
+  // protected_ or anything newer, at most kMaxTrimPages pages a call.
+  // False when nothing is left to give back and the shard is over.
+  bool trim_locked();
   // Re-points the index and LRU neighbours (or a reservation) after the
   // slab moved a chunk.
   void moved_locked(Handle from, Handle to);
-  uint64_t index_bytes_locked() const;
-  uint64_t bytes_used_locked() const {
-    return slab_.charged_bytes() + index_bytes_locked();
-  }
+  uint64_t bytes_used_locked() const { return slab_.charged_bytes() + index_.charged_bytes(); }
   bool expired_locked(const Entry& entry) const { return is_expired(entry.expires_at(), now_ms_); }
   static size_t class_of(const BatchPut& item) {
     return Slab::class_for(Entry::size_for(item.key.key.size(), item.value.size(), item.expires_at != 0));

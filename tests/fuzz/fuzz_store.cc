@@ -15,6 +15,11 @@
 //    count (exactly after a full sweep; between the live count and the count
 //    including expired-but-unswept entries otherwise).
 //
+// A fill op (when bit 7 of the shard-count byte is set) adds hundreds of fresh small keys (or erases the oldest of
+// them), so the index grows, and is rebuilt from deleted slots, over many
+// calls while the other ops run: lookups, erases and overwrites then meet
+// a rebuild in progress.
+//
 // Layout: 3 header bytes (start time, shard count, small memory limit), then
 // operations, each one opcode byte plus argument bytes.
 #include "store.h"
@@ -93,7 +98,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Input in(data, size);
   FakeClock clock;
   clock.now = uint64_t{in.byte()} * 997;  // include 0 and values off the 100 ms grid
-  const size_t shards = 1 + in.byte() % 4;
+  const uint8_t shard_byte = in.byte();
+  const size_t shards = 1 + shard_byte % 4;
+  // Bit 7 adds the fill op (op % 8 == 7); without it the ops decode as they
+  // did before it existed, so saved inputs keep their meaning.
+  const uint8_t op_count = (shard_byte & 0x80) ? 8 : 7;
   // Per shard 32 KiB .. 96 KiB: at least the two 16 KiB pages every shard is
   // granted (smaller limits are rounded up to that by design), up to about
   // what all keys with maximal values need, so evictions happen in between.
@@ -107,6 +116,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // with too_large (507) leaves the previous value in place.
   std::map<std::string, ModelEntry> small_model;
   uint64_t serial = 0;
+  std::vector<std::string> filled;  // keys the fill op added, oldest first
+  size_t fill_erased = 0;           // filled[0 .. fill_erased) were erased
+  int fills_left = 4;               // keeps a run short
 
   auto live = [&](const ModelEntry& entry) { return !kv::is_expired(entry.expires_at, clock.now); };
   auto live_count = [&] {
@@ -143,7 +155,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     uint8_t op = in.byte();
     std::string key = key_name(in.byte() % kKeys);
     auto it = model.find(key);
-    switch (op % 7) {
+    switch (op % op_count) {
       case 0:
       case 1: {  // put
         std::string value = next_value(key);
@@ -224,6 +236,46 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           } else {
             check_small(keys[i]);
           }
+        }
+        break;
+      }
+      case 7: {  // fill: 8..262 fresh keys with short values, or erase as many of the oldest
+        if (fills_left == 0) break;
+        --fills_left;
+        uint8_t b = in.byte();
+        size_t count = 8 + static_cast<size_t>(b >> 1) * 2;
+        if (b & 1) {
+          for (size_t i = 0; i < count && fill_erased < filled.size(); ++i) {
+            const std::string& name = filled[fill_erased++];
+            auto m = model.find(name);
+            bool expected = m != model.end() && live(m->second);
+            if (m != model.end()) model.erase(m);
+            check(big.erase(kv::make_key(name)) == expected);
+            small.erase(kv::make_key(name));
+            small_model.erase(name);
+          }
+          break;
+        }
+        uint32_t ttl = ttl_from(in.byte());
+        for (size_t i = 0; i < count; ++i) {
+          std::string name = "f" + std::to_string(filled.size());
+          std::string value = std::to_string(++serial);
+          uint32_t expires_at = kv::expiry_tick(clock.now, ttl);
+          check(big.put(kv::make_key(name), value, ttl) == kv::PutStatus::ok);
+          model[name] = {value, expires_at};
+          if (small.put(kv::make_key(name), value, ttl) == kv::PutStatus::ok) small_model[name] = {value, expires_at};
+          filled.push_back(std::move(name));
+          // Earlier keys, found in whichever table holds them now.
+          const std::string& earlier = filled[fill_erased + (filled.size() * 7919) % (filled.size() - fill_erased)];
+          auto m = model.find(earlier);
+          std::optional<std::string> expected;
+          if (m != model.end() && live(m->second)) {
+            expected = m->second.value;
+          } else if (m != model.end()) {
+            model.erase(m);  // the store drops an expired entry it is asked for
+          }
+          check(lookup(big, earlier) == expected);
+          check_small(earlier);
         }
         break;
       }

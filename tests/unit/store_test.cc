@@ -558,7 +558,7 @@ TEST_CASE("bounded work: one call on a large shard does at most a named amount, 
   std::string other(180, 'w');
   // A put loops only in its one reclaim.
   const uint64_t page_slice = (2 + ExpiryIndex::kRescansPerCall) * Slab::kMaxChunksPerPage;
-  const uint64_t reclaim_bound = Shard::kMaxReclaimSteps;
+  const uint64_t reclaim_bound = Shard::kMaxPutSteps;
   uint64_t most = 0;
   for (int i = 0; i < 200; ++i) {
     most = std::max(most, work_of([&] { REQUIRE(shard.put(make_key(fmt::format("key:{}", i)), other, 0) == PutStatus::ok); }));
@@ -590,6 +590,35 @@ TEST_CASE("bounded work: one call on a large shard does at most a named amount, 
   while (shard.sweep_expired(4)) ++calls;
   MESSAGE("sweep calls for the rest: " << calls);
   CHECK(shard.stats().entries < static_cast<uint64_t>(n) / 2 + 2000);
+}
+
+TEST_CASE("bounded work: the index grows a step at a time, whatever the shard's size") {
+  FakeClock clock;
+  Shard shard(uint64_t{1} << 30, clock);
+  std::string value(20, 'v');
+  // 600k keys: the index doubles 16 times, the last time to a million
+  // slots. No eviction (the limit is far), so all the work a put
+  // does under the lock is the index's.
+  const int n = 600000;
+  uint64_t most = 0, total = 0;
+  for (int i = 0; i < n; ++i) {
+    std::string name = fmt::format("key:{}", i);
+    uint64_t before = shard.work_steps();
+    REQUIRE(shard.put(make_key(name), value, i % 2 ? expiry_tick(clock.now_ms(), 100) : 0) == PutStatus::ok);
+    uint64_t work = shard.work_steps() - before;
+    most = std::max(most, work);
+    total += work;
+  }
+  MESSAGE("index slots rehashed: " << total << " in all, at most " << most << " by one put");
+  CHECK(total > n);  // the growth happened, spread over the puts
+  CHECK(most <= kRehashStepSlots);
+  CHECK(shard.stats().evictions == 0);
+  // Every key is found, during a rebuild and after the sweep finishes it.
+  for (int i = 0; i < n; i += 997) CHECK(shard.get(make_key(fmt::format("key:{}", i)), [](std::string_view) {}));
+  int sweeps = 0;
+  while (shard.sweep_expired(4) && sweeps < 100000) ++sweeps;
+  for (int i = 0; i < n; i += 997) CHECK(shard.get(make_key(fmt::format("key:{}", i)), [](std::string_view) {}));
+  CHECK(shard.stats().entries == static_cast<uint64_t>(n));
 }
 
 TEST_CASE("TTL: at the main loop's cadence, 300k entries expiring at once are swept in far less than 5 s of waits") {
