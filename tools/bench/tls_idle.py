@@ -10,7 +10,11 @@ many of the held connections are still open (the server closes the
 longest-idle ones when the connection buffer budget cannot pay for a new
 one) and /metrics (buffer bytes charged, idle closes, refusals).
 
-  tools/bench/tls_idle.py [--connections 10000] [--memory-limit 256M] [--fill] [--kvcache build/kvcache]
+With --partial each connection instead sends half a request and stops
+(the server's --read-timeout is raised to 600 s): none is idle, so once the
+budget is spent new connections are refused at accept.
+
+  tools/bench/tls_idle.py [--connections 10000] [--memory-limit 256M] [--fill] [--partial] [--kvcache build/kvcache]
 
 Loopback only; every wait is bounded; only the kvcache started here is stopped.
 """
@@ -87,9 +91,21 @@ def fill(port, ctx, deadline):
 def still_open(conns):
     """The held connections the server has not closed (a closed one has its close_notify and FIN to read)."""
     poller = select.poll()
+    by_fd = {}
     for s in conns:
         poller.register(s, select.POLLIN)
-    return len(conns) - len(poller.poll(0))
+        by_fd[s.fileno()] = s
+    closed = 0
+    for fd, _ in poller.poll(0):
+        s = by_fd[fd]
+        s.setblocking(False)
+        try:  # readable: session tickets not read yet, or the server's close
+            closed += s.recv(1) == b""
+        except ssl.SSLWantReadError:
+            pass
+        except OSError:
+            closed += 1
+    return len(conns) - closed
 
 
 def main():
@@ -99,6 +115,7 @@ def main():
     ap.add_argument("--kvcache", default=str(REPO / "build" / "kvcache"))
     ap.add_argument("--port", type=int, default=17191)
     ap.add_argument("--fill", action="store_true", help="fill the store to its limit first")
+    ap.add_argument("--partial", action="store_true", help="each connection sends half a request and stops")
     args = ap.parse_args()
     limit_bytes = int(args.memory_limit[:-1]) << {"K": 10, "M": 20, "G": 30}[args.memory_limit[-1].upper()]
 
@@ -115,7 +132,8 @@ def main():
     log = open(tmp / "kvcache.log", "wb")
     server = subprocess.Popen([args.kvcache, "--bind", "127.0.0.1", "--port", str(args.port), "--threads", "2",
                                "--memory-limit", args.memory_limit, "--max-connections", str(args.connections + 100),
-                               "--idle-timeout", "600", "--tls-cert", str(tmp / "cert.pem"),
+                               "--idle-timeout", "600", "--read-timeout", "600" if args.partial else "2",
+                               "--tls-cert", str(tmp / "cert.pem"),
                                "--tls-key", str(tmp / "key.pem")], stdout=subprocess.DEVNULL, stderr=log)
     ctx = ssl.create_default_context(cafile=str(tmp / "cert.pem"))
     conns = []
@@ -130,15 +148,24 @@ def main():
         rss_start = rss_kb(server.pid)
         rss_peak = rss_start
         started = time.monotonic()
+        refused_seen = 0
         deadline = started + 600
         for i in range(args.connections):
             if time.monotonic() > deadline:
                 sys.exit(f"only {i} connections in 600 s")
             raw = socket.create_connection(("127.0.0.1", args.port), timeout=10)
-            s = ctx.wrap_socket(raw, server_hostname="localhost")
-            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            if not s.recv(4096).startswith(b"HTTP/1.1 200"):
-                sys.exit(f"connection {i}: no 200")
+            try:
+                s = ctx.wrap_socket(raw, server_hostname="localhost")
+            except OSError:  # refused at accept
+                raw.close()
+                refused_seen += 1
+                continue
+            if args.partial:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            else:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                if not s.recv(4096).startswith(b"HTTP/1.1 200"):
+                    sys.exit(f"connection {i}: no 200")
             conns.append(s)
             if i % 100 == 0:
                 rss_peak = max(rss_peak, rss_kb(server.pid))
@@ -146,19 +173,30 @@ def main():
         time.sleep(2)
         rss = rss_kb(server.pid)
         rss_peak = max(rss_peak, rss)
-        text = metrics(args.port, ctx)
-        handshakes = sum(float(v) for v in re.findall(r"^kvcache_tls_handshakes_total\{[^}]*\} (\S+)", text, re.M))
         open_now = still_open(conns)
+        if args.partial:
+            # No room for another connection until these go; the counters stay.
+            for s in conns:
+                s.close()
+            conns = []
+        text = ""
+        for _ in range(50):
+            try:
+                text = metrics(args.port, ctx)
+                break
+            except OSError:
+                time.sleep(0.1)
+        handshakes = sum(float(v) for v in re.findall(r"^kvcache_tls_handshakes_total\{[^}]*\} (\S+)", text, re.M))
         if args.fill:
             print(f"store filled: {filled:,} keys written, {metric(text, 'kvcache_entries'):,.0f} entries, "
                   f"{metric(text, 'kvcache_memory_used_bytes') / 2**20:.1f} MiB of a "
                   f"{metric(text, 'kvcache_store_budget_bytes') / 2**20:.1f} MiB store budget")
-        print(f"{args.connections} TLS connections opened and held idle (in {opened:.1f} s, {handshakes:.0f} handshakes): "
+        print(f"{args.connections} TLS connections opened and held {'with half a request' if args.partial else 'idle'} (in {opened:.1f} s, {handshakes:.0f} handshakes): "
               f"RSS {rss_start / 1024:.1f} MiB before them -> {rss / 1024:.1f} MiB "
               f"= {rss * 1024 / limit_bytes:.3f}x --memory-limit {args.memory_limit} "
               f"(peak {rss_peak * 1024 / limit_bytes:.3f}x); still open: {open_now}; "
               f"closed by the server as the longest idle: {metric(text, 'kvcache_connections_idle_closed_total'):.0f}; "
-              f"refused: {metric(text, 'kvcache_connections_refused_total'):.0f}; charged to the connection buffer "
+              f"refused: {metric(text, 'kvcache_connections_refused_total'):.0f} ({refused_seen} seen by the client); charged to the connection buffer "
               f"budget: {metric(text, 'kvcache_connection_buffer_bytes') / 2**20:.1f} of "
               f"{metric(text, 'kvcache_connection_buffer_budget_bytes') / 2**20:.1f} MiB")
     finally:
