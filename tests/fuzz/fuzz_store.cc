@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <map>
+#include <unordered_map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -111,10 +112,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   kv::Store small(shards, small_limit, clock);
   kv::Store big(shards, big_limit, clock);
 
-  std::map<std::string, ModelEntry> model;  // includes expired entries the big store may still hold
+  // Hash maps, not ordered ones: an ordered lookup is several string
+  // compares, each traced by libFuzzer, and was the largest part of an
+  // execution (corpus replay ~1.3-2x faster with these).
+  std::unordered_map<std::string, ModelEntry> model;  // includes expired entries the big store may still hold
   // What the small store may return: like model, except that a put refused
   // with too_large (507) leaves the previous value in place.
-  std::map<std::string, ModelEntry> small_model;
+  std::unordered_map<std::string, ModelEntry> small_model;
   uint64_t serial = 0;
   std::vector<std::string> filled;  // keys the fill op added, oldest first
   size_t fill_erased = 0;           // filled[0 .. fill_erased) were erased
