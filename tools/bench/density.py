@@ -24,6 +24,7 @@ kvcache_memory_used_bytes and the ratio RSS delta / memory_used.
 
   /usr/bin/python3 tools/bench/density.py                       # 1,000,000 x 128 B
   /usr/bin/python3 tools/bench/density.py --entries 200000 --value-size 32 --systems kvcache
+  /usr/bin/python3 tools/bench/density.py --systems kvcache --kvcache-ttl 86400   # with a TTL
 
 Exit status: 0 ok, 1 a verification failed (or a server died / timed out), 2 usage or
 a server could not be started. Standard library only; loopback only.
@@ -379,17 +380,22 @@ def key_for(i):
 
 # -- kvcache
 
-def kvcache_batch_size(n, value_size, want=400):
+def kvcache_item_extra(ttl):
+    return f',"ttl":{ttl}' if ttl else ""
+
+
+def kvcache_batch_size(n, value_size, ttl=0, want=400):
     longest = len(key_for(max(0, n - 1)))
-    item = len('{"key":"","value":""},') + longest + value_size
+    item = len('{"key":"","value":""},') + longest + value_size + len(kvcache_item_extra(ttl))
     return max(1, min(want, 1000, (BODY_LIMIT - 64) // item))
 
 
-def kvcache_chunks(n, value_size, batch, per_chunk=1):
+def kvcache_chunks(n, value_size, batch, ttl=0):
+    extra = kvcache_item_extra(ttl)
     chunks = []
     for b in range(0, n, batch):
         hi = min(n, b + batch)
-        body = ('{"items":[' + ",".join(f'{{"key":"{key_for(i)}","value":"{value_for(i, value_size)}"}}'
+        body = ('{"items":[' + ",".join(f'{{"key":"{key_for(i)}","value":"{value_for(i, value_size)}"{extra}}}'
                                         for i in range(b, hi)) + "]}").encode()
         chunks.append(Chunk(http_request("POST", "/mput", body), hi - b, 1))
     return chunks
@@ -517,9 +523,10 @@ def measure(system, args, logdir):
     # Build every request before the clock starts.
     t_build = time.monotonic()
     if system == "kvcache":
-        batch = kvcache_batch_size(n, vs)
-        chunks, reader = kvcache_chunks(n, vs, batch), kvcache_replies
-        detail = f"/mput x{batch} items, {args.conns} conns"
+        batch = kvcache_batch_size(n, vs, args.kvcache_ttl)
+        chunks, reader = kvcache_chunks(n, vs, batch, args.kvcache_ttl), kvcache_replies
+        ttl = f", ttl {args.kvcache_ttl} s" if args.kvcache_ttl else ""
+        detail = f"/mput x{batch} items{ttl}, {args.conns} conns"
     elif system == "redis":
         chunks, reader = redis_chunks(n, vs), redis_replies
         detail = f"RESP SET, 1000/chunk, {args.conns} conns"
@@ -596,6 +603,8 @@ def main():
     p.add_argument("--kvcache", default=DEFAULT_KVCACHE, help="kvcache binary")
     p.add_argument("--kvcache-threads", type=int, default=2)
     p.add_argument("--kvcache-memory-limit", default="8G")
+    p.add_argument("--kvcache-ttl", type=int, default=0,
+                   help="seconds of TTL on every kvcache entry (0: none): the price of an expiry")
     args = p.parse_args()
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not systems or any(s not in ("kvcache", "redis", "memcached") for s in systems):
