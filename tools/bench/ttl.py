@@ -19,6 +19,12 @@ With --expiry: instead, load --entries keys with `ttl` 2 (same batches, no other
 traffic), then poll kvcache_entries in /metrics every 100 ms; prints how long after the
 last key expired (last put + 2 s) the count reached 0 (goal: <= 5 s).
 
+With --expiry-under-load: the same load with `ttl` EXPIRE_TTL (or without), then at once
+wrk runs tools/bench/run.sh's mixed load (mixed.lua, its own 5,000 keys, -c50) for
+EXPIRE_WRK seconds, during which every loaded key expires and the sweep reclaims them;
+rounds alternate the order. Prints wrk's req/s with and without the expiring keys and
+their ratio (goal: >= 0.9x), and the entries left at the end.
+
 Request bodies are generated before each clock starts. Prints one markdown row per
 binary and mode, then the TTL / no-TTL ratios per binary (rewrite throughput ratio =
 no-TTL time / TTL time; goals: >= 0.9, and p99.9 and max <= 1.5x).
@@ -27,6 +33,7 @@ no-TTL time / TTL time; goals: >= 0.9, and p99.9 and max <= 1.5x).
   /usr/bin/python3 tools/bench/ttl.py --entries 3000000 --baseline /path/to/old/kvcache
   /usr/bin/python3 tools/bench/ttl.py --expiry --baseline /path/to/old/kvcache
   /usr/bin/python3 tools/bench/ttl.py --rounds 3      # pairs in alternating order, medians
+  /usr/bin/python3 tools/bench/ttl.py --expiry-under-load --rounds 3
 
 The box should be otherwise idle; the load average at the start and end is printed.
 Exit status: 0 ok, 1 a failed request, 2 usage or kvcache could not be started.
@@ -37,16 +44,20 @@ import multiprocessing
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import density as d  # noqa: E402 - shared process/socket helpers (same directory)
+import report  # noqa: E402 - wrk output parser (same directory)
 
 BATCH = 300
 WRITERS = 2
 TTL_MIN, TTL_MAX = 3600, 10000
+EXPIRE_TTL = 6  # seconds: the loaded keys expire a few seconds into the wrk run
+EXPIRE_WRK = 12  # seconds of wrk after the load
 
 
 def ttl_for(i, rewrite):
@@ -160,6 +171,30 @@ def run_expiry(binary, args, logdir):
         server.stop()
 
 
+def run_expiry_under_load(binary, expiring, args, logdir):
+    """wrk's mixed req/s right after loading the keys with a short TTL (or without one)."""
+    port = d.free_port()
+    server = d.start_kvcache(binary, port, logdir, "8G")
+    try:
+        load = mput_chunks(args.entries, args.value_size, 0, expiring, fixed_ttl=EXPIRE_TTL)
+        started = time.monotonic()
+        write_all(port, load, args.timeout)
+        loaded_in = time.monotonic() - started
+        if expiring and loaded_in >= EXPIRE_TTL:
+            raise d.BenchError(f"the load took {loaded_in:.1f} s: keys expired before wrk started; use fewer --entries")
+        raw = os.path.join(logdir, f"wrk-{port}.txt")
+        here = os.path.dirname(os.path.abspath(__file__))
+        env = dict(os.environ, KEYS="5000", VALUE_LEN="128", PUT_RATIO="0.3", KEY_PREFIX="mixed:")
+        with open(raw, "wb") as f:
+            subprocess.run(["timeout", "-k", "5", str(EXPIRE_WRK + 60), "wrk", "-t2", "-c50", f"-d{EXPIRE_WRK}s",
+                            "--timeout", "2s", "--latency", "-s", os.path.join(here, "mixed.lua"),
+                            f"http://127.0.0.1:{port}"], stdout=f, stderr=subprocess.STDOUT, env=env, check=True)
+        row = report.parse(raw)
+        return row["rps"], d.kv_metrics(port).get("kvcache_entries")
+    finally:
+        server.stop()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--entries", type=int, default=1_000_000)
@@ -171,6 +206,8 @@ def main():
     p.add_argument("--rounds", type=int, default=1,
                    help="repeat each binary's pair, the mode order alternating; medians reported")
     p.add_argument("--expiry", action="store_true", help="measure how soon keys with ttl 2 are gone instead")
+    p.add_argument("--expiry-under-load", action="store_true",
+                   help="measure the mixed load while the loaded keys expire, against the same without TTL")
     args = p.parse_args()
     binaries = ([("baseline", args.baseline)] if args.baseline else []) + [("kvcache", args.kvcache)]
     print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)", flush=True)
@@ -181,6 +218,21 @@ def main():
                 gone = f"{seconds:.1f} s" if seconds is not None else "not within 60 s"
                 print(f"{name:9}: {args.entries:,} keys with ttl 2 gone from kvcache_entries {gone} after they expired",
                       flush=True)
+        print(f"load average at end: {os.getloadavg()[0]:.2f}")
+        return 0
+    if args.expiry_under_load:
+        with tempfile.TemporaryDirectory(prefix="kv-ttl-bench-") as logdir:
+            for name, binary in binaries:
+                rps = {True: [], False: []}
+                for round_number in range(args.rounds):
+                    for expiring in ((False, True) if round_number % 2 == 0 else (True, False)):
+                        r, left = run_expiry_under_load(binary, expiring, args, logdir)
+                        rps[expiring].append(r)
+                        print(f"{name:9} {'expiring' if expiring else 'no TTL  '}: mixed {r:,.0f} req/s "
+                              f"({left:.0f} entries at the end)", flush=True)
+                a, b = statistics.median(rps[False]), statistics.median(rps[True])
+                print(f"{name:9}: mixed while {args.entries:,} keys expire {b:,.0f} req/s vs without {a:,.0f} "
+                      f"= {b / a:.2f}x (medians of {args.rounds})", flush=True)
         print(f"load average at end: {os.getloadavg()[0]:.2f}")
         return 0
     runs = {}
