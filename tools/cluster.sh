@@ -60,7 +60,7 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Bytes the machine gives this process tree: MemTotal, or a smaller cgroup
 # memory limit (v2 memory.max, v1 memory.limit_in_bytes) here or up the tree,
-# the same sources as the binary's --memory-limit auto (src/memory_limit.cc).
+# the same sources as the binary's --memory-limit auto (src/app/memory_limit.cc).
 machine_memory() {
   local best path dir file limit
   best=$(($(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo) * 1024))

@@ -338,7 +338,7 @@ def _crc32c(data, crc=0xFFFFFFFF):
 
 
 def snapshot_file(records):
-    """A snapshot in the format of src/snapshot_format.h: records are (key, value, expires_unix_ms)."""
+    """A snapshot in the format of src/snapshot/snapshot_format.h: records are (key, value, expires_unix_ms)."""
     payload = b"".join(struct.pack("<HHq", len(k), len(v), e) + k.encode() + v.encode() for k, v, e in records)
 
     def block(count, body):

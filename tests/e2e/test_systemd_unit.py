@@ -105,7 +105,7 @@ def test_unit_has_required_directives():
     d = unit_directives()
     assert d.get("ExecStart") == ["/usr/local/bin/kvcache"]
     assert d.get("EnvironmentFile") == ["-/etc/kvcache/kvcache.env"]
-    # kvcache tells systemd when it listens (src/service_notify.cc)
+    # kvcache tells systemd when it listens (src/app/service_notify.cc)
     assert d.get("Type") == ["notify"] and d.get("NotifyAccess") == ["main"]
     assert d.get("Restart") == ["on-failure"]
     # systemctl reload: SIGHUP re-reads the token file
