@@ -76,23 +76,6 @@ class TokenView {
   std::shared_ptr<const TokenSet> tokens_;
 };
 
-// At most one log line per interval across all threads; the rest are counted
-// and reported with the next line.
-class LogThrottle {
- public:
-  explicit LogThrottle(uint64_t interval_ms) : interval_ms_(interval_ms) {}
-  // True when a line may be written at now_ms; then `suppressed` is how many
-  // calls since the last line were refused.
-  bool allow(uint64_t now_ms, uint64_t& suppressed);
-  // allow() now, if warnings are logged at all.
-  bool allow_warning(uint64_t& suppressed);
-
- private:
-  const uint64_t interval_ms_;
-  std::atomic<uint64_t> next_ms_{0};
-  std::atomic<uint64_t> suppressed_{0};
-};
-
 // Logs a rejected request (reason: missing or wrong), at most once a second.
 void log_auth_failure(AuthResult reason);
 

@@ -165,13 +165,15 @@ void RequestHandler::reject(int code, std::string_view text, std::string& out, h
   if (method == http::Method::head) http::drop_body(out, start);
 }
 
-void RequestHandler::handle(const http::Request& request, std::string_view body, ConnectionMode mode,
-                            std::string& out, size_t body_limit) {
+http::Handled RequestHandler::handle(const http::Request& request, std::string_view body, ConnectionMode mode,
+                                     std::string& out, size_t body_limit) {
   size_t start = out.size();
   body_limit_ = body_limit;
   route(request, body, mode, out);
+  if (std::exchange(deferred_, false)) return http::Handled::deferred;
   // No response to HEAD carries a body; the rest is GET's (RFC 9110 9.3.2).
   if (request.method == http::Method::head) http::drop_body(out, start);
+  return http::Handled::answered;
 }
 
 void RequestHandler::route(const http::Request& request, std::string_view body, ConnectionMode mode,
@@ -293,7 +295,7 @@ void RequestHandler::snapshot(const http::Request&, std::string_view, Connection
   }
 }
 
-void RequestHandler::finish_snapshot(std::string& out) {
+void RequestHandler::complete_deferred(std::string& out) {
   endpoint_ = deferred_endpoint_;
   SnapshotResult result = snapshots_->collect();
   if (!result.ok) {

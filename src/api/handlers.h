@@ -5,6 +5,7 @@
 
 #include "auth.h"
 #include "gzip.h"
+#include "http_handler.h"
 #include "http_parser.h"
 #include "http_response.h"
 #include "metrics.h"
@@ -49,8 +50,9 @@ class ApiMetrics final : public MetricsSource {
 // at this capacity; an outsized one grows it until trim().
 constexpr size_t kScratchKeepCapacity = 64 * 1024;
 
-// One per worker thread; holds that thread's reusable scratch buffers.
-class RequestHandler {
+// One per worker thread; holds that thread's reusable scratch buffers. The
+// connection layer sees it only as an http::Handler (http_handler.h).
+class RequestHandler final : public http::Handler {
  public:
   using Serve = void (RequestHandler::*)(const http::Request& request, std::string_view body,
                                           http::ConnectionMode mode, std::string& out);
@@ -71,28 +73,22 @@ class RequestHandler {
   RequestHandler(Store& store, const Metrics& metrics, ApiCounters& counters, const http::DateHeader& date,
                  const TokenStore* tokens = nullptr);
 
-  // Appends the full response to out (its head alone for HEAD). `body` is
-  // followed by RequestBodyDecoder::kPadding readable bytes. A response body
-  // built larger than `body_limit` is replaced by a 503 (the connection
-  // buffer budget is spent; see connection.h).
-  void handle(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out,
-              size_t body_limit = SIZE_MAX);
-
-  // Answers a request the HTTP layer rejected (bad framing, timeout, overload),
-  // with "Connection: close". `method`: of the rejected request, if known.
-  void reject(int code, std::string_view message, std::string& out, http::Method method = http::Method::other);
-
-  // POST /snapshot answers when the snapshot is written, without blocking
-  // the loop: handle() then appends nothing and take_deferred() is true
-  // (once); wake runs on the snapshot thread when it is done, and the loop
-  // then calls finish_snapshot() for the response (always: it frees the
-  // Snapshotter for the next request). One snapshot at a time.
+  // http::Handler. A response body built larger than `body_limit` is
+  // replaced by a 503 (the connection buffer budget is spent; see connection.h).
+  http::Handled handle(const http::Request& request, std::string_view body, http::ConnectionMode mode,
+                       std::string& out, size_t body_limit = SIZE_MAX) override;
+  void reject(int code, std::string_view message, std::string& out,
+              http::Method method = http::Method::other) override;
+  // The one deferred endpoint: POST /snapshot answers when the snapshot is
+  // written, without blocking the loop: handle() then returns deferred; wake
+  // runs on the snapshot thread when it is done, and the loop then calls
+  // complete_deferred() for the response (always: it frees the Snapshotter
+  // for the next request). One snapshot at a time.
   void enable_snapshots(Snapshotter* snapshots, std::function<void()> wake);
-  bool take_deferred() { return std::exchange(deferred_, false); }
-  void finish_snapshot(std::string& out);
+  void complete_deferred(std::string& out) override;
 
   // Gives back what an outsized body (a large /mget) grew: scratch_ and the compressor's output.
-  void trim();
+  void trim() override;
   size_t scratch_capacity() const { return scratch_.capacity(); }
 
  private:

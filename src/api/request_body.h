@@ -1,6 +1,8 @@
 // Turns JSON request bodies into commands, validating every field.
 #pragma once
 
+#include "http_handler.h"
+
 #include <simdjson.h>
 
 #include <cstdint>
@@ -23,6 +25,7 @@ class RequestBodyDecoder {
  public:
   // simdjson reads up to this many bytes past the end of the body.
   static constexpr size_t kPadding = simdjson::SIMDJSON_PADDING;
+  static_assert(kPadding <= http::kBodyPadding, "the connection layer pads bodies by http::kBodyPadding");
 
   RequestBodyDecoder();
 

@@ -2,6 +2,7 @@
 // SIGHUP and waits for SIGTERM/SIGINT.
 #include "auth.h"
 #include "config.h"
+#include "handlers.h"
 #include "health_check.h"
 #include "log.h"
 #include "memory_limit.h"
@@ -90,6 +91,29 @@ void reload_tls(const kv::Config& config, kv::TlsContext& tls) {
   log(LogLevel::info, "SIGHUP: TLS certificate {} and key {} loaded for new connections", config.tls_cert, config.tls_key);
 }
 
+kv::WorkerOptions worker_options(const kv::Config& config) {
+  kv::WorkerOptions options;
+  options.bind = config.bind;
+  options.port = config.port;
+  options.max_connections = config.max_connections;
+  options.drain_timeout = config.drain_timeout;
+  options.connection.read_timeout = config.read_timeout;
+  options.connection.idle_timeout = config.idle_timeout;
+  options.connection.send_timeout = config.send_timeout;
+  return options;
+}
+
+kv::SnapshotOptions snapshot_options(const kv::Config& config) {
+  return {config.snapshot_path, config.snapshot_interval, config.snapshot_timeout};
+}
+
+// One worker loop and what answers its requests (used by its thread alone).
+struct Loop {
+  kv::http::DateHeader date;
+  std::unique_ptr<kv::RequestHandler> handler;
+  std::unique_ptr<kv::Worker> worker;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -173,20 +197,22 @@ int main(int argc, char** argv) {
   if (tls) metrics.add(tls->metrics());
   std::unique_ptr<Snapshotter> snapshots;
   if (!config.snapshot_path.empty()) {
-    snapshots = std::make_unique<Snapshotter>(store, config, config.threads);
+    snapshots = std::make_unique<Snapshotter>(store, snapshot_options(config), config.threads);
     metrics.add(snapshots->metrics());
     // Before listening: clients see the restored cache, or connection refused.
     if (!snapshots->load()) return 2;
   }
   std::atomic<unsigned> open_connections{0};
-  std::vector<std::unique_ptr<Worker>> workers;
+  const WorkerOptions options = worker_options(config);
+  std::vector<std::unique_ptr<Loop>> loops;
   for (unsigned i = 0; i < config.threads; ++i) {
-    workers.push_back(std::make_unique<Worker>(i, config, store, WorkerMetrics{metrics, api_metrics, connection_metrics},
-                                               open_connections, buffers, snapshots.get(),
-                                               token_store.get(), tls.get()));
-    std::string error = workers.back()->listen();
-    if (!error.empty()) {
-      log(LogLevel::error, "cannot listen: {}", error);
+    auto& loop = *loops.emplace_back(std::make_unique<Loop>());
+    loop.handler = std::make_unique<RequestHandler>(store, metrics, api_metrics.worker(i), loop.date, token_store.get());
+    loop.worker = std::make_unique<Worker>(i, options, *loop.handler, loop.date, connection_metrics.worker(i),
+                                           open_connections, buffers, tls.get());
+    if (snapshots) loop.handler->enable_snapshots(snapshots.get(), [w = loop.worker.get()] { w->wake_deferred(); });
+    if (Result<void> listening = loop.worker->listen(); !listening) {
+      log(LogLevel::error, "cannot listen: {}", listening.error());
       return 1;
     }
   }
@@ -208,7 +234,7 @@ int main(int argc, char** argv) {
                          TlsContext::kernel_tls_available() ? "available" : "off (no tls module in this kernel)"));
 
   std::vector<std::thread> threads;
-  for (auto& worker : workers) threads.emplace_back([&worker] { worker->run(); });
+  for (auto& loop : loops) threads.emplace_back([worker = loop->worker.get()] { worker->run(); });
   if (snapshots) snapshots->start();
   // Every loop listens (connections queue in the kernel until it runs): ready.
   notify_service_manager("READY=1");
@@ -240,7 +266,7 @@ int main(int argc, char** argv) {
   // which sees every write the drained requests made; stopped first, so a
   // POST /snapshot waiting on it is answered and does not hold up the drain.
   if (snapshots) snapshots->stop();
-  for (auto& worker : workers) worker->stop();
+  for (auto& loop : loops) loop->worker->stop();
   for (auto& thread : threads) thread.join();
   if (snapshots) {
     log(LogLevel::info, "writing the final snapshot (up to {}s)", config.snapshot_timeout);

@@ -39,4 +39,20 @@ void log_line(LogLevel level, std::string_view message) {
   std::fwrite(line.data(), 1, line.size(), stderr);
 }
 
+bool LogThrottle::allow(uint64_t now_ms, uint64_t& suppressed) {
+  uint64_t next = next_ms_.load(std::memory_order_relaxed);
+  if (now_ms < next || !next_ms_.compare_exchange_strong(next, now_ms + interval_ms_, std::memory_order_relaxed)) {
+    suppressed_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  suppressed = suppressed_.exchange(0, std::memory_order_relaxed);
+  return true;
+}
+
+bool LogThrottle::allow_warning(uint64_t& suppressed) {
+  auto now = std::chrono::steady_clock::now().time_since_epoch();
+  return log_enabled(LogLevel::warn) &&
+         allow(std::chrono::duration_cast<std::chrono::milliseconds>(now).count(), suppressed);
+}
+
 }  // namespace kv

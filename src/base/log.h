@@ -4,6 +4,7 @@
 #include <fmt/core.h>
 
 #include <atomic>
+#include <cstdint>
 #include <optional>
 #include <string_view>
 
@@ -21,5 +22,22 @@ template <typename... Args>
 void log(LogLevel level, fmt::format_string<Args...> format, Args&&... args) {
   if (log_enabled(level)) log_line(level, fmt::format(format, std::forward<Args>(args)...));
 }
+
+// At most one log line per interval across all threads; the rest are counted
+// and reported with the next line.
+class LogThrottle {
+ public:
+  explicit LogThrottle(uint64_t interval_ms) : interval_ms_(interval_ms) {}
+  // True when a line may be written at now_ms; then `suppressed` is how many
+  // calls since the last line were refused.
+  bool allow(uint64_t now_ms, uint64_t& suppressed);
+  // allow() now, if warnings are logged at all.
+  bool allow_warning(uint64_t& suppressed);
+
+ private:
+  const uint64_t interval_ms_;
+  std::atomic<uint64_t> next_ms_{0};
+  std::atomic<uint64_t> suppressed_{0};
+};
 
 }  // namespace kv

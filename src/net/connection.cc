@@ -1,26 +1,14 @@
 #include "connection.h"
 
-#include "request_body.h"
-
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cstring>
 #include <iterator>
-#include <ctime>
 #include <utility>
 
 namespace kv {
 namespace {
-
-constexpr uint64_t kNanosPerSecond = 1000000000;
-
-// Request latency wants better than the coarse clock's 4 ms; it is only measured, never acted on.
-uint64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);  // vDSO
-  return static_cast<uint64_t>(ts.tv_sec) * kNanosPerSecond + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 // An empty std::string holds no heap memory (its inline capacity is not charged).
 size_t held(const std::string& s) {
@@ -84,29 +72,27 @@ void ConnectionMetrics::render(std::string& out) const {
          sum(&ConnectionCounters::refused));
 }
 
-LoopContext::LoopContext(const Config& config, const Clock& clock, BufferBudget& buffers, ConnectionCounters& counters,
-                         RequestHandler& handler)
-    : config(config),
+LoopContext::LoopContext(const ConnectionOptions& options, const Clock& clock, BufferBudget& buffers,
+                         ConnectionCounters& counters, http::Handler& handler)
+    : options(options),
       clock(clock),
       buffers(buffers),
       counters(counters),
       handler(handler),
-      // The padding lets simdjson read past a body in place.
-      input(new char[kInputCapacity + RequestBodyDecoder::kPadding]),
-      chunked_body(new char[http::kMaxBodyBytes + RequestBodyDecoder::kPadding]) {
+      // The padding lets a JSON parser read past a body in place.
+      input(new char[kInputCapacity + http::kBodyPadding]),
+      chunked_body(new char[http::kMaxBodyBytes + http::kBodyPadding]) {
   output.reserve(kOutputKeepCapacity);
 }
 
 Connection* LoopContext::deliver_deferred() {
   Connection* c = std::exchange(deferred, nullptr);
-  handler.finish_snapshot(output);
+  handler.complete_deferred(output);
   if (c == nullptr) {
     output.clear();  // the client left before its answer
     return nullptr;
   }
-  c->waiting_ = false;
-  c->resume();
-  c->settle();
+  c->complete_deferred();
   return c;
 }
 
@@ -114,12 +100,7 @@ bool LoopContext::make_room(size_t bytes) {
   const uint64_t share = buffers.limit() - buffers.limit() / kAdmissionHeadroomDivisor;
   auto fits = [&] { return buffers.used() + bytes <= share; };
   for (size_t closes = 0; !fits() && idle_oldest != nullptr && closes < kMaxIdleClosesPerAdmission; ++closes) {
-    // An idle keep-alive connection may be closed at any time (RFC 9112
-    // 9.6): clients retry on a new one. close_notify and FIN first, so the
-    // client sees a clean close, not a reset.
-    Connection* victim = idle_oldest;
-    victim->io_.shutdown_write();
-    victim->close();
+    idle_oldest->close_idle();
     counters.idle_closed.add();
   }
   return fits();
@@ -141,7 +122,7 @@ Connection::~Connection() { close(); }
 void Connection::start() {
   last_active_ = loop_.clock.now();
   set_reading(true);
-  io_.arm_timer(loop_.config.idle_timeout);
+  io_.arm_timer(loop_.options.idle_timeout);
   settle();  // a TLS connection's handshake state is charged from the start
 }
 
@@ -161,6 +142,18 @@ void Connection::close() {
   if (loop_.deferred == this) loop_.deferred = nullptr;
   loop_.buffers.recharge(charged_, 0);
   charged_ = 0;
+}
+
+void Connection::close_idle() {
+  io_.shutdown_write();
+  close();
+}
+
+void Connection::complete_deferred() {
+  if (closed_) return;
+  waiting_ = false;
+  resume();
+  settle();
 }
 
 void Connection::set_reading(bool on) {
@@ -286,7 +279,7 @@ bool Connection::starve() {
 }
 
 bool Connection::consume(size_t n) {
-  loop_.batch_started_ns = now_ns();
+  loop_.batch_started_ns = loop_.clock.now_ns();
   for (;;) {
     size_t used = process(n);
     bool held_back = !closing_ && used < n && (waiting_ || output_.size() + loop_.output.size() >= output_allowance());
@@ -342,17 +335,17 @@ size_t Connection::process(size_t n) {
     http::ConnectionMode mode = !keep_alive    ? http::ConnectionMode::close
                                 : request.http10 ? http::ConnectionMode::keep_alive_explicit
                                                  : http::ConnectionMode::keep_alive;
-    loop_.handler.handle(request, frame.body, mode, out, body_limit);
+    http::Handled handled = loop_.handler.handle(request, frame.body, mode, out, body_limit);
     closing_ = !keep_alive;
     pos += frame.consumed;
-    if (loop_.handler.take_deferred()) {
+    if (handled == http::Handled::deferred) {
       // Answered by LoopContext::deliver_deferred when it is ready; the
       // requests behind it wait, as responses go out in order.
       waiting_ = true;
       loop_.deferred = this;
       break;
     }
-    loop_.counters.observe_latency(now_ns() - loop_.batch_started_ns);
+    loop_.counters.observe_latency(loop_.clock.now_ns() - loop_.batch_started_ns);
   }
   return pos;
 }
@@ -449,9 +442,9 @@ void Connection::drain() {
 
 double Connection::next_deadline() const {
   if (lingering_) return std::min(linger_until_, linger_quiet_until_);
-  double next = last_active_ + loop_.config.idle_timeout;
-  if (!output_.empty()) next = std::min(next, last_sent_ + loop_.config.send_timeout);
-  if (request_started_ != 0) next = std::min(next, request_started_ + loop_.config.read_timeout);
+  double next = last_active_ + loop_.options.idle_timeout;
+  if (!output_.empty()) next = std::min(next, last_sent_ + loop_.options.send_timeout);
+  if (request_started_ != 0) next = std::min(next, request_started_ + loop_.options.read_timeout);
   return next;
 }
 
@@ -470,12 +463,12 @@ void Connection::check_deadlines() {
   // A connection waiting on a deferred response obeys these deadlines too:
   // its client may stop reading (send), or the wait may outlast the idle timeout.
   if (now < next_deadline()) return schedule();
-  if (lingering_ || (!output_.empty() && now >= last_sent_ + loop_.config.send_timeout)) {
+  if (lingering_ || (!output_.empty() && now >= last_sent_ + loop_.options.send_timeout)) {
     // Lingered long enough, or the client took nothing for --send-timeout:
     // what it holds goes back to the buffer budget.
     return close();
   }
-  if (request_started_ != 0 && now >= request_started_ + loop_.config.read_timeout) {
+  if (request_started_ != 0 && now >= request_started_ + loop_.options.read_timeout) {
     loop_.handler.reject(408, "request timeout", loop_.output);
     closing_ = true;
     starved_ = false;

@@ -4,16 +4,16 @@
 // answer what was sent before a client's FIN (half-close), close without
 // losing a response (lingering close), the read, send and idle deadlines,
 // drain on SIGTERM, the buffer budget, and waiting on a deferred response
-// (POST /snapshot). The worker (worker.cc) owns the event loop and turns its
+// (POST /snapshot). It answers requests through http::Handler
+// (http_handler.h) and knows nothing of the store or the endpoints. The worker (worker.cc) owns the event loop and turns its
 // events into on_readable(), on_writable() and on_timer(); the unit tests do
 // the same with a fake I/O and clock (tests/unit/connection_test.cc).
 #pragma once
 
 #include "buffer_budget.h"
-#include "config.h"
 #include "connection_io.h"
-#include "handlers.h"
 #include "http_framing.h"
+#include "http_handler.h"
 #include "metrics.h"
 
 #include <array>
@@ -96,16 +96,24 @@ class ConnectionMetrics final : public MetricsSource {
   std::vector<std::unique_ptr<ConnectionCounters>> workers_;
 };
 
+// A connection's deadlines (--read-timeout, --idle-timeout, --send-timeout),
+// in seconds; filled by app/.
+struct ConnectionOptions {
+  double read_timeout = 2.0;    // a request begun must be complete within this
+  double idle_timeout = 120.0;  // a keep-alive connection with nothing to do
+  double send_timeout = 30.0;   // without send progress while output is pending
+};
+
 // What a loop's connections share: the read buffer, the responses of the
 // batch being answered, the chunked-body buffer, the request handler, the
 // deferred-response slot. One per worker thread (or per unit test).
 struct LoopContext {
-  LoopContext(const Config& config, const Clock& clock, BufferBudget& buffers, ConnectionCounters& counters,
-              RequestHandler& handler);
+  LoopContext(const ConnectionOptions& options, const Clock& clock, BufferBudget& buffers,
+              ConnectionCounters& counters, http::Handler& handler);
 
-  // The response of the deferred request (POST /snapshot) is ready: it goes
-  // to the connection waiting for it, if that is still open. Returns that
-  // connection (it may have closed meanwhile: see Connection::closed()).
+  // The response of the deferred request is ready: it goes to the connection
+  // waiting for it, if that is still open. Returns that connection (it may
+  // have closed meanwhile: see Connection::closed()).
   Connection* deliver_deferred();
   // Admission of a new connection whose transport will hold `bytes` (TLS
   // state, handshake included) charged to the buffer budget: while the
@@ -118,11 +126,11 @@ struct LoopContext {
   // then (the worker's tick), so a burst of them does not reallocate each time.
   void trim();
 
-  const Config& config;
+  const ConnectionOptions& options;
   const Clock& clock;
   BufferBudget& buffers;
   ConnectionCounters& counters;
-  RequestHandler& handler;
+  http::Handler& handler;
   std::unique_ptr<char[]> input;         // read buffer (kInputCapacity and the JSON parser's padding)
   std::unique_ptr<char[]> chunked_body;  // decoded chunked bodies
   std::string output;                    // responses of the connection being served
@@ -132,7 +140,7 @@ struct LoopContext {
   // (intrusive, through Connection::idle_older_/idle_newer_): make_room's victims.
   Connection* idle_oldest = nullptr;
   Connection* idle_newest = nullptr;
-  uint64_t batch_started_ns = 0;         // when the batch being answered was read
+  uint64_t batch_started_ns = 0;         // when the batch being answered was read (clock.now_ns())
 };
 
 class Connection {
@@ -157,6 +165,13 @@ class Connection {
   void drain();
   // Closes now (the server is going away).
   void close();
+  // Closes an idle keep-alive connection to make room for a new one (RFC
+  // 9112 9.6 allows it at any time; clients retry on a new connection):
+  // close_notify and FIN first, so the client sees a clean close, not a reset.
+  void close_idle();
+  // The response it waited for (waiting()) is in the loop's output: send it,
+  // then answer what came in behind it.
+  void complete_deferred();
 
   bool closed() const { return closed_; }
   // For tests and the worker's bookkeeping.
@@ -172,7 +187,6 @@ class Connection {
   bool idle() const { return idle_listed_; }
 
  private:
-  friend struct LoopContext;
   // These return false when the connection was closed.
   bool read();
   // Of the `size` bytes at the front of the read buffer, how many whole

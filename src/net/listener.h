@@ -4,15 +4,15 @@
 // spreads the connections).
 #pragma once
 
-#include "config.h"
+#include "result.h"
 
+#include <cstdint>
 #include <string>
 
 namespace kv {
 
-// Opens a non-blocking listening socket into `fd`. `probe`: first check that
-// nobody listens on the port (the first loop does). Returns an error message
-// for the operator, empty when fine (the start-up convention).
-std::string open_listener(const Config& config, bool probe, int& fd);
+// Opens a non-blocking listening socket on --bind/--port and returns it.
+// `probe`: first check that nobody listens on the port (the first loop does).
+Result<int> open_listener(const std::string& bind, uint16_t port, bool probe);
 
 }  // namespace kv

@@ -1,6 +1,5 @@
 #include "tls.h"
 
-#include "auth.h"
 #include "log.h"
 
 #include <openssl/err.h>

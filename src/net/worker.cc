@@ -1,6 +1,5 @@
 #include "worker.h"
 
-#include "auth.h"  // LogThrottle
 #include "listener.h"
 #include "log.h"
 #include "tls.h"
@@ -33,12 +32,6 @@ timeval to_timeval(double seconds) {
   return {static_cast<time_t>(whole), static_cast<suseconds_t>((seconds - whole) * 1e6)};
 }
 
-timespec coarse_now() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);  // vDSO, no syscall
-  return ts;
-}
-
 void log_refused(const BufferBudget& buffers) {
   static LogThrottle throttle(1000);
   uint64_t suppressed = 0;
@@ -50,16 +43,6 @@ void log_refused(const BufferBudget& buffers) {
 }
 
 }  // namespace
-
-uint64_t CoarseClock::now_ms() const {
-  timespec ts = coarse_now();
-  return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
-}
-
-double CoarseClock::now() const {
-  timespec ts = coarse_now();
-  return static_cast<double>(ts.tv_sec) + ts.tv_nsec * 1e-9;
-}
 
 // The plain-socket I/O of one accepted connection, with the connection it
 // serves: libevent's events call the connection, the connection calls this.
@@ -164,7 +147,7 @@ class Worker::TlsIo final : public SocketIo {
       : SocketIo(worker, fd, rejected), stream_(ssl, worker.tls_->metrics()) {
     // The handshake is bound by the read timeout, as a request is.
     evtimer_assign(&handshake_timer_, worker.base_, on_handshake_timer, this);
-    timeval tv = to_timeval(worker.config_.read_timeout);
+    timeval tv = to_timeval(worker.options_.connection.read_timeout);
     evtimer_add(&handshake_timer_, &tv);
   }
 
@@ -239,24 +222,17 @@ class Worker::TlsIo final : public SocketIo {
   bool handshaken_ = false;  // and its timer gone
 };
 
-Worker::Worker(unsigned index, const Config& config, Store& store, const WorkerMetrics& metrics,
-               std::atomic<unsigned>& open_connections, BufferBudget& buffers, Snapshotter* snapshots,
-               const TokenStore* tokens, TlsContext* tls)
+Worker::Worker(unsigned index, const WorkerOptions& options, http::Handler& handler, http::DateHeader& date,
+               ConnectionCounters& counters, std::atomic<unsigned>& open_connections, BufferBudget& buffers,
+               TlsContext* tls)
     : index_(index),
-      config_(config),
-      counters_(metrics.connections.worker(index)),
+      options_(options),
+      counters_(counters),
       open_connections_(open_connections),
       tls_(tls),
       base_(event_base_new()),
-      handler_(store, metrics.all, metrics.api.worker(index), date_, tokens),
-      loop_(config, clock_, buffers, counters_, handler_) {
-  if (snapshots != nullptr) {
-    handler_.enable_snapshots(snapshots, [this] {
-      uint64_t one = 1;
-      if (write(wake_fd_, &one, sizeof one) < 0) log(LogLevel::error, "worker {}: cannot signal a finished snapshot", index_);
-    });
-  }
-}
+      date_(date),
+      loop_(options.connection, clock_, buffers, counters_, handler) {}
 
 Worker::~Worker() {
   while (open_ != nullptr) open_->connection().close();
@@ -270,12 +246,14 @@ Worker::~Worker() {
   if (base_ != nullptr) event_base_free(base_);
 }
 
-std::string Worker::listen() {
-  if (base_ == nullptr) return "cannot create event loop";
-  if (std::string error = open_listener(config_, index_ == 0, listen_fd_); !error.empty()) return error;
+Result<void> Worker::listen() {
+  if (base_ == nullptr) return fail("cannot create event loop");
+  Result<int> listener = open_listener(options_.bind, options_.port, index_ == 0);
+  if (!listener) return fail(listener.error());
+  listen_fd_ = listener.value();
   stop_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (stop_fd_ < 0 || wake_fd_ < 0) return fmt::format("eventfd: {}", std::strerror(errno));
+  if (stop_fd_ < 0 || wake_fd_ < 0) return fail(fmt::format("eventfd: {}", std::strerror(errno)));
   accept_event_ = event_new(base_, listen_fd_, EV_READ | EV_PERSIST, on_accept, this);
   stop_event_ = event_new(base_, stop_fd_, EV_READ, on_stop, this);
   wake_event_ = event_new(base_, wake_fd_, EV_READ | EV_PERSIST, on_wake, this);
@@ -286,6 +264,11 @@ std::string Worker::listen() {
   event_add(wake_event_, nullptr);
   event_add(tick_event_, &kTickInterval);
   return {};
+}
+
+void Worker::wake_deferred() {
+  uint64_t one = 1;
+  if (write(wake_fd_, &one, sizeof one) < 0) log(LogLevel::error, "worker {}: cannot signal a deferred response", index_);
 }
 
 void Worker::run() { event_base_dispatch(base_); }
@@ -311,7 +294,7 @@ void Worker::on_stop(int, short, void* arg) {
     io = next;
   }
   self.reap();
-  timeval drain = to_timeval(self.config_.drain_timeout);
+  timeval drain = to_timeval(self.options_.drain_timeout);
   event_base_loopexit(self.base_, &drain);
   if (self.open_count_ == 0) event_base_loopexit(self.base_, nullptr);
 }
@@ -362,7 +345,7 @@ void Worker::accept_pending() {
       continue;
     }
     // A rejected connection is held (and counted) until its lingering close ends.
-    bool over_limit = open_connections_.fetch_add(1, std::memory_order_relaxed) >= config_.max_connections;
+    bool over_limit = open_connections_.fetch_add(1, std::memory_order_relaxed) >= options_.max_connections;
     int on = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
     SocketIo* io;

@@ -4,15 +4,14 @@
 #pragma once
 
 #include "buffer_budget.h"
-#include "config.h"
+#include "clock.h"
 #include "connection.h"
-#include "handlers.h"
+#include "http_handler.h"
 #include "http_response.h"
-#include "metrics.h"
-#include "snapshot.h"
-#include "store.h"
+#include "result.h"
 
 #include <atomic>
+#include <cstdint>
 #include <string>
 
 struct event_base;
@@ -22,37 +21,37 @@ namespace kv {
 
 class TlsContext;
 
-// Monotonic time from the coarse clock (vDSO, no syscall): deadlines need no finer.
-class CoarseClock final : public Clock {
- public:
-  uint64_t now_ms() const override;
-  double now() const override;
-};
-
-// What the workers count into, and the whole exposition (for GET /metrics).
-struct WorkerMetrics {
-  const Metrics& all;
-  ApiMetrics& api;
-  ConnectionMetrics& connections;
+// What a worker needs of the command line (filled by app/).
+struct WorkerOptions {
+  std::string bind = "0.0.0.0";
+  uint16_t port = 7171;
+  unsigned max_connections = 10000;  // over it, a new connection gets a 503
+  double drain_timeout = 5.0;        // seconds a stop waits for in-flight requests
+  ConnectionOptions connection;
 };
 
 class Worker {
  public:
-  // snapshots: null when --snapshot-path is not set; `tokens`: null when access
-  // needs no token; `tls`: null when the listener speaks plain HTTP.
-  Worker(unsigned index, const Config& config, Store& store, const WorkerMetrics& metrics,
-         std::atomic<unsigned>& open_connections, BufferBudget& buffers, Snapshotter* snapshots,
-         const TokenStore* tokens, TlsContext* tls);
+  // `handler` answers the requests (one per worker: it is used by this
+  // loop's thread alone); `date` is the Date header it writes, refreshed by
+  // the loop's tick; `counters`: this worker's; `tls`: null when the
+  // listener speaks plain HTTP.
+  Worker(unsigned index, const WorkerOptions& options, http::Handler& handler, http::DateHeader& date,
+         ConnectionCounters& counters, std::atomic<unsigned>& open_connections, BufferBudget& buffers,
+         TlsContext* tls);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  // Opens the listening socket; returns an error message on failure.
-  std::string listen();
+  // Opens the listening socket.
+  Result<void> listen();
   // Runs the loop until stop() and the drain that follows are done.
   void run();
   // Thread-safe: stop accepting, finish in-flight requests, then return from run().
   void stop();
+  // Thread-safe: the handler's deferred response is ready (http::Handler);
+  // the loop hands it to the connection waiting for it.
+  void wake_deferred();
 
  private:
   class SocketIo;
@@ -71,7 +70,7 @@ class Worker {
   void reap();
 
   const unsigned index_;
-  const Config& config_;
+  const WorkerOptions& options_;
   ConnectionCounters& counters_;
   std::atomic<unsigned>& open_connections_;
   TlsContext* const tls_;
@@ -79,16 +78,15 @@ class Worker {
   event_base* base_ = nullptr;
   int listen_fd_ = -1;
   int stop_fd_ = -1;  // eventfd written by stop()
-  int wake_fd_ = -1;  // eventfd written by the snapshot thread when a POST /snapshot is done
+  int wake_fd_ = -1;  // eventfd written by wake_deferred()
   event* accept_event_ = nullptr;
   event* stop_event_ = nullptr;
   event* wake_event_ = nullptr;
   event* tick_event_ = nullptr;
   event* accept_pause_event_ = nullptr;  // re-enables accepting after EMFILE
 
-  CoarseClock clock_;
-  http::DateHeader date_;
-  RequestHandler handler_;
+  MonotonicClock clock_;
+  http::DateHeader& date_;
   LoopContext loop_;
   SocketIo* open_ = nullptr;     // intrusive list of open connections
   SocketIo* retired_ = nullptr;  // closed, to be freed by reap()

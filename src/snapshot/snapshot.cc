@@ -163,11 +163,11 @@ SnapshotResult write_snapshot(Store& store, const std::string& path, absl::Funct
 
 // ---------------------------------------------------------------- Snapshotter
 
-Snapshotter::Snapshotter(Store& store, const Config& config, unsigned threads)
+Snapshotter::Snapshotter(Store& store, const SnapshotOptions& options, unsigned threads)
     : store_(store),
-      path_(config.snapshot_path),
-      interval_(static_cast<int64_t>(config.snapshot_interval * 1000)),
-      timeout_(config.snapshot_timeout),
+      path_(options.path),
+      interval_(static_cast<int64_t>(options.interval * 1000)),
+      timeout_(options.timeout),
       load_threads_(std::clamp<unsigned>(threads, 1, static_cast<unsigned>(store.shard_count()))) {}
 
 Snapshotter::~Snapshotter() { stop(); }

@@ -9,7 +9,6 @@
 // single point in time.
 #pragma once
 
-#include "config.h"
 #include "metrics.h"
 #include "snapshot_format.h"
 #include "store.h"
@@ -100,10 +99,17 @@ SnapshotResult write_snapshot(Store& store, const std::string& path, absl::Funct
 // 0.9x); the final one, after the drain, at full speed.
 constexpr double kBackgroundDuty = 0.125;
 
+// --snapshot-path, --snapshot-interval, --snapshot-timeout (filled by app/).
+struct SnapshotOptions {
+  std::string path;
+  double interval = 300.0;  // seconds; 0: only at shutdown and on request
+  double timeout = 30.0;    // seconds the final snapshot may take
+};
+
 class Snapshotter {
  public:
   // threads: how many threads load() may use.
-  Snapshotter(Store& store, const Config& config, unsigned threads);
+  Snapshotter(Store& store, const SnapshotOptions& options, unsigned threads);
   ~Snapshotter();
   Snapshotter(const Snapshotter&) = delete;
   Snapshotter& operator=(const Snapshotter&) = delete;

@@ -1,4 +1,5 @@
 #include "auth.h"
+#include "log.h"
 
 #include <doctest/doctest.h>
 

@@ -40,7 +40,7 @@ std::string repeat(std::string_view piece, int times) {
 
 // One loop and one connection on a fake socket.
 struct Fixture : TestLoop {
-  explicit Fixture(uint64_t budget = 8 << 20, Config settings = {})
+  explicit Fixture(uint64_t budget = 8 << 20, ConnectionOptions settings = {})
       : TestLoop(budget, std::move(settings)), io(clock), connection(loop, io) {
     connection.start();
   }
@@ -358,10 +358,10 @@ std::string temporary_path() {
 }  // namespace
 
 TEST_CASE("waiting on a deferred response (POST /snapshot)") {
-  Config config;
-  config.snapshot_path = temporary_path();
-  Fixture f(8 << 20, config);
-  Snapshotter snapshots(f.store, f.config, 1);
+  SnapshotOptions options;
+  options.path = temporary_path();
+  Fixture f;
+  Snapshotter snapshots(f.store, options, 1);
   snapshots.start();
   std::atomic<bool> done{false};
   f.handler.enable_snapshots(&snapshots, [&done] { done = true; });
@@ -418,7 +418,7 @@ TEST_CASE("waiting on a deferred response (POST /snapshot)") {
     CHECK((f.io.closed || f.connection.lingering()));
   }
   snapshots.stop();
-  unlink(config.snapshot_path.c_str());
+  unlink(options.path.c_str());
 }
 
 namespace {

@@ -91,7 +91,7 @@ class FakeIo final : public ConnectionIo {
 // One loop's worth of what connections need: a store, the buffer budget, the
 // counters (the API's in /metrics), a handler and the LoopContext.
 struct TestLoop {
-  explicit TestLoop(uint64_t budget = 8 << 20, Config settings = {}, const TokenStore* tokens = nullptr)
+  explicit TestLoop(uint64_t budget = 8 << 20, ConnectionOptions settings = {}, const TokenStore* tokens = nullptr)
       : config(std::move(settings)),
         store(16, 64 << 20, clock),
         buffers(budget),
@@ -104,7 +104,7 @@ struct TestLoop {
     metrics.add(connections);
   }
 
-  Config config;
+  ConnectionOptions config;
   FakeClock clock;
   Store store;
   BufferBudget buffers;

@@ -554,10 +554,10 @@ struct SnapshotterSetup {
   TempDir dir;
   FakeClock clock;
   Store store{2, 64 << 20, clock};
-  Config config;
+  SnapshotOptions config;
   SnapshotterSetup() {
-    config.snapshot_path = dir.path + "/cache.snap";
-    config.snapshot_interval = 0;
+    config.path = dir.path + "/cache.snap";
+    config.interval = 0;
   }
 };
 
@@ -617,13 +617,13 @@ TEST_CASE("Snapshotter::load refuses a directory it cannot write and a file it c
   // Issue 16 items 5 and 1 (the e2e tests cover the messages).
   SnapshotterSetup setup;
   Store& store = setup.store;
-  Config& config = setup.config;
+  SnapshotOptions& config = setup.config;
   const std::string& dir_path = setup.dir.path;
-  config.snapshot_path = dir_path + "/missing/cache.snap";
+  config.path = dir_path + "/missing/cache.snap";
   CHECK_FALSE(Snapshotter(store, config, 1).load());
-  config.snapshot_path = dir_path + "/a-directory";
-  REQUIRE(mkdir(config.snapshot_path.c_str(), 0700) == 0);
+  config.path = dir_path + "/a-directory";
+  REQUIRE(mkdir(config.path.c_str(), 0700) == 0);
   CHECK_FALSE(Snapshotter(store, config, 2).load());
-  config.snapshot_path = dir_path + "/absent.snap";
+  config.path = dir_path + "/absent.snap";
   CHECK(Snapshotter(store, config, 2).load());
 }
