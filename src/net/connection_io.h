@@ -1,7 +1,7 @@
 // The socket side of a Connection (connection.h): what the state machine asks
-// of the transport, and nothing else. The worker's libevent implementation
-// talks to a plain socket; a TLS one translates read/write interest into the
-// socket events its handshake needs (as Redis's tls.c does), so a Connection
+// of the transport, and nothing else. SocketIo (socket_io.h) talks to a plain
+// socket; TlsIo (tls_io.h) translates read/write interest into the socket
+// events its handshake needs (as Redis's tls.c does), so a Connection
 // never assumes that want_read(true) means "poll for readable". The unit tests
 // implement it with a fake that scripts every partial read and write.
 //

@@ -1,8 +1,8 @@
 // Native TLS (OpenSSL 3): the server's SSL_CTX, rebuilt on SIGHUP, and one
 // connection's TLS stream over a non-blocking socket.
 //
-// TlsStream is the engine of the connection's second ConnectionIo (the
-// libevent glue in worker.cc): it does the handshake inside the first
+// TlsStream is the engine of the connection's second ConnectionIo (TlsIo,
+// tls_io.h): it does the handshake inside the first
 // recv/send, and, as Redis's tls.c, tells its owner which socket events it
 // needs. A read may need the socket to be writable (a handshake message that
 // did not fit) and a write may need it readable; the connection's state
@@ -132,6 +132,14 @@ class TlsStream {
     bool read;   // run the connection's read handler
     bool write;  // run its write handler
   };
+  // What the owner's socket events must be now: the whole translation of
+  // the connection's interest, in one call.
+  struct Interest {
+    bool read;        // poll the socket for readable
+    bool write;       // poll it for writable
+    bool rerun_read;  // run the read handler again although the socket will not signal (input_buffered)
+  };
+  Interest interest() const { return {socket_read(), socket_write(), input_buffered()}; }
   // Maps a socket event to the connection's handlers.
   Dispatch on_event(bool readable, bool writable);
   // recv stopped with whole records left in OpenSSL's buffer: the socket

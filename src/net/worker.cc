@@ -2,10 +2,11 @@
 
 #include "listener.h"
 #include "log.h"
+#include "socket_io.h"
 #include "tls.h"
+#include "tls_io.h"
 
 #include <event2/event.h>
-#include <event2/event_struct.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/eventfd.h>
@@ -23,11 +24,9 @@ namespace {
 
 constexpr timeval kTickInterval = {0, 100 * 1000};  // the cached Date: header is refreshed (and buffers trimmed) this often
 constexpr timeval kAcceptPause = {0, 100 * 1000};   // after EMFILE/ENFILE
-constexpr double kMinTimer = 0.001;                 // libevent timers below a millisecond fire at once
 constexpr int kAcceptsPerEvent = 64;
 
 timeval to_timeval(double seconds) {
-  if (seconds < kMinTimer) seconds = kMinTimer;
   double whole = std::floor(seconds);
   return {static_cast<time_t>(whole), static_cast<suseconds_t>((seconds - whole) * 1e6)};
 }
@@ -43,184 +42,6 @@ void log_refused(const BufferBudget& buffers) {
 }
 
 }  // namespace
-
-// The plain-socket I/O of one accepted connection, with the connection it
-// serves: libevent's events call the connection, the connection calls this.
-class Worker::SocketIo : public ConnectionIo {
- public:
-  SocketIo(Worker& worker, int fd, bool rejected)
-      : worker_(worker), fd_(fd), rejected_(rejected), connection_(worker.loop_, *this) {
-    event_assign(&read_event_, worker.base_, fd, EV_READ | EV_PERSIST, on_readable, this);
-    event_assign(&write_event_, worker.base_, fd, EV_WRITE | EV_PERSIST, on_writable, this);
-    evtimer_assign(&timer_, worker.base_, on_timer, this);
-  }
-
-  IoResult recv(char* buffer, size_t size) override { return receive(buffer, size, 0); }
-  IoResult peek(char* buffer, size_t size) override { return receive(buffer, size, MSG_PEEK); }
-
-  IoResult send(const char* data, size_t size) override {
-    ssize_t sent = ::send(fd_, data, size, MSG_NOSIGNAL);
-    if (sent >= 0) return {sent > 0 ? IoResult::ok : IoResult::would_block, static_cast<size_t>(sent)};
-    return {blocked() ? IoResult::would_block : IoResult::error, 0};
-  }
-
-  void shutdown_write() override { ::shutdown(fd_, SHUT_WR); }
-  void want_read(bool on) override { poll_read(on); }
-  void want_write(bool on) override { poll_write(on); }
-
-  void arm_timer(double seconds) override {
-    timeval tv = to_timeval(seconds);
-    evtimer_add(&timer_, &tv);
-  }
-
-  void close() override {
-    event_del(&read_event_);
-    event_del(&write_event_);
-    evtimer_del(&timer_);
-    ::close(fd_);
-    fd_ = -1;
-    worker_.retire(*this);
-  }
-
-  Connection& connection() { return connection_; }
-  bool rejected() const { return rejected_; }
-
-  SocketIo* prev = nullptr;
-  SocketIo* next = nullptr;
-
- protected:
-  // What the socket's events mean for the connection (TlsIo translates them).
-  virtual void readable() { connection_.on_readable(); }
-  virtual void writable() { connection_.on_writable(); }
-  void poll_read(bool on) { on ? event_add(&read_event_, nullptr) : event_del(&read_event_); }
-  void poll_write(bool on) { on ? event_add(&write_event_, nullptr) : event_del(&write_event_); }
-
-  Worker& worker_;
-  int fd_;
-  event read_event_;
-
- private:
-  static bool blocked() { return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR; }
-
-  IoResult receive(char* buffer, size_t size, int flags) {
-    ssize_t got = ::recv(fd_, buffer, size, flags);
-    if (got > 0) return {IoResult::ok, static_cast<size_t>(got)};
-    if (got == 0) return {IoResult::eof, 0};
-    return {blocked() ? IoResult::would_block : IoResult::error, 0};
-  }
-
-  static void on_readable(int, short, void* arg) {
-    auto& self = *static_cast<SocketIo*>(arg);
-    Worker& worker = self.worker_;
-    self.readable();
-    worker.reap();
-  }
-  static void on_writable(int, short, void* arg) {
-    auto& self = *static_cast<SocketIo*>(arg);
-    Worker& worker = self.worker_;
-    self.writable();
-    worker.reap();
-  }
-  static void on_timer(int, short, void* arg) {
-    auto& self = *static_cast<SocketIo*>(arg);
-    Worker& worker = self.worker_;
-    self.connection_.on_timer();
-    worker.reap();
-  }
-
-  const bool rejected_;  // over --max-connections: held (and counted) until its lingering close ends
-  event write_event_;
-  event timer_;
-
- protected:
-  Connection connection_;  // last: its destructor may still close through this I/O
-};
-
-// The TLS I/O of one accepted connection (--tls-cert): the socket's events
-// and the connection's calls go through a TlsStream (tls.h), which does the
-// handshake inside the first recv or send and says which socket events the
-// connection's read and write interest need now. The connection's state
-// machine is the same as over a plain socket.
-class Worker::TlsIo final : public SocketIo {
- public:
-  TlsIo(Worker& worker, int fd, bool rejected, SSL* ssl)
-      : SocketIo(worker, fd, rejected), stream_(ssl, worker.tls_->metrics()) {
-    // The handshake is bound by the read timeout, as a request is.
-    evtimer_assign(&handshake_timer_, worker.base_, on_handshake_timer, this);
-    timeval tv = to_timeval(worker.options_.connection.read_timeout);
-    evtimer_add(&handshake_timer_, &tv);
-  }
-
-  IoResult recv(char* buffer, size_t size) override { return settle(stream_.recv(buffer, size)); }
-  IoResult peek(char* buffer, size_t size) override { return settle(stream_.peek(buffer, size)); }
-  IoResult send(const char* data, size_t size) override { return settle(stream_.send(data, size)); }
-
-  // close_notify, then the FIN.
-  void shutdown_write() override {
-    stream_.shutdown();
-    SocketIo::shutdown_write();
-  }
-  void want_read(bool on) override {
-    stream_.want_read(on);
-    poll();
-  }
-  void want_write(bool on) override {
-    stream_.want_write(on);
-    poll();
-  }
-  void close() override {
-    evtimer_del(&handshake_timer_);
-    stream_.closing();
-    SocketIo::close();
-  }
-  size_t held_bytes() const override { return stream_.held_bytes(); }
-  bool busy() const override { return stream_.busy(); }
-
- private:
-  void readable() override { run(stream_.on_event(true, false)); }
-  void writable() override { run(stream_.on_event(false, true)); }
-
-  void run(TlsStream::Dispatch handlers) {
-    if (handlers.read) connection_.on_readable();
-    if (handlers.write && !connection_.closed()) connection_.on_writable();
-    if (!connection_.closed()) poll();
-  }
-
-  IoResult settle(IoResult result) {
-    if (!handshaken_ && stream_.handshake_done()) {
-      handshaken_ = true;
-      evtimer_del(&handshake_timer_);
-    }
-    poll();
-    return result;
-  }
-
-  // Brings the socket events in line with what the stream needs now.
-  void poll() {
-    bool read = stream_.socket_read();
-    bool write = stream_.socket_write();
-    if (read != polling_read_) poll_read(polling_read_ = read);
-    if (write != polling_write_) poll_write(polling_write_ = write);
-    // Records already in OpenSSL's buffer make the socket no more readable.
-    if (stream_.input_buffered()) event_active(&read_event_, EV_READ, 1);
-  }
-
-  static void on_handshake_timer(int, short, void* arg) {
-    auto& self = *static_cast<TlsIo*>(arg);
-    Worker& worker = self.worker_;
-    if (!self.stream_.handshake_done()) {
-      self.stream_.handshake_timed_out();
-      self.connection_.on_readable();  // its next recv fails: the connection closes
-    }
-    worker.reap();
-  }
-
-  TlsStream stream_;
-  event handshake_timer_;
-  bool polling_read_ = false;
-  bool polling_write_ = false;
-  bool handshaken_ = false;  // and its timer gone
-};
 
 Worker::Worker(unsigned index, const WorkerOptions& options, http::Handler& handler, http::DateHeader& date,
                ConnectionCounters& counters, std::atomic<unsigned>& open_connections, BufferBudget& buffers,
@@ -288,8 +109,8 @@ void Worker::on_stop(int, short, void* arg) {
   ::close(self.listen_fd_);
   self.listen_fd_ = -1;
   // Answer what each connection has sent (with "Connection: close"); close the idle ones.
-  for (SocketIo* io = self.open_; io != nullptr;) {
-    SocketIo* next = io->next;
+  for (Transport* io = self.open_; io != nullptr;) {
+    Transport* next = io->next;
     io->connection().drain();
     io = next;
   }
@@ -348,17 +169,18 @@ void Worker::accept_pending() {
     bool over_limit = open_connections_.fetch_add(1, std::memory_order_relaxed) >= options_.max_connections;
     int on = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
-    SocketIo* io;
+    Transport* io;
     if (tls_ == nullptr) {
-      io = new SocketIo(*this, fd, over_limit);
+      io = new SocketIo(loop_, base_, fd, *this);
     } else if (SSL* ssl = tls_->new_ssl(fd); ssl != nullptr) {
-      io = new TlsIo(*this, fd, over_limit, ssl);
+      io = new TlsIo(loop_, base_, fd, *this, ssl, tls_->metrics());
     } else {
       log(LogLevel::error, "tls: cannot allocate a connection's TLS state; closing it");
       ::close(fd);
       open_connections_.fetch_sub(1, std::memory_order_relaxed);
       continue;
     }
+    io->rejected = over_limit;
     io->next = open_;
     if (open_ != nullptr) open_->prev = io;
     open_ = io;
@@ -373,14 +195,14 @@ void Worker::accept_pending() {
   }
 }
 
-void Worker::retire(SocketIo& io) {
+void Worker::retire(Transport& io) {
   (io.prev ? io.prev->next : open_) = io.next;
   if (io.next != nullptr) io.next->prev = io.prev;
   io.next = retired_;
   retired_ = &io;
   --open_count_;
   open_connections_.fetch_sub(1, std::memory_order_relaxed);
-  if (!io.rejected()) counters_.closed.add();
+  if (!io.rejected) counters_.closed.add();
   if (loop_.draining && open_count_ == 0) event_base_loopexit(base_, nullptr);
 }
 

@@ -1,6 +1,7 @@
-// One event loop thread: its own SO_REUSEPORT listener (listener.h), the
-// connections it accepted, and the libevent glue that turns socket events
-// into calls on each Connection (connection.h), whose state machine lives there.
+// One event loop thread: its own SO_REUSEPORT listener (listener.h), accept
+// and admission, the connections it accepted (each a Transport: socket_io.h
+// or tls_io.h, over the Connection whose state machine lives in
+// connection.h), and freeing them once closed.
 #pragma once
 
 #include "buffer_budget.h"
@@ -9,6 +10,7 @@
 #include "http_handler.h"
 #include "http_response.h"
 #include "result.h"
+#include "transport.h"
 
 #include <atomic>
 #include <cstdint>
@@ -30,7 +32,7 @@ struct WorkerOptions {
   ConnectionOptions connection;
 };
 
-class Worker {
+class Worker final : private TransportOwner {
  public:
   // `handler` answers the requests (one per worker: it is used by this
   // loop's thread alone); `date` is the Date header it writes, refreshed by
@@ -54,10 +56,6 @@ class Worker {
   void wake_deferred();
 
  private:
-  class SocketIo;
-  class TlsIo;
-  friend class SocketIo;
-  friend class TlsIo;
   static void on_accept(int fd, short events, void* arg);
   static void on_accept_pause_end(int fd, short events, void* arg);
   static void on_tick(int fd, short events, void* arg);
@@ -65,9 +63,10 @@ class Worker {
   static void on_wake(int fd, short events, void* arg);
 
   void accept_pending();
-  // Takes a closed connection off the open list; reap() frees it once the event that closed it is handled.
-  void retire(SocketIo& io);
-  void reap();
+  // TransportOwner: takes a closed connection off the open list; reap()
+  // frees it once the event that closed it is handled.
+  void retire(Transport& io) override;
+  void reap() override;
 
   const unsigned index_;
   const WorkerOptions& options_;
@@ -88,8 +87,8 @@ class Worker {
   MonotonicClock clock_;
   http::DateHeader& date_;
   LoopContext loop_;
-  SocketIo* open_ = nullptr;     // intrusive list of open connections
-  SocketIo* retired_ = nullptr;  // closed, to be freed by reap()
+  Transport* open_ = nullptr;     // intrusive list of open connections
+  Transport* retired_ = nullptr;  // closed, to be freed by reap()
   size_t open_count_ = 0;
 };
 

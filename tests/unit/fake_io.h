@@ -1,6 +1,7 @@
 // A scripted ConnectionIo and a hand-moved clock, for driving the shipped
 // Connection (connection.h) without sockets or an event loop: connection_test,
-// hot_path_test and the HTTP fuzzer use them.
+// hot_path_test and the HTTP fuzzer use them. TestOwner stands in for the
+// worker under the shipped transports (transport_test, tls_test, hot_path_test).
 #pragma once
 
 #include "connection.h"
@@ -8,6 +9,7 @@
 #include "handlers.h"
 #include "metrics.h"
 #include "store.h"
+#include "transport.h"
 
 #include <algorithm>
 #include <atomic>
@@ -114,6 +116,15 @@ struct TestLoop {
   http::DateHeader date;
   RequestHandler handler;
   LoopContext loop;
+};
+
+// The owner of shipped transports (socket_io.h, tls_io.h) in a test: notes
+// each retirement and frees nothing (the test owns them).
+struct TestOwner final : TransportOwner {
+  void retire(Transport&) override { ++retired; }
+  void reap() override { ++events; }
+  int retired = 0;
+  int events = 0;  // events handled (reap follows each)
 };
 
 // What an event loop would do: deliver readable and writable events while the

@@ -2,12 +2,14 @@
 // the want-read/want-write translation, failures by reason) over socketpairs,
 // against an OpenSSL client in the same thread.
 #include "tls.h"
+#include "tls_io.h"
 
 #include "connection.h"
 #include "fake_io.h"
 #include "test_certs.h"
 
 #include <doctest/doctest.h>
+#include <event2/event.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <sys/socket.h>
@@ -547,44 +549,122 @@ TEST_CASE("peek: a request split across records is seen whole, and received once
 
 namespace {
 
-// The shipped Connection's I/O over a Link's server stream.
-class StreamIo final : public ConnectionIo {
- public:
-  explicit StreamIo(TlsStream& stream) : stream_(stream) {}
-  IoResult recv(char* buffer, size_t size) override { return stream_.recv(buffer, size); }
-  IoResult peek(char* buffer, size_t size) override { return stream_.peek(buffer, size); }
-  IoResult send(const char* data, size_t size) override { return stream_.send(data, size); }
-  void shutdown_write() override { stream_.shutdown(); }
-  void want_read(bool on) override { stream_.want_read(on); }
-  void want_write(bool on) override { stream_.want_write(on); }
-  void arm_timer(double) override {}
-  void close() override {}
-  size_t held_bytes() const override { return stream_.held_bytes(); }
-  bool busy() const override { return stream_.busy(); }
+// The shipped TLS transport (tls_io.h) on one end of a socketpair, a real
+// libevent loop, and a non-blocking OpenSSL client on the other end.
+struct TlsLink : kv::testing::TestLoop {
+  explicit TlsLink(TlsContext& context, uint64_t budget = 8 << 20, ConnectionOptions options = {})
+      : TestLoop(budget, options), base(event_base_new()) {
+    int fds[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds) == 0);
+    client_fd = fds[1];
+    SSL* ssl = context.new_ssl(fds[0]);
+    REQUIRE(ssl != nullptr);
+    io = std::make_unique<TlsIo>(loop, base, fds[0], owner, ssl, context.metrics());
+    io->connection().start();
+    client_ctx = SSL_CTX_new(TLS_client_method());
+    client = SSL_new(client_ctx);
+    SSL_set_fd(client, client_fd);
+    SSL_set_connect_state(client);
+  }
+  ~TlsLink() {
+    io.reset();
+    SSL_set_shutdown(client, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+    SSL_free(client);
+    SSL_CTX_free(client_ctx);
+    ::close(client_fd);
+    event_base_free(base);
+    ERR_clear_error();
+  }
 
- private:
-  TlsStream& stream_;
+  // Runs the loop without blocking until `done` or about two seconds.
+  template <typename Done>
+  void run_until(Done done) {
+    for (int i = 0; i < 2000 && !done(); ++i) {
+      event_base_loop(base, EVLOOP_NONBLOCK);
+      if (!done()) usleep(1000);
+    }
+  }
+  void handshake() {
+    run_until([&] {
+      ERR_clear_error();
+      return SSL_do_handshake(client) == 1 && io->stream().handshake_done();
+    });
+    REQUIRE(io->stream().handshake_done());
+  }
+  std::string client_read() {
+    std::string got;
+    char buffer[16384];
+    int n;
+    while ((n = SSL_read(client, buffer, sizeof buffer)) > 0) got.append(buffer, n);
+    ERR_clear_error();
+    return got;
+  }
+
+  event_base* base;
+  kv::testing::TestOwner owner;
+  std::unique_ptr<TlsIo> io;
+  int client_fd = -1;
+  SSL_CTX* client_ctx = nullptr;
+  SSL* client = nullptr;
 };
 
 }  // namespace
 
+TEST_CASE("TLS I/O: handshake, then requests answered through the event loop") {
+  CertDir certs("tls-io");
+  auto context = load_context(certs);
+  TlsLink link(*context);
+  link.handshake();
+  std::string request = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+  REQUIRE(SSL_write(link.client, request.data(), request.size()) == static_cast<int>(request.size()));
+  std::string got;
+  link.run_until([&] {
+    got += link.client_read();
+    return got.find("\r\n\r\n{\"status\":\"OK\"}") != std::string::npos;
+  });
+  CHECK(got.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  CHECK(link.owner.retired == 0);
+  CHECK(link.io->connection().charged() == TlsStream::kIdleBytes);
+  CHECK(handshakes(*context, 1, 0) == 1);
+}
+
+TEST_CASE("TLS I/O: a stalled handshake ends at the read timeout, through the connection's one timer") {
+  CertDir certs("tls-io-stall");
+  auto context = load_context(certs);
+  ConnectionOptions options;
+  options.read_timeout = 0.02;  // the idle timeout (120 s) is far off
+  TlsLink link(*context, 8 << 20, options);
+  SSL_do_handshake(link.client);  // the ClientHello, then nothing
+  ERR_clear_error();
+  link.run_until([&] { return link.owner.events > 0; });  // the ClientHello is read
+  CHECK(link.owner.retired == 0);
+  link.clock.set(link.clock.now() + 1);  // past the handshake's deadline when the timer fires
+  link.run_until([&] { return link.owner.retired > 0; });
+  CHECK(link.owner.retired == 1);
+  CHECK(link.io->connection().closed());
+  CHECK(failures(*context, TlsFailure::incomplete) == 1);
+  CHECK(link.io->connection().charged() == 0);
+}
+
 TEST_CASE("buffer budget spent: a request split across records is answered, not left to its 408") {
-  Connected connected("tls-spent");
-  Link& link = connected.link;
-  kv::testing::TestLoop l(1 << 20);
-  StreamIo io(*link.server);
-  Connection connection(l.loop, io);
-  connection.start();
-  l.buffers.recharge(0, l.buffers.limit());  // other connections hold it all
+  CertDir certs("tls-spent");
+  auto context = load_context(certs);
+  TlsLink link(*context, 1 << 20);
+  link.handshake();
+  link.buffers.recharge(0, link.buffers.limit());  // other connections hold it all
   std::string body = "{\"key\":\"k\",\"value\":\"vvvv\"}";
   std::string head = "POST /put HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n";
   REQUIRE(SSL_write(link.client, head.data(), head.size()) == static_cast<int>(head.size()));
   REQUIRE(SSL_write(link.client, body.data(), body.size()) == static_cast<int>(body.size()));
-  for (int i = 0; i < 5 && (i == 0 || link.server->input_buffered()); ++i) connection.on_readable();
-  CHECK(link.client_read_all().rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
-  CHECK(connection.reading());
-  CHECK(connection.charged() == TlsStream::kIdleBytes);
-  l.buffers.recharge(l.buffers.limit(), 0);
+  std::string got;
+  link.run_until([&] {
+    got += link.client_read();
+    return got.find("\r\n\r\n{") != std::string::npos;
+  });
+  CHECK(got.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  CHECK(link.io->connection().reading());
+  CHECK(link.io->connection().charged() == TlsStream::kIdleBytes);
+  link.buffers.recharge(link.buffers.limit(), 0);
 }
 
 TEST_CASE("metrics: the exposition names every family") {
