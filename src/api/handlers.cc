@@ -215,7 +215,7 @@ void RequestHandler::get(const http::Request& request, std::string_view, Connect
   constexpr std::string_view kMiddle = R"(","value":")";
   constexpr std::string_view kEnd = "\"}";
   size_t key_size = json_escaped_size(key);
-  // Runs under the shard lock: the value goes straight from the store into the response.
+  // Runs after the store copied the value out and unlocked: formatting takes no lock.
   bool found = store_.get(make_key(key), [&](std::string_view value) {
     size_t value_size = json_escaped_size(value);
     size_t body_size = kStart.size() + key_size + kMiddle.size() + value_size + kEnd.size();

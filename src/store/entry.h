@@ -29,12 +29,16 @@ struct Entry {
   static constexpr uint16_t kHasExpiry = 0x8000;
   // A chunk reserved for a batch item, not yet an entry, has this in
   // `newer` (never a valid handle) and the item's index in `older`.
-  static constexpr Handle kReserved = kNoHandle - 1;
+  static constexpr Handle kBatchChunk = kNoHandle - 1;
   static constexpr uint16_t kCopyMark = 0x4000;
   static constexpr uint16_t kValueSizeMask = 0x01FF;
   static size_t size_for(size_t key_size, size_t value_size, bool has_expiry) {
     return kHeaderSize + (has_expiry ? kExpirySize : 0) + key_size + value_size;
   }
+  // The entry (or batch chunk) in a slab chunk: the one place a chunk's
+  // bytes are read as an Entry.
+  static Entry& at(const Slab& slab, Handle handle) { return *reinterpret_cast<Entry*>(slab.at(handle)); }
+  bool is_batch_chunk() const { return newer == kBatchChunk; }
 
   bool has_expiry() const { return (value_size_and_flag & kHasExpiry) != 0; }
   // The expiry tick (clock.h); 0 = never.

@@ -2,10 +2,18 @@
 
 #include "clock.h"
 
+#include <algorithm>
+
 namespace kv {
 
+bool ExpiryIndex::reserve_pages(size_t pages) {
+  if (pages <= pages_.capacity()) return true;
+  size_t count = std::max({pages, 2 * pages_.capacity(), size_t{64}});
+  return pages_.reserve(count) && heap_.reserve(count);
+}
+
 ExpiryIndex::PageExpiry& ExpiryIndex::page_state(uint32_t page) {
-  // Grows with the slab's page table, one page at a time (amortized).
+  // Within the room reserve_pages made before the slab mapped the page.
   if (page >= pages_.size()) pages_.resize(page + 1);
   return pages_[page];
 }
@@ -45,8 +53,8 @@ void ExpiryIndex::rescan(uint32_t page) {
   uint32_t earliest = 0, count = 0;
   slab_.for_each_in_use(page, [&](Handle handle) {
     ++chunks_visited_;
-    const Entry& entry = *reinterpret_cast<const Entry*>(slab_.at(handle));
-    uint32_t tick = entry.newer == Entry::kReserved ? 0 : entry.expires_at();
+    const Entry& entry = Entry::at(slab_, handle);
+    uint32_t tick = entry.is_batch_chunk() ? 0 : entry.expires_at();
     if (tick == 0) return;
     if (earliest == 0 || tick < earliest) {
       earliest = tick;

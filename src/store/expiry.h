@@ -26,13 +26,16 @@
 #include "slab.h"
 
 #include <cstdint>
-#include <vector>
 
 namespace kv {
 
 class ExpiryIndex {
  public:
   explicit ExpiryIndex(const Slab& slab) : slab_(slab) {}
+  // Room for pages numbered below `pages` (the shard calls it before the
+  // slab maps a page, so update and rescan never allocate). Grows by
+  // doubling; false when the allocation fails (nothing changes then).
+  bool reserve_pages(size_t pages);
   ExpiryIndex(const ExpiryIndex&) = delete;
   ExpiryIndex& operator=(const ExpiryIndex&) = delete;
 
@@ -72,8 +75,8 @@ class ExpiryIndex {
   void sift_down(uint32_t position);
 
   const Slab& slab_;
-  std::vector<PageExpiry> pages_;  // by page number
-  std::vector<uint32_t> heap_;     // page numbers, min-heap on earliest
+  PageTable<PageExpiry> pages_{slab_.calls()};  // by page number
+  PageTable<uint32_t> heap_{slab_.calls()};     // page numbers, min-heap on earliest
   uint64_t chunks_visited_ = 0;
 };
 

@@ -41,7 +41,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <new>
 #include <string_view>
 #include <utility>
 
@@ -70,7 +69,8 @@ class HandleIndex {
  public:
   static constexpr size_t kGroupSize = 16;
 
-  explicit HandleIndex(KeyOf key_of) : key_of_(std::move(key_of)) {}
+  explicit HandleIndex(KeyOf key_of, const MemoryCalls& calls = system_memory_calls())
+      : key_of_(std::move(key_of)), calls_(calls) {}
   ~HandleIndex() {
     release(cur_);
     release(old_);
@@ -86,16 +86,14 @@ class HandleIndex {
     return find_in(old_, key);
   }
 
-  // Adds a key that is in neither table (one rebuild step first).
-  void insert(const KeyRef& key, Handle handle) {
+  // Adds a key that is in neither table (one rebuild step first). False,
+  // with nothing changed, when the index is full and the next table cannot
+  // be allocated (reserve(1) first makes it infallible).
+  bool insert(const KeyRef& key, Handle handle) {
     step();
-    if (cur_.growth_left == 0) {
-      // Only reachable with no rebuild running (see plan()); otherwise a
-      // bug, and finishing the running one keeps the index correct.
-      finish();
-      start_rebuild(1);
-    }
+    if (cur_.growth_left == 0 && !reserve(1)) return false;
     place(cur_, key.hash, handle);
+    return true;
   }
 
   // Removes the key; false when absent.
@@ -127,15 +125,16 @@ class HandleIndex {
     release_old_if_empty();
   }
 
-  // Room for `count` inserts that start no rebuild (a batch reserves before
-  // it allocates, so the index's memory is charged first). Finishing a
-  // running rebuild here moves fewer than count * kRehashStepSlots slots.
-  void reserve(size_t count) {
+  // Room for `count` inserts that start no rebuild (a put of a new key and
+  // a batch reserve before they allocate, so the index's memory is charged
+  // first). False, with nothing changed, when the next table cannot be
+  // allocated or a running rebuild cannot end within finish()'s bound.
+  bool reserve(size_t count) {
     if (old_.ctrl != nullptr) {
-      if (cur_.growth_left >= old_.size + count) return;
-      finish();
+      if (cur_.growth_left >= old_.size + count) return true;
+      if (!finish(count + 1)) return false;
     }
-    if (cur_.growth_left < count) start_rebuild(count);
+    return cur_.growth_left >= count || start_rebuild(count);
   }
 
   // When nothing is left to evict and the shard is over its limit: up to
@@ -146,8 +145,7 @@ class HandleIndex {
     size_t taken = 0;
     for (; taken < steps; ++taken) {
       if (old_.ctrl == nullptr) {
-        if (plan(cur_.size + pending, cur_.capacity) >= cur_.capacity) break;
-        start_rebuild(pending);
+        if (plan(cur_.size + pending, cur_.capacity) >= cur_.capacity || !start_rebuild(pending)) break;
       }
       step();
     }
@@ -272,12 +270,14 @@ class HandleIndex {
     }
   }
 
-  void start_rebuild(size_t extra) {
+  // False, with nothing changed, when the allocation fails.
+  bool start_rebuild(size_t extra) {
     size_t capacity = plan(cur_.size, cur_.capacity, extra);
+    char* memory = static_cast<char*>(calls_.allocate(table_bytes(capacity)));
+    if (memory == nullptr) return false;
     old_ = cur_;
     cursor_ = 0;
     cur_ = Table{};
-    char* memory = static_cast<char*>(::operator new(table_bytes(capacity), std::align_val_t{kGroupSize}));
     cur_.ctrl = reinterpret_cast<int8_t*>(memory);
     cur_.slots = reinterpret_cast<Handle*>(memory + capacity);
     cur_.capacity = capacity;
@@ -285,10 +285,17 @@ class HandleIndex {
     cur_.growth_left = max_load(capacity);
     std::memset(cur_.ctrl, kEmpty, capacity);
     release_old_if_empty();
+    return true;
   }
 
-  void finish() {
-    while (old_.ctrl != nullptr) step();
+  // Ends the running rebuild within max_steps steps, else false (the rest
+  // stays for later steps). reserve(count) needs at most count + 1: the new
+  // table was planned with room for the old entries plus one insert per
+  // step the move takes (plan()), so while fewer than count inserts are
+  // left of that room, fewer than count steps' slots are left to move.
+  bool finish(size_t max_steps) {
+    for (size_t steps = 0; old_.ctrl != nullptr && steps < max_steps; ++steps) step();
+    return old_.ctrl == nullptr;
   }
 
   void release_old_if_empty() {
@@ -297,11 +304,12 @@ class HandleIndex {
     old_ = Table{};
   }
 
-  static void release(Table& table) {
-    if (table.capacity > 0) ::operator delete(table.ctrl, std::align_val_t{kGroupSize});
+  void release(Table& table) {
+    if (table.capacity > 0) calls_.deallocate(table.ctrl);
   }
 
   KeyOf key_of_;
+  const MemoryCalls& calls_;
   Table cur_{const_cast<int8_t*>(kEmptyGroup)};
   Table old_;          // the table being moved out of (ctrl nullptr: no rebuild)
   size_t cursor_ = 0;  // old_'s next slot to move

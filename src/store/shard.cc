@@ -6,7 +6,7 @@ Shard::Shard(uint64_t byte_limit, const Clock& clock, const MemoryCalls& calls)
     : byte_limit_(byte_limit),
       clock_(clock),
       slab_(byte_limit / Slab::kPageSize, calls),
-      index_(EntryKey{&slab_}) {}
+      index_(EntryKey{&slab_}, calls) {}
 
 void Shard::link_newest_locked(Handle handle) {
   Entry& entry = entry_locked(handle);
@@ -39,7 +39,7 @@ void Shard::remove_locked(Handle handle, const KeyRef& key) {
 
 void Shard::moved_locked(Handle from, Handle to) {
   Entry& entry = entry_locked(to);
-  if (entry.newer == kReserved) {
+  if (entry.is_batch_chunk()) {
     batch_[entry.older].chunk = to;
     return;
   }
@@ -47,18 +47,19 @@ void Shard::moved_locked(Handle from, Handle to) {
   (entry.older != kNoHandle ? entry_locked(entry.older).newer : oldest_) = to;
   if (copy_cursor_ == from) copy_cursor_ = to;
   if (protected_ == from) protected_ = to;
-  // Its old page is emptied and rescanned by reclaimed_enough_locked.
+  // Its old page is emptied and rescanned by compact_locked.
   expiry_.update(to, 0, entry.expires_at());
   // The old chunk still holds the same key, so the lookup finds its slot.
   *index_.find(make_key(entry.key())) = to;
 }
 
 void Shard::expire_page_locked(uint32_t page) {
+  size_t visits = 0;
   slab_.for_each_in_use(page, [&](Handle handle) {
-    ++work_steps_;
+    count_step_locked(visits, Slab::kMaxChunksPerPage);
     const Entry& entry = entry_locked(handle);
     // Never protected_ or newer: those were touched (so live) or just put.
-    if (entry.newer != kReserved && expired_locked(entry)) {
+    if (!entry.is_batch_chunk() && expired_locked(entry)) {
       remove_locked(handle);
       ++expirations_;
     }
@@ -66,12 +67,16 @@ void Shard::expire_page_locked(uint32_t page) {
   expiry_.rescan(page);  // its bound is stale now
 }
 
-bool Shard::reclaimed_enough_locked(size_t victim_class, size_t wanted_class) {
-  if (slab_.has_free_page() || (wanted_class < Slab::kClassCount && slab_.has_free_chunk(wanted_class))) return true;
-  if (!slab_.can_evacuate(victim_class)) return false;
-  uint32_t page = slab_.sparsest_page(victim_class);
+bool Shard::has_room_locked(size_t wanted_class) const {
+  return slab_.has_free_page() || (wanted_class < Slab::kClassCount && slab_.has_free_chunk(wanted_class));
+}
+
+bool Shard::compact_locked(size_t size_class) {
+  if (!slab_.can_evacuate(size_class)) return false;
+  uint32_t page = slab_.sparsest_page(size_class);
+  size_t moves = 0;
   slab_.evacuate(page, [&](Handle from, Handle to) {
-    ++work_steps_;
+    count_step_locked(moves, Slab::kMaxChunksPerPage);
     moved_locked(from, to);
   });
   expiry_.rescan(page);  // now free: drops out of the expiry index
@@ -80,41 +85,52 @@ bool Shard::reclaimed_enough_locked(size_t victim_class, size_t wanted_class) {
 
 bool Shard::reclaim_locked(size_t wanted_class) {
   if (size_t size_class = slab_.evacuable_class(); size_class != Slab::kClassCount) {
-    return reclaimed_enough_locked(size_class, wanted_class);
+    return room_after_removal_locked(size_class, wanted_class);
   }
   // Expired entries first: they are dead weight, whatever their recency. A
   // due page holds at least one (the expiry index is exact).
-  for (size_t pages = 0; pages < kReclaimExpiredPages && expiry_.may_be_due(now_ms_); ++pages) {
+  size_t pages = 0;
+  while (pages < kReclaimExpiredPages && expiry_.may_be_due(now_ms_)) {
+    count_step_locked(pages, kReclaimExpiredPages);
     uint32_t page = expiry_.due_page(now_ms_);
     if (page == Slab::kNoPage) continue;  // it rescanned stale pages
     size_t size_class = slab_.page_class(page);
     expire_page_locked(page);
-    if (reclaimed_enough_locked(size_class, wanted_class)) return true;
+    if (room_after_removal_locked(size_class, wanted_class)) return true;
   }
   // Then exact LRU order until the freed chunks make room: a chunk of the
   // wanted class, an empty page, or a class with a page's worth to compact.
-  while (oldest_ != kNoHandle && oldest_ != protected_) {
+  size_t evictions = 0;
+  while (oldest_ != kNoHandle && oldest_ != protected_ && evictions < kMaxEvictionsPerReclaim) {
+    count_step_locked(evictions, kMaxEvictionsPerReclaim);
     size_t size_class = Slab::class_for(entry_locked(oldest_).size());
     remove_locked(oldest_);
     ++evictions_;
-    ++work_steps_;
-    if (reclaimed_enough_locked(size_class, wanted_class)) return true;
+    if (room_after_removal_locked(size_class, wanted_class)) return true;
   }
   return false;
 }
 
 Handle Shard::allocate_locked(size_t size_class) {
-  for (;;) {
+  for (size_t rounds = 0; rounds < kMaxAllocateRounds;) {
+    count_step_locked(rounds, kMaxAllocateRounds);
     Handle handle = slab_.take(size_class);
     if (handle != kNoHandle) return handle;
-    if (bytes_used_locked() + Slab::kPageSize <= byte_limit_ && slab_.map_page()) continue;
+    assert(rounds < kMaxAllocateRounds);  // the second take always succeeds
+    // The expiry index's page table grows first, so a page the slab maps
+    // is always one it can track.
+    if (bytes_used_locked() + Slab::kPageSize <= byte_limit_ && expiry_.reserve_pages(slab_.page_count() + 1) &&
+        slab_.map_page()) {
+      continue;
+    }
     if (!reclaim_locked(size_class)) return kNoHandle;
   }
+  return kNoHandle;
 }
 
 Handle Shard::touch_locked(BatchPut& item) {
   size_t size_class = class_of(item);
-  item.chunk = kReserved;
+  item.chunk = kNeedsChunk;
   const Handle* slot = index_.find(item.key);
   if (slot == nullptr) return kNoHandle;
   Handle existing = *slot;
@@ -132,12 +148,12 @@ Handle Shard::touch_locked(BatchPut& item) {
 }
 
 bool Shard::reserve_chunk_locked(BatchPut& item, uint32_t index) {
-  if (item.chunk != kReserved) return true;
+  if (item.chunk != kNeedsChunk) return true;
   item.chunk = kNoHandle;
   Handle chunk = allocate_locked(class_of(item));
   if (chunk == kNoHandle) return false;
   Entry& entry = entry_locked(chunk);
-  entry.newer = kReserved;
+  entry.newer = Entry::kBatchChunk;
   entry.older = index;
   item.chunk = chunk;
   return true;
@@ -149,11 +165,14 @@ bool Shard::reserve_locked(std::span<BatchPut> items) {
   // Every entry the batch overwrites is protected before anything is evicted.
   for (BatchPut& item : items) touch_locked(item);
   // The index grows now, not at commit, so it is charged before chunks are
-  // allocated (once committed, the batch's entries cannot be evicted).
+  // allocated (once committed, the batch's entries cannot be evicted), and
+  // commit's inserts cannot fail.
   index_pending_ = items.size();
-  index_.reserve(index_pending_);
+  bool ok = index_.reserve(index_pending_);
+  if (!ok) {
+    for (BatchPut& item : items) item.chunk = kNoHandle;
+  }
   batch_ = items;
-  bool ok = true;
   for (uint32_t i = 0; i < items.size() && ok; ++i) {
     ok = reserve_chunk_locked(items[i], i);
     if (!ok) {
@@ -203,7 +222,9 @@ void Shard::commit_one_locked(const BatchPut& item) {
     entry.set_copy_mark(copy_mark_);
     Handle* slot = index_.find(item.key);
     if (slot == nullptr) {
-      index_.insert(item.key, handle);
+      // Room was reserved (put, reserve_locked): cannot fail.
+      [[maybe_unused]] bool inserted = index_.insert(item.key, handle);
+      assert(inserted);
     } else {
       // Replaces an entry in another size class.
       Handle previous = *slot;
@@ -231,10 +252,11 @@ void Shard::commit_locked(std::span<BatchPut> items) {
 bool Shard::trim_locked() {
   // A growing index takes memory too.
   bool index_shrunk = false;
-  for (size_t pages = 0; bytes_used_locked() > byte_limit_; ++pages) {
+  for (size_t pages = 0; bytes_used_locked() > byte_limit_;) {
     // The rest next time: only an index rebuild larger than the one charged
     // ahead gets here (see kMaxTrimPages).
     if (pages == kMaxTrimPages) return true;
+    count_step_locked(pages, kMaxTrimPages);
     if (!slab_.has_free_page() && !reclaim_locked(Slab::kClassCount)) {
       // Nothing left to evict. The index may still be sized for entries
       // evicted since it grew (a batch reserves its room before evicting):
@@ -255,6 +277,11 @@ PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires
   protected_ = kNoHandle;
   Handle existing = touch_locked(item);
   bool ok = reserve_chunk_locked(item, 0);
+  // A new key's index slot: with it, the insert below cannot fail.
+  if (ok && existing == kNoHandle && !index_.reserve(1)) {
+    slab_.release(item.chunk);
+    ok = false;
+  }
   if (ok && item.chunk == kNoHandle) {
     // Same chunk size, nothing allocated (so nothing moved): rewrite in place.
     rewrite_locked(existing, item);
@@ -270,27 +297,44 @@ PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires
   return ok ? PutStatus::ok : PutStatus::too_large;
 }
 
-bool Shard::get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value) {
+Handle Shard::find_live_locked(const KeyRef& key) {
+  const Handle* slot = index_.find(key);
+  if (slot == nullptr) return kNoHandle;
+  Handle handle = *slot;
+  if (expired_locked(entry_locked(handle))) {
+    remove_locked(handle, key);
+    ++expirations_;
+    return kNoHandle;
+  }
+  if (handle != newest_) {
+    unlink_locked(handle);
+    link_newest_locked(handle);
+  }
+  return handle;
+}
+
+bool Shard::get(const KeyRef& key, ValueCopy& out) {
   std::lock_guard lock(mutex_);
   now_ms_ = clock_.now_ms();
   index_.step();
-  if (const Handle* slot = index_.find(key)) {
-    Handle handle = *slot;
-    Entry& entry = entry_locked(handle);
-    if (!expired_locked(entry)) {
-      if (handle != newest_) {
-        unlink_locked(handle);
-        link_newest_locked(handle);
-      }
-      ++hits_;
-      on_value(entry.value());
-      return true;
-    }
-    remove_locked(handle, key);
-    ++expirations_;
+  Handle handle = find_live_locked(key);
+  if (handle == kNoHandle) {
+    ++misses_;
+    return false;
   }
-  ++misses_;
-  return false;
+  ++hits_;
+  std::string_view value = entry_locked(handle).value();
+  assert(value.size() <= ValueCopy::kCapacity);
+  out.size = value.size();
+  std::memcpy(out.bytes, value.data(), value.size());
+  return true;
+}
+
+bool Shard::get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value) {
+  ValueCopy copy;
+  if (!get(key, copy)) return false;
+  on_value(copy.view());
+  return true;
 }
 
 bool Shard::erase(const KeyRef& key) {
@@ -309,7 +353,8 @@ bool Shard::erase(const KeyRef& key) {
 bool Shard::sweep_expired(size_t max_pages) {
   std::lock_guard lock(mutex_);
   now_ms_ = clock_.now_ms();
-  for (size_t pages = 0; pages < max_pages && expiry_.may_be_due(now_ms_); ++pages) {
+  for (size_t pages = 0; pages < max_pages && expiry_.may_be_due(now_ms_);) {
+    count_step_locked(pages, max_pages);
     uint32_t page = expiry_.due_page(now_ms_);
     if (page != Slab::kNoPage) expire_page_locked(page);  // else it rescanned stale pages
   }
@@ -340,7 +385,8 @@ bool Shard::copy_batch(size_t max_entries,
                        absl::FunctionRef<void(std::string_view key, std::string_view value, uint32_t expires_at)> out) {
   std::lock_guard lock(mutex_);
   now_ms_ = clock_.now_ms();
-  for (size_t visited = 0; visited < max_entries; ++visited) {
+  for (size_t visited = 0; visited < max_entries;) {
+    count_step_locked(visited, max_entries);
     // The abandoned walk is closed (by visits or by removals): this one starts.
     if (copy_pending_ == 0 && copy_closing_) start_walk_locked();
     if (copy_pending_ == 0) break;

@@ -7,9 +7,11 @@
 #include "expiry.h"
 #include "index.h"
 #include "slab.h"
+#include "validation.h"
 
 #include <absl/functional/function_ref.h>
 
+#include <cassert>
 #include <cstdint>
 #include <mutex>
 #include <span>
@@ -32,6 +34,14 @@ struct BatchPut {
   Handle chunk = kNoHandle;    // reserved by Shard::reserve_locked; kNoHandle: rewrite in place
 };
 
+// A value copied out of the store.
+struct ValueCopy {
+  static constexpr size_t kCapacity = kMaxValueBytes;
+  char bytes[kCapacity];
+  size_t size = 0;
+  std::string_view view() const { return {bytes, size}; }
+};
+
 struct ShardStats {
   uint64_t entries = 0;
   uint64_t bytes_used = 0;
@@ -49,9 +59,15 @@ class Shard {
 
   // Inserts or replaces. Evicts least recently used entries (after first
   // trying to compact) until the entry and the index fit the byte limit.
+  // too_large when it cannot: the shard is too small, or the memory for
+  // the index or the page tables could not be allocated (nothing changed).
   PutStatus put(const KeyRef& key, std::string_view value, uint32_t expires_at);
-  // Calls on_value with the value under the lock, so the caller copies it
-  // straight into its response.
+  // Copies the value out under the lock (at most ValueCopy::kCapacity
+  // bytes); false when absent or expired.
+  bool get(const KeyRef& key, ValueCopy& out);
+  // The same, then calls on_value with the copy after unlocking, so
+  // whatever the caller does with it (formatting a response) runs outside
+  // the lock.
   bool get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value);
   bool erase(const KeyRef& key);
   // Removes the expired entries of up to max_pages slab pages, soonest
@@ -61,9 +77,11 @@ class Shard {
   // entries may remain or a rebuild is running (call again soon).
   bool sweep_expired(size_t max_pages);
   ShardStats stats() const;
-  // For tests: loop steps taken under the lock so far (chunks visited by
-  // sweeps and rescans, entries evicted, chunks moved), to show the work of
-  // one call is bounded whatever the shard's size.
+  // For tests: loop steps taken under the lock so far (every loop in the
+  // table of docs/architecture.md: chunks visited by sweeps and rescans,
+  // expired pages looked at, entries evicted, chunks moved, allocation and
+  // trim rounds, index slots moved), to show the work of one call is
+  // bounded whatever the shard's size.
   uint64_t work_steps() const;
 
   // Bounds of the work one call does under the lock (docs/architecture.md
@@ -73,11 +91,16 @@ class Shard {
   // LRU evictions in one reclaim: before it, no class has a page's worth of
   // free chunks (else it would compact first), and each eviction frees one
   // chunk, so some class has a page's worth after at most this many.
+  // The loop stops there too (a reclaim that would need more fails).
   static constexpr size_t kMaxEvictionsPerReclaim = [] {
     size_t sum = 0;
     for (size_t c = 0; c < Slab::kClassCount; ++c) sum += Slab::chunks_per_page(c) - 1;
     return sum + 1;
   }();
+  // Rounds of allocate_locked: a take that fails is followed by a mapped
+  // page or a reclaim that leaves a free page or a free chunk of the class,
+  // so the second take succeeds; the third round is never reached.
+  static constexpr size_t kMaxAllocateRounds = 2;
   // All the loop steps of one reclaim: each expired page found (after at
   // most kRescansPerCall stale ones), swept, rescanned, and maybe a page
   // compacted after it; the evictions; one last compaction.
@@ -98,8 +121,9 @@ class Shard {
   // All the loop steps of one put (or get, erase): one reclaim to allocate,
   // kMaxTrimPages more to get within the limit, one index rebuild step
   // (an insert's), and a shrink's steps.
-  static constexpr size_t kMaxPutSteps =
-      (1 + kMaxTrimPages) * kMaxReclaimSteps + (1 + kShrinkSteps) * kRehashStepSlots;
+  static constexpr size_t kMaxPutSteps = kMaxAllocateRounds + kMaxTrimPages +
+                                         (1 + kMaxTrimPages) * kMaxReclaimSteps +
+                                         (2 + kShrinkSteps) * kRehashStepSlots;
 
   // Snapshot walk over the LRU list, oldest to newest, a bounded batch per
   // call, which copies every entry present at copy_start() exactly once
@@ -141,12 +165,23 @@ class Shard {
   // The index resolves a handle's key through the slab.
   struct EntryKey {
     const Slab* slab;
-    std::string_view operator()(Handle handle) const { return reinterpret_cast<const Entry*>(slab->at(handle))->key(); }
+    std::string_view operator()(Handle handle) const { return Entry::at(*slab, handle).key(); }
   };
   using Index = HandleIndex<EntryKey>;
 
   // The *_locked functions expect mutex_ to be held.
-  Entry& entry_locked(Handle handle) const { return *reinterpret_cast<Entry*>(slab_.at(handle)); }
+  Entry& entry_locked(Handle handle) const { return Entry::at(slab_, handle); }
+  // One step of a loop under the lock: counted (work_steps()), and in debug
+  // builds checked against that loop's named bound.
+  void count_step_locked(size_t& steps, size_t bound) {
+    ++steps;
+    ++work_steps_;
+    assert(steps <= bound);
+    (void)bound;
+  }
+  // Looks the key up; expired entries are removed (and counted). The live
+  // entry becomes the newest. kNoHandle when there is none.
+  Handle find_live_locked(const KeyRef& key);
   void link_newest_locked(Handle handle);
   bool copy_pending_locked(const Entry& entry) const { return copy_pending_ > 0 && entry.copy_mark() != copy_mark_; }
   void start_walk_locked();
@@ -163,15 +198,24 @@ class Shard {
   // (at most kMaxEvictionsPerReclaim), until a chunk of wanted_class (or,
   // for Slab::kClassCount, a whole page) is free. False when nothing is left.
   bool reclaim_locked(size_t wanted_class);
-  // After removing an entry of victim_class while reclaiming: whether there
-  // is room now (compacting that class if its free chunks make a page).
-  bool reclaimed_enough_locked(size_t victim_class, size_t wanted_class);
+  // Whether a chunk of wanted_class (or, for Slab::kClassCount, a page) is
+  // free.
+  bool has_room_locked(size_t wanted_class) const;
+  // Empties the sparsest page of size_class into the class's other pages
+  // when its free chunks make a page (at most Slab::kMaxChunksPerPage
+  // moves); false when they do not.
+  bool compact_locked(size_t size_class);
+  // After removing an entry of victim_class while reclaiming: has_room, else
+  // compact_locked(victim_class) (which frees a page).
+  bool room_after_removal_locked(size_t victim_class, size_t wanted_class) {
+    return has_room_locked(wanted_class) || compact_locked(victim_class);
+  }
   // Removes the expired entries of a page expiry_ says is due (its chunks
   // visited twice: the sweep and the rescan).
   void expire_page_locked(uint32_t page);
   // Finds the key's entry (dropping it if expired) and makes it the newest;
   // item.chunk becomes kNoHandle when that entry's chunk fits the new value,
-  // else kReserved (a chunk is needed). Returns the entry or kNoHandle.
+  // else kNeedsChunk. Returns the entry or kNoHandle.
   Handle touch_locked(BatchPut& item);
   // Allocates the chunk a touched item needs, marked as reserved for
   // batch_[index]. False when the shard cannot hold it.
@@ -191,7 +235,9 @@ class Shard {
     return Slab::class_for(Entry::size_for(item.key.key.size(), item.value.size(), item.expires_at != 0));
   }
 
-  static constexpr Handle kReserved = Entry::kReserved;
+  // BatchPut::chunk between touch_locked and reserve_chunk_locked: the item
+  // needs a chunk of its own (never a valid handle).
+  static constexpr Handle kNeedsChunk = kNoHandle - 1;
 
   const uint64_t byte_limit_;
   const Clock& clock_;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <bitset>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 namespace kv {
@@ -25,6 +26,8 @@ const MemoryCalls& system_memory_calls() {
       [](void* at, size_t bytes) { return mprotect(at, bytes, PROT_READ | PROT_WRITE); },
       [](void* at, size_t bytes) { return madvise(at, bytes, MADV_DONTNEED); },
       [](void* at, size_t bytes) { return munmap(at, bytes); },
+      [](size_t bytes) { return std::aligned_alloc(16, (bytes + 15) / 16 * 16); },
+      [](void* at) { std::free(at); },
   };
   return calls;
 }
@@ -53,6 +56,10 @@ bool Slab::map_page() {
     return true;
   }
   if (pages_.size() == max_pages_) return false;
+  if (pages_.size() == pages_.capacity()) {
+    size_t count = std::min(std::max<size_t>(2 * pages_.capacity(), 64), max_pages_);
+    if (!pages_.reserve(count) || !free_pages_.reserve(count) || !given_back_.reserve(count)) return false;
+  }
   if (base_ == nullptr) {
     void* at = calls_.reserve(max_pages_ * kPageSize);
     if (at == MAP_FAILED) return false;
@@ -64,7 +71,7 @@ bool Slab::map_page() {
     usable_pages_ += arena;
   }
   free_pages_.push_back(static_cast<uint32_t>(pages_.size()));
-  pages_.emplace_back();
+  pages_.push_back(Page{});
   ++charged_pages_;
   return true;
 }
@@ -100,18 +107,6 @@ void Slab::push_free(uint32_t number, uint16_t chunk) {
   next_free(number, chunk) = page.free_head;
   std::memcpy(page_memory(number) + chunk * chunk_size(page.size_class) + 4, &kFreeMark, sizeof kFreeMark);
   page.free_head = chunk;
-}
-
-bool Slab::in_use(Handle handle) const {
-  uint32_t number = handle >> kPageShift;
-  if (number >= pages_.size() || pages_[number].size_class == kUnassigned) return false;
-  const Page& page = pages_[number];
-  size_t offset = size_t{handle & kOffsetMask} << 3;
-  size_t size = chunk_size(page.size_class);
-  if (offset % size != 0 || offset / size >= page.untouched) return false;
-  uint32_t mark;
-  std::memcpy(&mark, page_memory(number) + offset + 4, sizeof mark);
-  return mark != kFreeMark;
 }
 
 void Slab::for_each_in_use(uint32_t number, absl::FunctionRef<void(Handle)> visit) const {

@@ -23,24 +23,79 @@
 
 #include <absl/functional/function_ref.h>
 
+#include <cassert>
 #include <cstddef>
 #include <cstdint>
-#include <vector>
+#include <cstring>
 
 namespace kv {
 
 using Handle = uint32_t;
 constexpr Handle kNoHandle = UINT32_MAX;
 
-// The memory system calls a slab makes, replaceable so tests can make them
-// fail. Each returns what the system call does (mmap: MAP_FAILED on error).
+// The memory calls a shard makes under its lock, replaceable so tests can
+// make them fail. The first four return what the system call does (mmap:
+// MAP_FAILED on error); allocate returns nullptr on failure (never throws),
+// 16-byte aligned, and is how the index's tables and the page tables grow.
 struct MemoryCalls {
   void* (*reserve)(size_t bytes);             // mmap, PROT_NONE
   int (*make_usable)(void* at, size_t bytes);  // mprotect to read + write
   int (*give_back)(void* at, size_t bytes);    // madvise MADV_DONTNEED
   int (*unreserve)(void* at, size_t bytes);    // munmap
+  void* (*allocate)(size_t bytes);            // aligned_alloc(16, ...)
+  void (*deallocate)(void* at);               // free
 };
 const MemoryCalls& system_memory_calls();
+
+// An array of trivially copyable T that grows only through reserve(), which
+// allocates through MemoryCalls and reports failure: the page tables a
+// shard grows under its lock, so no growth there can throw. push_back and
+// resize stay within the reserved capacity.
+template <class T>
+class PageTable {
+ public:
+  explicit PageTable(const MemoryCalls& calls) : calls_(calls) {}
+  ~PageTable() { calls_.deallocate(data_); }
+  PageTable(const PageTable&) = delete;
+  PageTable& operator=(const PageTable&) = delete;
+
+  // Room for `count` elements; false (nothing changed) when the allocation fails.
+  bool reserve(size_t count) {
+    if (count <= capacity_) return true;
+    T* grown = static_cast<T*>(calls_.allocate(count * sizeof(T)));
+    if (grown == nullptr) return false;
+    if (size_ > 0) std::memcpy(static_cast<void*>(grown), data_, size_ * sizeof(T));
+    calls_.deallocate(data_);
+    data_ = grown;
+    capacity_ = count;
+    return true;
+  }
+  size_t size() const { return size_; }
+  size_t capacity() const { return capacity_; }
+  bool empty() const { return size_ == 0; }
+  T& operator[](size_t i) { return data_[i]; }
+  const T& operator[](size_t i) const { return data_[i]; }
+  T& front() { return data_[0]; }
+  const T& front() const { return data_[0]; }
+  T& back() { return data_[size_ - 1]; }
+  void push_back(const T& value) {
+    assert(size_ < capacity_);
+    data_[size_++] = value;
+  }
+  void pop_back() { --size_; }
+  // New elements are value-initialised (T{}).
+  void resize(size_t count) {
+    assert(count <= capacity_);
+    for (size_t i = size_; i < count; ++i) data_[i] = T{};
+    size_ = count;
+  }
+
+ private:
+  const MemoryCalls& calls_;
+  T* data_ = nullptr;
+  size_t size_ = 0;
+  size_t capacity_ = 0;
+};
 
 class Slab {
  public:
@@ -82,19 +137,21 @@ class Slab {
   // A free chunk of the class from its partly used pages, else from a free
   // page; kNoHandle when neither exists (map or reclaim a page, then retry).
   Handle take(size_t size_class);
-  // Whether the handle is the start of a chunk that take() handed out and
-  // release() has not taken back (for records that may be stale). A user of
-  // a chunk must overwrite its bytes 4..7, where a free chunk holds kFreeMark.
-  bool in_use(Handle handle) const;
+  // A user of a chunk must overwrite its bytes 4..7, where a free chunk
+  // holds kFreeMark (for_each_in_use tells used chunks by it).
   static constexpr uint32_t kFreeMark = UINT32_MAX - 1;
   // Returns a chunk. A page left empty becomes the free page, or is given
   // back when there already is one, so deleted data gives memory back.
   void release(Handle handle);
 
   // Adds a free page: a given-back one, else the next untouched one, making
-  // another arena usable if needed. False when the reservation is full or a
-  // system call fails (nothing changes then).
+  // another arena usable if needed (and growing the page tables ahead, a
+  // doubling at a time). False when the reservation is full, a system call
+  // or the page tables' growth fails (nothing changes then).
   bool map_page();
+  // Pages touched so far: page numbers are below this; map_page may add one.
+  size_t page_count() const { return pages_.size(); }
+  const MemoryCalls& calls() const { return calls_; }
   // Gives a free page's memory back. False when no page is free or madvise
   // fails (the page then stays free and charged).
   bool give_back_free_page();
@@ -148,9 +205,10 @@ class Slab {
   const size_t max_pages_;
   char* base_ = nullptr;          // the reservation, max_pages_ pages
   size_t usable_pages_ = 0;       // readable and writable: whole arenas from base_
-  std::vector<Page> pages_;       // every page touched so far
-  std::vector<uint32_t> free_pages_;   // charged, no class
-  std::vector<uint32_t> given_back_;   // memory handed back, not charged, reused first
+  // Each holds at most one element a page: all three are reserved together.
+  PageTable<Page> pages_{calls_};           // every page touched so far
+  PageTable<uint32_t> free_pages_{calls_};  // charged, no class
+  PageTable<uint32_t> given_back_{calls_};  // memory handed back, not charged, reused first
   uint32_t partial_[kClassCount];      // head of each class's pages-with-free-chunks list
   size_t free_chunks_[kClassCount] = {};  // free chunks in each class's pages
   size_t charged_pages_ = 0;

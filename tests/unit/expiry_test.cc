@@ -25,9 +25,10 @@ struct Fixture {
   ExpiryIndex index{slab};
 
   Fixture() {
+    REQUIRE(index.reserve_pages(64));
     for (int i = 0; i < 8; ++i) REQUIRE(slab.map_page());
   }
-  Entry& entry(Handle handle) { return *reinterpret_cast<Entry*>(slab.at(handle)); }
+  Entry& entry(Handle handle) { return Entry::at(slab, handle); }
   Handle put(uint32_t tick) {
     Handle handle = slab.take(kClass);
     REQUIRE(handle != kNoHandle);
@@ -121,7 +122,7 @@ TEST_CASE("expiry index: a chunk reserved for a batch is not an entry") {
   Fixture f;
   Handle a = f.put(10);
   Handle reserved = f.slab.take(kClass);
-  f.entry(reserved).newer = Entry::kReserved;
+  f.entry(reserved).newer = Entry::kBatchChunk;
   f.entry(reserved).older = 0;
   // Whatever its bytes say, a rescan skips it.
   std::memset(f.slab.at(reserved) + 8, 0xff, Slab::chunk_size(kClass) - 8);

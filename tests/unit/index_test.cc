@@ -127,13 +127,20 @@ TEST_CASE("index: the next table is charged before it is allocated") {
   CHECK(most_jump <= 1024);
 }
 
-TEST_CASE("index: reserve makes room for a batch without a rebuild during it") {
+TEST_CASE("index: reserve makes room for a batch without a rebuild during it, finishing a running one within its bound") {
   Fixture f;
   std::mt19937_64 rng(7);
   std::vector<Handle> live;
+  size_t finished = 0;
   for (int round = 0; round < 600; ++round) {
     size_t count = 1 + rng() % 1000;
-    f.index.reserve(count);
+    bool was_rebuilding = f.index.rebuilding();
+    uint64_t work = f.index.work();
+    // Never false: finish() ends a running rebuild within count + 1 steps
+    // (its bound), so reserve never has to give up.
+    REQUIRE(f.index.reserve(count));
+    CHECK(f.index.work() - work <= (count + 1) * kStep);
+    if (was_rebuilding && !f.index.rebuilding()) ++finished;
     uint64_t charged = f.index.charged_bytes();
     size_t capacity = f.index.capacity();
     bool rebuilding = f.index.rebuilding();
@@ -155,7 +162,68 @@ TEST_CASE("index: reserve makes room for a batch without a rebuild during it") {
     }
     REQUIRE(f.index.size() == live.size());
   }
+  MESSAGE("reserves that finished a running rebuild: " << finished);
   for (Handle h : live) REQUIRE(f.find(h) != nullptr);
+  // A reserve larger than the running rebuild's spare room finishes it
+  // first, within the same bound.
+  Fixture g;
+  Handle h = 0;
+  for (; !g.index.rebuilding() || g.index.size() < 50000; ++h) {
+    g.add_key("r" + std::to_string(h));
+    REQUIRE(g.index.insert(make_key(g.keys[h]), h));
+  }
+  uint64_t work = g.index.work();
+  size_t count = g.index.size();
+  REQUIRE(g.index.reserve(count));
+  MESSAGE("reserve(" << count << ") during a rebuild moved " << g.index.work() - work << " slots");
+  CHECK(g.index.work() > work);
+  CHECK(g.index.work() - work <= (count + 1) * kStep);
+  for (Handle i = 0; i < h; ++i) REQUIRE(g.find(i) != nullptr);
+}
+
+namespace {
+bool fail_allocate = false;
+const MemoryCalls kFailable{
+    system_memory_calls().reserve,
+    system_memory_calls().make_usable,
+    system_memory_calls().give_back,
+    system_memory_calls().unreserve,
+    [](size_t bytes) { return fail_allocate ? nullptr : system_memory_calls().allocate(bytes); },
+    [](void* at) { system_memory_calls().deallocate(at); },
+};
+}  // namespace
+
+TEST_CASE("index: a table that cannot be allocated fails the insert or reserve, and the index stays whole") {
+  std::vector<std::string> keys;
+  HandleIndex<Keys> index{Keys{&keys}, kFailable};
+  auto add = [&](const std::string& name) {
+    keys.push_back(name);
+    return static_cast<Handle>(keys.size() - 1);
+  };
+  fail_allocate = true;
+  Handle first = add("f0");
+  CHECK_FALSE(index.insert(make_key(keys[first]), first));  // not even the first table
+  CHECK_FALSE(index.reserve(1));
+  CHECK(index.size() == 0);
+  fail_allocate = false;
+  Handle n = 0;
+  // Fill the table to its load limit, then fail the next one.
+  for (; index.size() < 14 && index.reserve(1); ++n) {
+    Handle h = add("g" + std::to_string(n));
+    REQUIRE(index.insert(make_key(keys[h]), h));
+  }
+  REQUIRE(index.size() == 14);
+  REQUIRE(index.capacity() == 16);
+  fail_allocate = true;
+  Handle extra = add("extra");
+  CHECK_FALSE(index.reserve(1));
+  CHECK_FALSE(index.insert(make_key(keys[extra]), extra));
+  CHECK(index.find(make_key("extra")) == nullptr);
+  CHECK(index.size() == 14);
+  for (Handle i = 0; i < n; ++i) CHECK(index.find(make_key("g" + std::to_string(i))) != nullptr);
+  fail_allocate = false;
+  CHECK(index.insert(make_key(keys[extra]), extra));
+  CHECK(index.size() == 15);
 }
 
 TEST_CASE("index: shrink rebuilds an index sized for entries since removed") {

@@ -16,11 +16,11 @@ namespace {
 
 // The real system calls, counted, each of which a test can make fail.
 struct Syscalls {
-  static inline bool fail_reserve = false, fail_make_usable = false, fail_give_back = false;
-  static inline int reserves = 0, make_usables = 0, give_backs = 0;
+  static inline bool fail_reserve = false, fail_make_usable = false, fail_give_back = false, fail_allocate = false;
+  static inline int reserves = 0, make_usables = 0, give_backs = 0, allocates = 0;
   static void reset() {
-    fail_reserve = fail_make_usable = fail_give_back = false;
-    reserves = make_usables = give_backs = 0;
+    fail_reserve = fail_make_usable = fail_give_back = fail_allocate = false;
+    reserves = make_usables = give_backs = allocates = 0;
   }
 };
 
@@ -41,7 +41,20 @@ const MemoryCalls kCounted{
       return system_memory_calls().give_back(at, bytes);
     },
     [](void* at, size_t bytes) { return system_memory_calls().unreserve(at, bytes); },
+    [](size_t bytes) -> void* {
+      if (Syscalls::fail_allocate) return nullptr;
+      ++Syscalls::allocates;
+      return system_memory_calls().allocate(bytes);
+    },
+    [](void* at) { system_memory_calls().deallocate(at); },
 };
+
+// Whether the handle is a chunk in use, as the page walk sees it.
+bool in_use(const Slab& slab, Handle handle) {
+  bool found = false;
+  slab.for_each_in_use(Slab::page_of(handle), [&](Handle h) { found |= h == handle; });
+  return found;
+}
 
 constexpr size_t kClass = 9;  // 160-byte chunks
 
@@ -106,9 +119,9 @@ TEST_CASE("emptied pages are given back, uncharged, and reused before the slab g
   CHECK(slab.charged_pages() == 3);
   std::vector<Handle> again = fill(slab);
   CHECK(again.size() == taken.size());
-  for (Handle h : again) CHECK(slab.in_use(h));
+  for (Handle h : again) CHECK(in_use(slab, h));
   slab.release(again.front());
-  CHECK_FALSE(slab.in_use(again.front()));
+  CHECK_FALSE(in_use(slab, again.front()));
 }
 
 TEST_CASE("a failing madvise leaves the page free and charged") {
@@ -124,6 +137,24 @@ TEST_CASE("a failing madvise leaves the page free and charged") {
   // The pages are still good.
   CHECK(fill(slab).size() == taken.size());
   Syscalls::fail_give_back = false;
+}
+
+TEST_CASE("a failing page-table growth adds no page and changes nothing (no throw under the lock)") {
+  Syscalls::reset();
+  Slab slab(1000, kCounted);
+  REQUIRE(slab.map_page());
+  int grown = Syscalls::allocates;  // the first growth: room for 64 pages
+  CHECK(grown == 3);
+  for (int i = 1; i < 64; ++i) REQUIRE(slab.map_page());
+  CHECK(Syscalls::allocates == grown);  // within the reserved room: no allocation
+  Syscalls::fail_allocate = true;
+  CHECK_FALSE(slab.map_page());  // the 65th needs the tables doubled
+  CHECK(slab.page_count() == 64);
+  CHECK(slab.charged_pages() == 64);
+  Syscalls::fail_allocate = false;
+  REQUIRE(slab.map_page());
+  CHECK(slab.page_count() == 65);
+  CHECK(fill(slab).size() == 65 * Slab::chunks_per_page(kClass));
 }
 
 TEST_CASE("a failing mmap or mprotect adds no page and changes nothing") {

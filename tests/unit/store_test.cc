@@ -537,6 +537,57 @@ TEST_CASE("TTL: concurrent puts, gets, deletes and sweeps keep each thread's lat
   CHECK(store.stats().bytes_used <= store.byte_budget());
 }
 
+namespace {
+// The shard's memory calls with an allocation (index tables, page tables)
+// that fails on demand.
+bool fail_allocate = false;
+const MemoryCalls kFailable{
+    system_memory_calls().reserve,
+    system_memory_calls().make_usable,
+    system_memory_calls().give_back,
+    system_memory_calls().unreserve,
+    [](size_t bytes) { return fail_allocate ? nullptr : system_memory_calls().allocate(bytes); },
+    [](void* at) { system_memory_calls().deallocate(at); },
+};
+}  // namespace
+
+TEST_CASE("a failed allocation under the lock (index or page tables) fails the put, changes nothing, and never throws") {
+  FakeClock clock;
+  Shard shard(8 << 20, clock, kFailable);
+  // The page tables cannot grow: no page, so nothing fits.
+  fail_allocate = true;
+  CHECK(shard.put(make_key("a"), "v", 0) == PutStatus::too_large);
+  CHECK(shard.stats().entries == 0);
+  CHECK(shard.stats().bytes_used == 0);
+  fail_allocate = false;
+  // 14 keys fill the index's first table (16 slots, 7/8 load).
+  for (int i = 0; i < 14; ++i) REQUIRE(shard.put(make_key(fmt::format("k{}", i)), "v", 0) == PutStatus::ok);
+  uint64_t used = shard.stats().bytes_used;
+  fail_allocate = true;
+  // A new key needs the next table: refused, with the chunk it took given back.
+  CHECK(shard.put(make_key("new"), "v", 0) == PutStatus::too_large);
+  CHECK_FALSE(shard.get(make_key("new"), [](std::string_view) {}));
+  CHECK(shard.stats().entries == 14);
+  CHECK(shard.stats().bytes_used == used);
+  // Rewrites need no allocation.
+  CHECK(shard.put(make_key("k3"), "w", 0) == PutStatus::ok);
+  CHECK(shard.put(make_key("k4"), std::string(100, 'x'), 0) == PutStatus::ok);
+  // A batch with a new key is refused whole.
+  std::vector<BatchPut> batch{{make_key("k5"), "changed"}, {make_key("new2"), "v"}};
+  for (BatchPut& item : batch) item.chunk = kNoHandle;
+  shard.lock();
+  bool reserved = shard.reserve_locked(batch);
+  shard.unlock();
+  CHECK_FALSE(reserved);
+  std::string value;
+  CHECK(shard.get(make_key("k5"), [&](std::string_view v) { value = std::string(v); }));
+  CHECK(value == "v");
+  fail_allocate = false;
+  CHECK(shard.put(make_key("new"), "v", 0) == PutStatus::ok);
+  CHECK(shard.stats().entries == 15);
+  for (int i = 0; i < 14; ++i) CHECK(shard.get(make_key(fmt::format("k{}", i)), [](std::string_view) {}));
+}
+
 TEST_CASE("bounded work: one call on a large shard does at most a named amount, whatever its size") {
   FakeClock clock;
   Shard shard(96 << 20, clock);
@@ -554,17 +605,30 @@ TEST_CASE("bounded work: one call on a large shard does at most a named amount, 
     return shard.work_steps() - before;
   };
   // A rewrite into another size class needs a chunk (so reclaims) but no
-  // index slot (so no index growth).
+  // index slot (so no index growth, and nothing for its trim to give back).
   std::string other(180, 'w');
-  // A put loops only in its one reclaim.
+  // What such a put needs is a few pages' worth of steps, whatever the
+  // shard's size. Its entries are in at most 4 size classes (key:N with 5
+  // to 10 bytes, values of 100 and 180 bytes), of at most `page` chunks a
+  // page. Its one reclaim evicts until one of them has a page's worth of
+  // free chunks (pigeonhole: at most 4 pages of evictions), then compacts
+  // one page; plus two allocation rounds and one index step.
+  const uint64_t page = Slab::chunks_per_page(Slab::class_for(Entry::size_for(5, 100, false)));
+  const uint64_t put_bound = 4 * page + page + Shard::kMaxAllocateRounds + kRehashStepSlots;
+  // With expired entries due, the reclaim first frees up to
+  // kReclaimExpiredPages pages, each swept and rescanned after at most
+  // kRescansPerCall stale rescans.
+  const uint64_t expiring_put_bound = put_bound + Shard::kReclaimExpiredPages * (2 + ExpiryIndex::kRescansPerCall) * page;
   const uint64_t page_slice = (2 + ExpiryIndex::kRescansPerCall) * Slab::kMaxChunksPerPage;
-  const uint64_t reclaim_bound = Shard::kMaxPutSteps;
+  MESSAGE("bound of one put: " << put_bound << " steps, " << expiring_put_bound << " with expired pages due; "
+          << shard.stats().entries << " entries");
+  REQUIRE(put_bound < shard.stats().entries / 100);  // a put walking the shard fails it
   uint64_t most = 0;
   for (int i = 0; i < 200; ++i) {
     most = std::max(most, work_of([&] { REQUIRE(shard.put(make_key(fmt::format("key:{}", i)), other, 0) == PutStatus::ok); }));
   }
-  MESSAGE("most work of one evicting put: " << most << " (bound " << reclaim_bound << ")");
-  CHECK(most <= reclaim_bound);
+  MESSAGE("most work of one evicting put: " << most);
+  CHECK(most <= put_bound);
   // Half the shard expires at once: a sweep call or a put still does one
   // bounded slice, and the sweep finishes the rest over more calls.
   clock.now += 6000;
@@ -574,7 +638,8 @@ TEST_CASE("bounded work: one call on a large shard does at most a named amount, 
   for (int i = 200; i < 400; ++i) {
     most = std::max(most, work_of([&] { REQUIRE(shard.put(make_key(fmt::format("key:{}", i)), other, 7) == PutStatus::ok); }));
   }
-  CHECK(most <= reclaim_bound);
+  MESSAGE("most work of one put reclaiming expired pages: " << most);
+  CHECK(most <= expiring_put_bound);
   // Rewrites that move TTLs earlier and later, deletes and reads of TTL
   // entries: at most one page rescan each.
   most = 0;
@@ -585,7 +650,8 @@ TEST_CASE("bounded work: one call on a large shard does at most a named amount, 
     most = std::max(most, work_of([&] { shard.get(key, [](std::string_view) {}); }));
     if (i % 3 == 0) most = std::max(most, work_of([&] { shard.erase(key); }));
   }
-  CHECK(most <= reclaim_bound);
+  MESSAGE("most work of one rewrite, get or delete of TTL entries: " << most);
+  CHECK(most <= expiring_put_bound);
   int calls = 0;
   while (shard.sweep_expired(4)) ++calls;
   MESSAGE("sweep calls for the rest: " << calls);
@@ -611,7 +677,7 @@ TEST_CASE("bounded work: the index grows a step at a time, whatever the shard's 
   }
   MESSAGE("index slots rehashed: " << total << " in all, at most " << most << " by one put");
   CHECK(total > n);  // the growth happened, spread over the puts
-  CHECK(most <= kRehashStepSlots);
+  CHECK(most <= kRehashStepSlots + Shard::kMaxAllocateRounds);  // one rebuild step, and its chunk
   CHECK(shard.stats().evictions == 0);
   // Every key is found, during a rebuild and after the sweep finishes it.
   for (int i = 0; i < n; i += 997) CHECK(shard.get(make_key(fmt::format("key:{}", i)), [](std::string_view) {}));
