@@ -7,8 +7,9 @@ build=(meson ninja-build pkg-config g++ cmake libevent-dev libsimdjson-dev libfm
 # prometheus for promtool, docker-compose for the offline compose check,
 # debootstrap + systemd-container to boot the unit under a real systemd;
 # openssl (the command) for the TLS tests' certificates and s_client; wrk
-# for the TLS test that drives it over https (the benchmarks need it too).
-test=(python3 python3-pytest python3-requests python3-prometheus-client python3-yaml systemd curl haproxy
+# for the TLS test that drives it over https (the benchmarks need it too);
+# python3-venv for the Python client's offline install test.
+test=(python3 python3-pytest python3-requests python3-prometheus-client python3-yaml python3-venv systemd curl haproxy
   prometheus docker-compose debootstrap systemd-container openssl wrk)
 sanitize=(clang libclang-rt-14-dev llvm)
 bench=(nginx-light redis-server memcached python3-locust python3-matplotlib valgrind)
