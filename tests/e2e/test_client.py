@@ -51,6 +51,10 @@ def test_batches_larger_than_the_servers_limit_are_split(client):
     client.mput([(keys[0], "x", 100), (keys[1], "y")], ttl=50)
     assert client.mget(keys[:2]) == ["x", "y"]
     assert client.mget([]) == []
+    # 1,000 items of 256-byte keys and values are 0.5 MB of JSON: split to fit 64 KiB bodies
+    big = {("K" * 250) + unique("b")[-6:]: "v" * 256 for _ in range(1000)}
+    client.mput(big)
+    assert client.mget(list(big)) == list(big.values())
 
 
 def test_ttl_expires(client):

@@ -138,22 +138,19 @@ class Client:
         return True
 
     def mget(self, keys):
-        """[value or None, ...] in the order of keys, in requests of at most 1,000 keys."""
+        """[value or None, ...] in the order of keys, in requests of at most 1,000
+        keys and 64 KiB (the server's limits)."""
         keys = list(keys)
         validation.check_keys(keys)
-        values = []
-        for start in range(0, len(keys), validation.MAX_BATCH_ITEMS):
-            values.extend(self._mget(keys[start:start + validation.MAX_BATCH_ITEMS]))
-        return values
+        return self._mget(keys)
 
     def mput(self, items, ttl=None):
         """Stores items: a mapping {key: value} or a sequence of (key, value) or
         (key, value, ttl); `ttl` applies to items without one. All are checked
-        before any is sent; requests of at most 1,000 items."""
+        before any is sent; requests of at most 1,000 items and 64 KiB."""
         items = _items(items, ttl)
         validation.check_items(items)
-        for start in range(0, len(items), validation.MAX_BATCH_ITEMS):
-            self._mput(items[start:start + validation.MAX_BATCH_ITEMS])
+        self._mput(items)
 
     def health(self):
         """True when the node answers GET /health with 200; raises otherwise."""
@@ -187,12 +184,14 @@ class Client:
     # -- the parts Cluster shares -----------------------------------------
 
     def _mget(self, keys):
-        status, body = self.request("POST", "/mget", json.dumps({"keys": keys}).encode())
-        return self._expect_ok((status, body))["values"]
+        values = []
+        for body in _bodies(b"keys", [json.dumps(k).encode() for k in keys]):
+            values.extend(self._expect_ok(self.request("POST", "/mget", body))["values"])
+        return values
 
     def _mput(self, items):
-        body = json.dumps({"items": [_item(*item) for item in items]}).encode()
-        self._expect_ok(self.request("POST", "/mput", body))
+        for body in _bodies(b"items", [json.dumps(_item(*item)).encode() for item in items]):
+            self._expect_ok(self.request("POST", "/mput", body))
 
     def _expect_ok(self, answer):
         status, body = answer
@@ -259,6 +258,21 @@ class Client:
         else:
             pool.give_back(conn)
         return response.status, data
+
+
+def _bodies(field, encoded):
+    """Request bodies {"field":[...]} of the JSON-encoded elements, each within the
+    server's limits: at most 1,000 elements and 64 KiB."""
+    head, tail = b'{"' + field + b'":[', b"]}"
+    chunk, size = [], len(head) + len(tail)
+    for e in encoded:
+        if chunk and (len(chunk) == validation.MAX_BATCH_ITEMS or size + len(e) + 1 > validation.MAX_BODY_BYTES):
+            yield head + b",".join(chunk) + tail
+            chunk, size = [], len(head) + len(tail)
+        chunk.append(e)
+        size += len(e) + 1
+    if chunk:
+        yield head + b",".join(chunk) + tail
 
 
 def _put_body(key, value, ttl):

@@ -10,6 +10,7 @@ MAX_KEY_BYTES = 256
 MAX_VALUE_BYTES = 256
 MAX_TTL_SECONDS = 2147483647
 MAX_BATCH_ITEMS = 1000  # per request; the client splits larger batches
+MAX_BODY_BYTES = 65536  # a request body's limit; batches are split to fit
 
 
 def key_error(key):

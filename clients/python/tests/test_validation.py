@@ -123,3 +123,15 @@ def test_ca_needs_https():
 def test_bad_timeout():
     with pytest.raises(ValueError):
         Client("http://127.0.0.1:7171", timeout=0)
+
+
+def test_batch_bodies_fit_the_servers_limits():
+    import json
+    from kvcache.client import _bodies
+    items = [json.dumps({"key": f"k{i:0250d}", "value": "\u0001" * 256}).encode() for i in range(3000)]
+    bodies = list(_bodies(b"items", items))
+    assert all(len(b) <= 65536 for b in bodies)
+    assert [e for b in bodies for e in json.loads(b)["items"]] == [json.loads(e) for e in items]
+    small = list(_bodies(b"keys", [json.dumps(f"k{i}").encode() for i in range(2500)]))
+    assert [len(json.loads(b)["keys"]) for b in small] == [1000, 1000, 500]
+    assert list(_bodies(b"keys", [])) == []
