@@ -11,6 +11,8 @@ client's own CPU cost (docs/benchmarks.md, "The Python client's routes").
      proxy   kvcache.Client(HAProxy)                 any HTTP client's route
      client  kvcache.Cluster([node1, node2])         straight to each key's node
      direct  kvcache.Client(node1)                   one node, no routing at all
+     split   kvcache.Client(node1) and (node2) taken in turn, no ring: what two
+             nodes sharing the load cost the server side, routing aside
    The routes alternate, ROUNDS times. Per route: requests/s, p50/p99 latency
    seen by the load processes, and the server side's CPU per request: user +
    system time of both nodes and of HAProxy (master and worker) from
@@ -18,11 +20,15 @@ client's own CPU cost (docs/benchmarks.md, "The Python client's routes").
    during the client and direct routes too (health checks only): its CPU is
    counted in all three.
 2. Client CPU: one process, the same mixed requests one at a time, CPU time
-   (time.process_time) per request of a plain http.client loop to node1 (keep-
-   alive, json.dumps/json.loads, as by hand), of kvcache.Client(node1) and of
-   kvcache.Cluster([node1, node2]); runs alternate, CLIENT_ROUNDS times, medians.
+   (time.process_time, user + system) per request of a plain http.client loop
+   to node1 (keep-alive, json.dumps/json.loads, as by hand), of
+   kvcache.Client(node1), of kvcache.Cluster([node1]) (the same requests to the
+   same node, through the ring, the pool and the breaker) and of
+   kvcache.Cluster([node1, node2]); runs alternate, CLIENT_ROUNDS times,
+   medians. Then the same without the network (each request() answered at once
+   by a stub): the Python work alone of each, the part the client adds.
 
-Env: DURATION (10) ROUNDS (1) PROCS (4) CLIENT_REQUESTS (20000) CLIENT_ROUNDS (3)
+Env: DURATION (10) ROUNDS (3) PROCS (4) CLIENT_REQUESTS (20000) CLIENT_ROUNDS (3)
      PORT (17400: HAProxy, nodes on +1 and +2, stats on +100) KVCACHE (build/kvcache).
 Loopback only; every wait bounded; only the processes started here are stopped.
 """
@@ -44,7 +50,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import kvcache  # noqa: E402
 
 DURATION = float(os.environ.get("DURATION", "10"))
-ROUNDS = int(os.environ.get("ROUNDS", "1"))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
 PROCS = int(os.environ.get("PROCS", "4"))
 CLIENT_REQUESTS = int(os.environ.get("CLIENT_REQUESTS", "20000"))
 CLIENT_ROUNDS = int(os.environ.get("CLIENT_ROUNDS", "3"))
@@ -54,6 +60,7 @@ KEYS = 5000
 VALUE = "x" * 128
 PUT_RATIO = 0.3
 TICK = os.sysconf("SC_CLK_TCK")
+ROUTES = ("proxy", "client", "direct", "split")
 
 
 def ops(seed, n=None):
@@ -65,9 +72,29 @@ def ops(seed, n=None):
         i += 1
 
 
+class Alternate:
+    """Two clients taken in turn, whatever the key."""
+
+    def __init__(self, a, b):
+        self.clients = [a, b]
+        self.n = 0
+
+    def _next(self):
+        self.n += 1
+        return self.clients[self.n & 1]
+
+    def put(self, key, value):
+        return self._next().put(key, value)
+
+    def get(self, key):
+        return self._next().get(key)
+
+
 def make(route, urls):
     if route == "client":
         return kvcache.Cluster([urls["node1"], urls["node2"]])
+    if route == "split":
+        return Alternate(kvcache.Client(urls["node1"]), kvcache.Client(urls["node2"]))
     return kvcache.Client(urls["proxy" if route == "proxy" else "node1"])
 
 
@@ -175,20 +202,64 @@ def with_client(cache, n, seed):
     cache.close()
 
 
+CLIENT_VARIANTS = ("http.client loop", "kvcache.Client", "Cluster, 1 node", "Cluster, 2 nodes")
+
+
+def client_for(name, urls):
+    if name == "kvcache.Client":
+        return kvcache.Client(urls["node1"])
+    if name == "Cluster, 1 node":
+        return kvcache.Cluster([urls["node1"]])
+    return kvcache.Cluster([urls["node1"], urls["node2"]])
+
+
 def client_cpu(urls):
-    runs = {"http.client loop": [], "kvcache.Client": [], "kvcache.Cluster": []}
+    runs = {name: [] for name in CLIENT_VARIANTS}
     for r in range(CLIENT_ROUNDS):
         for name in runs:
             seed = 7 + r
             t0 = time.process_time()
             if name == "http.client loop":
                 plain_loop(urls["node1"], CLIENT_REQUESTS, seed)
-            elif name == "kvcache.Client":
-                with_client(kvcache.Client(urls["node1"]), CLIENT_REQUESTS, seed)
             else:
-                with_client(kvcache.Cluster([urls["node1"], urls["node2"]]), CLIENT_REQUESTS, seed)
+                with_client(client_for(name, urls), CLIENT_REQUESTS, seed)
             runs[name].append((time.process_time() - t0) / CLIENT_REQUESTS * 1e6)
     return {name: statistics.median(v) for name, v in runs.items()}, runs
+
+
+GET_ANSWER = (200, b'{"status":"OK","key":"k","value":"' + VALUE.encode() + b'"}')
+PUT_ANSWER = (200, b'{"status":"OK","message":"Key inserted/updated successfully."}')
+
+
+def stub(method, target, body=None, deadline=None):
+    return PUT_ANSWER if method == "POST" else GET_ANSWER
+
+
+def plain_no_network(n, seed):
+    """plain_loop's own work: the same encoding and decoding, no socket."""
+    for is_put, key in ops(seed, n):
+        if is_put:
+            status, _ = stub("POST", "/put", json.dumps({"key": key, "value": VALUE}).encode())
+        else:
+            status, data = stub("GET", "/get?key=" + quote(key, safe=""))
+            json.loads(data)["value"]
+
+
+def python_cpu(urls, n=50000):
+    """us per request of each variant's Python work, the network replaced by stub()."""
+    runs = {name: [] for name in CLIENT_VARIANTS}
+    for r in range(CLIENT_ROUNDS):
+        for name in runs:
+            t0 = time.process_time()
+            if name == "http.client loop":
+                plain_no_network(n, 7 + r)
+            else:
+                cache = client_for(name, urls)
+                for c in getattr(cache, "nodes", {0: cache}).values():
+                    c.request = stub
+                with_client(cache, n, 7 + r)
+            runs[name].append((time.process_time() - t0) / n * 1e6)
+    return {name: statistics.median(v) for name, v in runs.items()}
 
 
 def cluster_sh(*args):
@@ -212,26 +283,29 @@ def main():
         kvcache.Client(urls["node1"]).mput({f"key:{i}": VALUE for i in range(1, KEYS + 1, 2)})
         rows = []
         for r in range(ROUNDS):
-            for route in ("proxy", "client", "direct"):
+            for route in ROUTES:
                 row = run_route(route, urls, server_pids)
                 row["load"] = os.getloadavg()[0]
                 rows.append(row)
                 print(f"round {r + 1} {route:6s}: {row['rps']:8.0f} req/s  p50 {row['p50_ms']:.3f} ms  "
                       f"p99 {row['p99_ms']:.3f} ms  server CPU {row['server_cpu_us']:.1f} us/req  "
                       f"errors {row['errors']}  load {row['load']:.1f}", flush=True)
-        by = {route: [r for r in rows if r["route"] == route] for route in ("proxy", "client", "direct")}
+        by = {route: [r for r in rows if r["route"] == route] for route in ROUTES}
         med = {route: {k: statistics.median(r[k] for r in v) for k in ("rps", "p99_ms", "server_cpu_us")}
                for route, v in by.items()}
         d = med["direct"]
-        for route in ("proxy", "client"):
+        for route in ("proxy", "client", "split"):
             m = med[route]
             print(f"{route} / direct: throughput {m['rps'] / d['rps']:.2f}x, p99 {m['p99_ms'] / d['p99_ms']:.2f}x, "
                   f"server CPU per request {m['server_cpu_us'] / d['server_cpu_us']:.2f}x")
         medians, runs = client_cpu(urls)
+        python = python_cpu(urls)
         base = medians["http.client loop"]
         for name, us in medians.items():
+            added = python[name] - python["http.client loop"]
             print(f"client CPU {name:17s}: {us:6.1f} us/request ({us / base:.2f}x; runs "
-                  f"{', '.join(f'{x:.1f}' for x in runs[name])})")
+                  f"{', '.join(f'{x:.1f}' for x in runs[name])}); without the network {python[name]:.1f} us, "
+                  f"{added:+.1f} us = {added / base * 100:+.1f}% of the plain loop's {base:.1f} us", flush=True)
         print(f"load average after: {os.getloadavg()}")
     finally:
         cluster_sh("down")

@@ -126,7 +126,9 @@ class Client:
     def put(self, key, value, ttl=None):
         """Stores key = value; ttl in whole seconds (None or 0: no expiry)."""
         validation.check_item(key, value, ttl)
-        self._expect_ok(self.request("POST", "/put", _put_body(key, value, ttl)))
+        status, body = self.request("POST", "/put", _put_body(key, value, ttl))
+        if status != 200:  # a 200 from /put is always {"status":"OK",...}: not parsed
+            raise self._error(status, body)
 
     def delete(self, key):
         """Removes key; True if it was there."""
@@ -134,7 +136,8 @@ class Client:
         status, body = self.request("POST", "/delete", json.dumps({"key": key}).encode())
         if status == 404 and body == b'{"status":"ERROR","message":"Key not found."}':
             return False
-        self._expect_ok((status, body))
+        if status != 200:
+            raise self._error(status, body)
         return True
 
     def mget(self, keys):
@@ -191,7 +194,9 @@ class Client:
 
     def _mput(self, items):
         for body in _bodies(b"items", [json.dumps(_item(*item)).encode() for item in items]):
-            self._expect_ok(self.request("POST", "/mput", body))
+            status, answer = self.request("POST", "/mput", body)
+            if status != 200:
+                raise self._error(status, answer)
 
     def _expect_ok(self, answer):
         status, body = answer

@@ -99,7 +99,9 @@ class Cluster:
         nor a 503), once more from the owner without that node."""
         deadline = time.monotonic() + self.timeout
         h = key_hash(key)
-        down = self._excluded()
+        down = self._down
+        if down:
+            down = self._excluded()
         node = self.ring.owner_of_hash(h, down)
         if node is None:
             raise Unavailable("every node's circuit breaker is open")
@@ -143,7 +145,8 @@ class Cluster:
         validation.check_item(key, value, ttl)
         body = json.dumps({"key": key, "value": value, "ttl": ttl} if ttl else {"key": key, "value": value})
         status, data, client = self._call(key, "POST", "/put", body.encode())
-        client._expect_ok((status, data))
+        if status != 200:
+            raise client._error(status, data)
 
     def delete(self, key):
         """True if the key was there."""
@@ -151,7 +154,8 @@ class Cluster:
         status, data, client = self._call(key, "POST", "/delete", json.dumps({"key": key}).encode())
         if status == 404 and data == NOT_FOUND:
             return False
-        client._expect_ok((status, data))
+        if status != 200:
+            raise client._error(status, data)
         return True
 
     def mget(self, keys):
