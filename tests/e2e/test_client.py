@@ -248,3 +248,11 @@ def test_a_restarted_server_is_reached_again_without_an_error(start_server, tmp_
         assert again.port == srv.port
         assert c.get("kept") == "v"
         assert c.get("kept") == "v"
+
+
+def test_readme_python_lines_run_as_shown(server, capsys):
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("```python\n", text.index("From Python")) + 10:]
+    block = block[:block.index("\n```")]
+    exec(compile(block.replace("http://localhost:7171", server.url), "README.md", "exec"), {})
+    assert capsys.readouterr().out == "test\n"
