@@ -28,7 +28,10 @@ client's own CPU cost (docs/benchmarks.md, "The Python client's routes").
    medians. Then the same without the network (each request() answered at once
    by a stub): the Python work alone of each, the part the client adds.
 
-Env: DURATION (10) ROUNDS (3) PROCS (4) CLIENT_REQUESTS (20000) CLIENT_ROUNDS (3)
+   RATE=N paces the load at N requests/s in all (each process sends on a
+   schedule): every route then serves the same rate, so CPU per request is
+   compared at equal load (unset: back to back, each route as fast as it goes).
+Env: RATE (unset) DURATION (10) ROUNDS (3) PROCS (4) CLIENT_REQUESTS (20000) CLIENT_ROUNDS (3)
      PORT (17400: HAProxy, nodes on +1 and +2, stats on +100) KVCACHE (build/kvcache).
 Loopback only; every wait bounded; only the processes started here are stopped.
 """
@@ -52,6 +55,7 @@ import kvcache  # noqa: E402
 DURATION = float(os.environ.get("DURATION", "10"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 PROCS = int(os.environ.get("PROCS", "4"))
+RATE = float(os.environ.get("RATE", "0"))
 CLIENT_REQUESTS = int(os.environ.get("CLIENT_REQUESTS", "20000"))
 CLIENT_ROUNDS = int(os.environ.get("CLIENT_ROUNDS", "3"))
 PORT = int(os.environ.get("PORT", "17400"))
@@ -102,7 +106,14 @@ def load(route, urls, seed, start, stop_at, out):
     cache = make(route, urls)
     latencies, errors = [], 0
     start.wait(30)
+    interval = PROCS / RATE if RATE else 0
+    due = time.perf_counter()
     for is_put, key in ops(seed):
+        if interval:
+            due += interval
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
         t0 = time.perf_counter()
         if t0 >= stop_at.value:
             break
@@ -270,7 +281,8 @@ def cluster_sh(*args):
 
 
 def main():
-    print(f"binary: {KVCACHE}; load average before: {os.getloadavg()}")
+    print(f"binary: {KVCACHE}; {PROCS} load processes, " + (f"{RATE:g} requests/s in all" if RATE else "back to back")
+          + f", {DURATION:g} s per run; load average before: {os.getloadavg()}")
     out = cluster_sh("up", "2")
     pids = {}
     for line in out.splitlines():
