@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO / "clients" / "python"))
 import kvcache  # noqa: E402
 
 VECTORS = REPO / "clients" / "python" / "tests" / "ring_vectors.json"
+needs_haproxy = pytest.mark.skipif(not HAPROXY, reason="haproxy is not installed (tools/install-deps.sh test)")
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,7 @@ def wait_for(what, predicate, seconds):
     pytest.fail(f"{what} not within {seconds} s")
 
 
+@needs_haproxy
 @pytest.mark.parametrize("n", [3, 5])
 def test_ring_vectors_match_haproxy_all_up_and_one_down(make_cluster, vectors, n):
     c = make_cluster()
@@ -113,6 +115,7 @@ def test_ring_vectors_match_haproxy_all_up_and_one_down(make_cluster, vectors, n
         assert cluster.mget(node2_keys) == ["proxy"] * len(node2_keys)
 
 
+@needs_haproxy
 def test_client_and_proxy_agree_with_every_node_up(make_cluster):
     c = make_cluster()
     c.up(3)
