@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <array>
 #include <iterator>
 
 namespace kv {
@@ -24,64 +26,92 @@ constexpr std::string_view kWrongToken = "WWW-Authenticate: Bearer realm=\"kvcac
 
 }  // namespace
 
+namespace {
+
+constexpr int kReadCodes[] = {200, 400, 401, 404};  // get, delete
+constexpr int kWriteCodes[] = {200, 400, 401, 507};  // put, mput
+constexpr int kMgetCodes[] = {200, 400, 401};
+constexpr int kHealthCodes[] = {200};
+constexpr int kMetricsCodes[] = {200, 401};
+constexpr int kSnapshotCodes[] = {200, 401, 409, 500};
+constexpr int kOtherCodes[] = {404};  // no endpoint
+
+}  // namespace
+
 const RequestHandler::Endpoint RequestHandler::kEndpoints[] = {
-    {"get", "/get", http::Method::get, false, &RequestHandler::get},
-    {"put", "/put", http::Method::post, false, &RequestHandler::put},
-    {"delete", "/delete", http::Method::post, false, &RequestHandler::del},
-    {"mput", "/mput", http::Method::post, false, &RequestHandler::mput},
-    {"mget", "/mget", http::Method::post, false, &RequestHandler::mget},
-    {"health", "/health", http::Method::get, true, &RequestHandler::health},
-    {"metrics", "/metrics", http::Method::get, false, &RequestHandler::metrics},
-    {"snapshot", "/snapshot", http::Method::post, false, &RequestHandler::snapshot},
+    {"get", "/get", http::Method::get, false, &RequestHandler::get, kReadCodes},
+    {"put", "/put", http::Method::post, false, &RequestHandler::put, kWriteCodes},
+    {"delete", "/delete", http::Method::post, false, &RequestHandler::del, kReadCodes},
+    {"mput", "/mput", http::Method::post, false, &RequestHandler::mput, kWriteCodes},
+    {"mget", "/mget", http::Method::post, false, &RequestHandler::mget, kMgetCodes},
+    {"health", "/health", http::Method::get, true, &RequestHandler::health, kHealthCodes},
+    {"metrics", "/metrics", http::Method::get, false, &RequestHandler::metrics, kMetricsCodes},
+    {"snapshot", "/snapshot", http::Method::post, false, &RequestHandler::snapshot, kSnapshotCodes},
 };
 const size_t RequestHandler::kEndpointCount = std::size(kEndpoints);
 
 namespace {
 
-// A request to no endpoint is counted as "other".
-constexpr std::string_view kOtherEndpoint = "other";
-constexpr size_t kStatusSlots = http::kStatusCount + 1;  // and "other"
+// A request to no endpoint is counted as "other", and so is a status missing from http::kStatusCodes.
+constexpr std::string_view kOther = "other";
+constexpr size_t kStatusSlots = http::kStatusCount + 1;
+
+// "200", "404", ...: the code label's values.
+constexpr auto kCodeText = [] {
+  std::array<std::array<char, 3>, http::kStatusCount> text{};
+  for (size_t i = 0; i < http::kStatusCount; ++i) {
+    int code = http::kStatusCodes[i].code;
+    text[i] = {static_cast<char>('0' + code / 100), static_cast<char>('0' + code / 10 % 10),
+               static_cast<char>('0' + code % 10)};
+  }
+  return text;
+}();
+
+std::string_view endpoint_label(size_t index) {
+  return index < RequestHandler::kEndpointCount ? RequestHandler::kEndpoints[index].name : kOther;
+}
+
+std::string_view code_label(size_t index) {
+  return index < http::kStatusCount ? std::string_view(kCodeText[index].data(), 3) : kOther;
+}
+
+bool known_request_series(size_t series) {
+  size_t endpoint = series / kStatusSlots;
+  size_t status = series % kStatusSlots;
+  if (status == http::kStatusCount) return false;
+  std::span<const int> codes =
+      endpoint < RequestHandler::kEndpointCount ? RequestHandler::kEndpoints[endpoint].codes : kOtherCodes;
+  return std::find(codes.begin(), codes.end(), http::kStatusCodes[status].code) != codes.end();
+}
+
+constexpr std::string_view kAuthReasons[] = {"missing", "wrong"};
+const MetricLabel kRequestLabels[] = {{"endpoint", RequestHandler::kEndpointCount + 1, endpoint_label},
+                                      {"code", kStatusSlots, code_label}};
+constexpr MetricLabel kAuthLabels[] = {label<kAuthReasons>("reason")};
+
+const MetricDecl kApiMetricDecls[] = {
+    {"kvcache_requests_total", MetricType::counter, "HTTP requests answered, by endpoint and status code.",
+     kRequestLabels, {}, 1, known_request_series},
+    {"kvcache_auth_failures_total", MetricType::counter, "Requests refused with 401, by reason.", kAuthLabels},
+    {"kvcache_gzip_responses_total", MetricType::counter, "Responses sent gzip-compressed."},
+};
+constexpr MetricTable kApiDecls(kApiMetricDecls);
+const size_t kAuthFailuresSlot = slot_of(kApiDecls, "kvcache_auth_failures_total");
+const size_t kGzipResponsesSlot = slot_of(kApiDecls, "kvcache_gzip_responses_total");
 
 }  // namespace
 
-ApiCounters::ApiCounters() : requests(new Counter[(RequestHandler::kEndpointCount + 1) * kStatusSlots]) {}
+const MetricTable kApiMetrics = kApiDecls;
 
 void ApiCounters::count_request(size_t endpoint, int code) {
-  requests[endpoint * kStatusSlots + http::status_index(code)].add();
+  row_[endpoint * kStatusSlots + http::status_index(code)].add();  // kvcache_requests_total is slot 0
 }
 
-ApiMetrics::ApiMetrics(unsigned workers) {
-  for (unsigned i = 0; i < workers; ++i) workers_.push_back(std::make_unique<ApiCounters>());
-}
+void ApiCounters::count_auth_failure(bool missing) { row_[kAuthFailuresSlot + (missing ? 0 : 1)].add(); }
 
-void ApiMetrics::render(std::string& out) const {
-  auto sum = [&](auto counter) {
-    uint64_t total = 0;
-    for (const auto& worker : workers_) total += counter(*worker).get();
-    return total;
-  };
-  exposition::family(out, "kvcache_requests_total", "counter", "HTTP requests answered, by endpoint and status code.");
-  for (size_t e = 0; e <= RequestHandler::kEndpointCount; ++e) {
-    std::string_view endpoint = e < RequestHandler::kEndpointCount ? RequestHandler::kEndpoints[e].name : kOtherEndpoint;
-    for (size_t s = 0; s < kStatusSlots; ++s) {
-      uint64_t total = sum([&](const ApiCounters& c) -> const Counter& { return c.requests[e * kStatusSlots + s]; });
-      if (total == 0) continue;
-      std::string code = s < http::kStatusCount ? std::to_string(http::kStatusCodes[s].code) : "other";
-      fmt::format_to(std::back_inserter(out), "kvcache_requests_total{{endpoint=\"{}\",code=\"{}\"}} {}\n", endpoint,
-                     code, total);
-    }
-  }
-  exposition::family(out, "kvcache_auth_failures_total", "counter", "Requests refused with 401, by reason.");
-  constexpr std::string_view kReasons[] = {"missing", "wrong"};
-  for (size_t r = 0; r < std::size(kReasons); ++r) {
-    fmt::format_to(std::back_inserter(out), "kvcache_auth_failures_total{{reason=\"{}\"}} {}\n", kReasons[r],
-                   sum([&](const ApiCounters& c) -> const Counter& { return c.auth_failures[r]; }));
-  }
-  exposition::single(out, "kvcache_gzip_responses_total", "counter", "Responses sent gzip-compressed.",
-                     sum([](const ApiCounters& c) -> const Counter& { return c.gzip_responses; }));
-}
+void ApiCounters::count_gzip_response() { row_[kGzipResponsesSlot].add(); }
 
-RequestHandler::RequestHandler(Store& store, const Metrics& metrics, ApiCounters& counters,
+RequestHandler::RequestHandler(Store& store, const Metrics& metrics, ApiCounters counters,
                                const http::DateHeader& date, const TokenStore* tokens)
     : store_(store),
       metrics_(metrics),
@@ -113,7 +143,7 @@ void RequestHandler::body_response(int code, std::string_view content_type, Conn
   if (body.size() >= gzip::kCompressThreshold && gzip::accepts_gzip(accept_encoding_)) {
     body = deflater_.compress(body);
     headers = kGzipHeaders;
-    counters_.gzip_responses.add();
+    counters_.count_gzip_response();
   }
   http::append_head(out, {code, body.size(), mode, headers, content_type}, date_);
   out += body;
@@ -134,7 +164,7 @@ bool RequestHandler::admit(const http::Request& request, std::string_view& body,
   if (tokens_ && !open) {
     AuthResult result = tokens_->check(request.authorization);
     if (result != AuthResult::ok) {
-      counters_.auth_failures[result == AuthResult::missing ? 0 : 1].add();
+      counters_.count_auth_failure(result == AuthResult::missing);
       log_auth_failure(result);
       message(401, result == AuthResult::missing ? "missing bearer token" : "invalid bearer token", mode, out,
               result == AuthResult::missing ? kMissingToken : kWrongToken);

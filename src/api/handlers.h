@@ -24,26 +24,21 @@
 
 namespace kv {
 
-// The API's counters of one worker thread (written by it alone).
-struct ApiCounters {
-  ApiCounters();
-  void count_request(size_t endpoint, int code);
+// The API's metrics (declared in handlers.cc): requests by endpoint and
+// status, 401s by reason, gzip responses; kept in WorkerCounters.
+extern const MetricTable kApiMetrics;
 
-  // [endpoint index (one more for "other")][status index in http::kStatusCodes (one more for "other")]
-  std::unique_ptr<Counter[]> requests;
-  Counter auth_failures[2];  // by reason: missing, wrong
-  Counter gzip_responses;
-};
-
-// The API's part of /metrics: requests by endpoint and status, 401s by reason, gzip responses.
-class ApiMetrics final : public MetricsSource {
+// One worker thread's row of the API's WorkerCounters (written by it alone).
+class ApiCounters {
  public:
-  explicit ApiMetrics(unsigned workers);
-  ApiCounters& worker(unsigned index) { return *workers_[index]; }
-  void render(std::string& out) const override;
+  explicit ApiCounters(Counter* row) : row_(row) {}
+  // endpoint: an index in RequestHandler::kEndpoints, kEndpointCount for none.
+  void count_request(size_t endpoint, int code);
+  void count_auth_failure(bool missing);
+  void count_gzip_response();
 
  private:
-  std::vector<std::unique_ptr<ApiCounters>> workers_;
+  Counter* row_;
 };
 
 // Bodies built before their head (mget, metrics) go to a scratch buffer kept
@@ -64,13 +59,16 @@ class RequestHandler final : public http::Handler {
     http::Method method;    // a GET endpoint answers HEAD too
     bool open;              // served without a token (load balancers' health checks)
     Serve serve;
+    // The statuses it answers in normal use: their request counters exist
+    // from the start, at zero, as client libraries create known series.
+    std::span<const int> codes;
   };
   static const Endpoint kEndpoints[];
   static const size_t kEndpointCount;
   static std::span<const Endpoint> endpoints() { return {kEndpoints, kEndpointCount}; }
 
   // With `tokens`, every request but those to an open endpoint must present one of them.
-  RequestHandler(Store& store, const Metrics& metrics, ApiCounters& counters, const http::DateHeader& date,
+  RequestHandler(Store& store, const Metrics& metrics, ApiCounters counters, const http::DateHeader& date,
                  const TokenStore* tokens = nullptr);
 
   // http::Handler. A response body built larger than `body_limit` is
@@ -116,7 +114,7 @@ class RequestHandler final : public http::Handler {
 
   Store& store_;
   const Metrics& metrics_;
-  ApiCounters& counters_;
+  ApiCounters counters_;
   const http::DateHeader& date_;
   RequestBodyDecoder decoder_;
   std::vector<BatchPut> batch_;          // the /mput being stored

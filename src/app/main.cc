@@ -7,6 +7,7 @@
 #include "log.h"
 #include "memory_limit.h"
 #include "metrics.h"
+#include "process_metrics.h"
 #include "service_notify.h"
 #include "snapshot.h"
 #include "store.h"
@@ -186,13 +187,16 @@ int main(int argc, char** argv) {
   // Connection buffers get their own share of the limit, the store the rest.
   BufferBudget buffers(memory_limit / kBufferBudgetDivisor);
   Store store(config.shards, store_budget(memory_limit - buffers.limit(), overhead), clock);
-  // Each subsystem's counters, strung together for /metrics.
-  ApiMetrics api_metrics(config.threads);
-  ConnectionMetrics connection_metrics(config.threads, buffers, config.max_connections);
+  // Each module's declared metrics, strung together for /metrics.
+  WorkerCounters api_metrics(kApiMetrics, config.threads);
+  WorkerCounters connection_metrics(kConnectionMetrics, config.threads);
+  ComputedMetrics connection_gauge_metrics = connection_gauges(buffers, config.max_connections);
   StoreMetrics store_metrics(store);
-  Metrics metrics(memory_limit);
+  ProcessMetrics process_metrics(memory_limit);
+  Metrics metrics;
   metrics.add(api_metrics);
   metrics.add(connection_metrics);
+  metrics.add(connection_gauge_metrics);
   metrics.add(store_metrics);
   if (tls) metrics.add(tls->metrics());
   std::unique_ptr<Snapshotter> snapshots;
@@ -202,13 +206,14 @@ int main(int argc, char** argv) {
     // Before listening: clients see the restored cache, or connection refused.
     if (!snapshots->load()) return 2;
   }
+  metrics.add(process_metrics);
   std::atomic<unsigned> open_connections{0};
   const WorkerOptions options = worker_options(config);
   std::vector<std::unique_ptr<Loop>> loops;
   for (unsigned i = 0; i < config.threads; ++i) {
     auto& loop = *loops.emplace_back(std::make_unique<Loop>());
-    loop.handler = std::make_unique<RequestHandler>(store, metrics, api_metrics.worker(i), loop.date, token_store.get());
-    loop.worker = std::make_unique<Worker>(i, options, *loop.handler, loop.date, connection_metrics.worker(i),
+    loop.handler = std::make_unique<RequestHandler>(store, metrics, ApiCounters(api_metrics.worker(i)), loop.date, token_store.get());
+    loop.worker = std::make_unique<Worker>(i, options, *loop.handler, loop.date, ConnectionCounters(connection_metrics.worker(i)),
                                            open_connections, buffers, tls.get());
     if (snapshots) loop.handler->enable_snapshots(snapshots.get(), [w = loop.worker.get()] { w->wake_deferred(); });
     if (Result<void> listening = loop.worker->listen(); !listening) {

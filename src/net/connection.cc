@@ -18,62 +18,70 @@ size_t held(const std::string& s) {
 
 }  // namespace
 
+namespace {
+
+constexpr uint64_t kNanosPerSecond = 1000000000;
+
+constexpr MetricDecl kConnectionMetricDecls[] = {
+    {"kvcache_request_duration_seconds", MetricType::histogram,
+     "Time from reading a request to its response being ready, in the server.", {}, kLatencyBuckets, kNanosPerSecond},
+    {"kvcache_connections_open", MetricType::gauge, "Client connections currently open."},
+    {"kvcache_connections_total", MetricType::counter, "Client connections accepted."},
+    {"kvcache_connections_rejected_total", MetricType::counter, "Connections refused over --max-connections."},
+    {"kvcache_connections_idle_closed_total", MetricType::counter,
+     "Idle keep-alive connections closed to make room in the connection buffer budget for a new one."},
+    {"kvcache_connections_refused_total", MetricType::counter,
+     "New connections closed at accept: the connection buffer budget could not pay for their TLS state."},
+};
+constexpr MetricTable kConnectionDecls(kConnectionMetricDecls);
+constexpr size_t kLatencySlot = slot_of(kConnectionDecls, "kvcache_request_duration_seconds");
+constexpr size_t kLatencySumSlot = kLatencySlot + kLatencyBuckets.size() + 1;
+constexpr size_t kOpenSlot = slot_of(kConnectionDecls, "kvcache_connections_open");
+constexpr size_t kAcceptedSlot = slot_of(kConnectionDecls, "kvcache_connections_total");
+constexpr size_t kRejectedSlot = slot_of(kConnectionDecls, "kvcache_connections_rejected_total");
+constexpr size_t kIdleClosedSlot = slot_of(kConnectionDecls, "kvcache_connections_idle_closed_total");
+constexpr size_t kRefusedSlot = slot_of(kConnectionDecls, "kvcache_connections_refused_total");
+
+constexpr MetricDecl kConnectionGaugeDecls[] = {
+    {"kvcache_connection_buffer_budget_bytes", MetricType::gauge,
+     "The part of the memory limit for connection input and output buffers."},
+    {"kvcache_connection_buffer_bytes", MetricType::gauge,
+     "Bytes held in connection buffers (input carried over, output not yet sent)."},
+    {"kvcache_connections_max", MetricType::gauge, "--max-connections: open connections allowed."},
+};
+
+}  // namespace
+
+const MetricTable kConnectionMetrics = kConnectionDecls;
+const MetricTable kConnectionGauges(kConnectionGaugeDecls);
+
 void ConnectionCounters::observe_latency(uint64_t nanoseconds) {
   size_t bucket = 0;
   while (bucket < kLatencyBuckets.size() && nanoseconds > kLatencyBuckets[bucket] * 1e9) ++bucket;
-  latency_buckets[bucket].add();
-  latency_sum_ns.add(nanoseconds);
+  row_[kLatencySlot + bucket].add();
+  row_[kLatencySumSlot].add(nanoseconds);
 }
 
-ConnectionMetrics::ConnectionMetrics(unsigned workers, const BufferBudget& buffers, unsigned max_connections)
-    : buffers_(buffers), max_connections_(max_connections) {
-  for (unsigned i = 0; i < workers; ++i) workers_.push_back(std::make_unique<ConnectionCounters>());
+void ConnectionCounters::opened() {
+  row_[kAcceptedSlot].add();
+  row_[kOpenSlot].add();
 }
 
-void ConnectionMetrics::render(std::string& out) const {
-  using namespace exposition;
-  auto sum = [&](auto member) {
-    uint64_t total = 0;
-    for (const auto& worker : workers_) total += ((*worker).*member).get();
-    return total;
-  };
-  family(out, "kvcache_request_duration_seconds", "histogram",
-         "Time from reading a request to its response being ready, in the server.");
-  uint64_t cumulative = 0;
-  for (size_t b = 0; b <= kLatencyBuckets.size(); ++b) {
-    for (const auto& worker : workers_) cumulative += worker->latency_buckets[b].get();
-    if (b < kLatencyBuckets.size()) {
-      fmt::format_to(std::back_inserter(out), "kvcache_request_duration_seconds_bucket{{le=\"{}\"}} {}\n",
-                     kLatencyBuckets[b], cumulative);
-    } else {
-      fmt::format_to(std::back_inserter(out), "kvcache_request_duration_seconds_bucket{{le=\"+Inf\"}} {}\n",
-                     cumulative);
-    }
-  }
-  sample(out, "kvcache_request_duration_seconds_sum", static_cast<double>(sum(&ConnectionCounters::latency_sum_ns)) / 1e9);
-  sample(out, "kvcache_request_duration_seconds_count", cumulative);
-  single(out, "kvcache_connection_buffer_budget_bytes", "gauge",
-         "The part of the memory limit for connection input and output buffers.", buffers_.limit());
-  single(out, "kvcache_connection_buffer_bytes", "gauge",
-         "Bytes held in connection buffers (input carried over, output not yet sent).", buffers_.used());
-  uint64_t accepted = sum(&ConnectionCounters::accepted);
-  uint64_t closed = sum(&ConnectionCounters::closed);
-  single(out, "kvcache_connections_open", "gauge", "Client connections currently open.",
-         accepted >= closed ? accepted - closed : 0);
-  single(out, "kvcache_connections_max", "gauge", "--max-connections: open connections allowed.", max_connections_);
-  single(out, "kvcache_connections_total", "counter", "Client connections accepted.", accepted);
-  single(out, "kvcache_connections_rejected_total", "counter", "Connections refused over --max-connections.",
-         sum(&ConnectionCounters::rejected));
-  single(out, "kvcache_connections_idle_closed_total", "counter",
-         "Idle keep-alive connections closed to make room in the connection buffer budget for a new one.",
-         sum(&ConnectionCounters::idle_closed));
-  single(out, "kvcache_connections_refused_total", "counter",
-         "New connections closed at accept: the connection buffer budget could not pay for their TLS state.",
-         sum(&ConnectionCounters::refused));
+void ConnectionCounters::closed() { row_[kOpenSlot].sub(); }
+void ConnectionCounters::rejected() { row_[kRejectedSlot].add(); }
+void ConnectionCounters::idle_closed() { row_[kIdleClosedSlot].add(); }
+void ConnectionCounters::refused() { row_[kRefusedSlot].add(); }
+
+ComputedMetrics connection_gauges(const BufferBudget& buffers, unsigned max_connections) {
+  return ComputedMetrics(kConnectionGauges, [&buffers, max_connections](std::span<uint64_t> values) {
+    values[0] = buffers.limit();
+    values[1] = buffers.used();
+    values[2] = max_connections;
+  });
 }
 
 LoopContext::LoopContext(const ConnectionOptions& options, const Clock& clock, BufferBudget& buffers,
-                         ConnectionCounters& counters, http::Handler& handler)
+                         ConnectionCounters counters, http::Handler& handler)
     : options(options),
       clock(clock),
       buffers(buffers),
@@ -101,7 +109,7 @@ bool LoopContext::make_room(size_t bytes) {
   auto fits = [&] { return buffers.used() + bytes <= share; };
   for (size_t closes = 0; !fits() && idle_oldest != nullptr && closes < kMaxIdleClosesPerAdmission; ++closes) {
     idle_oldest->close_idle();
-    counters.idle_closed.add();
+    counters.idle_closed();
   }
   return fits();
 }

@@ -69,32 +69,31 @@ constexpr uint64_t kAdmissionHeadroomDivisor = 8;
 constexpr std::array<double, 12> kLatencyBuckets = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                                                     0.005,   0.01,   0.025,   0.05,   0.1,   0.25};
 
-// The connection layer's counters of one worker thread (written by it alone).
-struct ConnectionCounters {
-  void observe_latency(uint64_t nanoseconds);
+// The connection layer's metrics (declared in connection.cc): request
+// latency, connections open, accepted, rejected, closed for room and refused,
+// kept in WorkerCounters; and the buffer budget and --max-connections, read
+// at scrape time (connection_gauges()).
+extern const MetricTable kConnectionMetrics;
+extern const MetricTable kConnectionGauges;
 
-  Counter accepted;
-  Counter closed;
-  Counter rejected;
-  Counter idle_closed;  // idle keep-alive connections closed to make room for a new one
-  Counter refused;      // new connections closed at accept: no room in the buffer budget
-  Counter latency_buckets[kLatencyBuckets.size() + 1];  // the last one is +Inf
-  Counter latency_sum_ns;
-};
-
-// The connection layer's part of /metrics: request latency, the connection
-// buffer budget, connections open, accepted and rejected.
-class ConnectionMetrics final : public MetricsSource {
+// One worker thread's row of the connection layer's WorkerCounters (written by it alone).
+class ConnectionCounters {
  public:
-  ConnectionMetrics(unsigned workers, const BufferBudget& buffers, unsigned max_connections);
-  ConnectionCounters& worker(unsigned index) { return *workers_[index]; }
-  void render(std::string& out) const override;
+  explicit ConnectionCounters(Counter* row) : row_(row) {}
+  void observe_latency(uint64_t nanoseconds);
+  // A connection opened (within --max-connections) and closed.
+  void opened();
+  void closed();
+  void rejected();     // over --max-connections
+  void idle_closed();  // an idle keep-alive connection closed to make room for a new one
+  void refused();      // a new connection closed at accept: no room in the buffer budget
 
  private:
-  const BufferBudget& buffers_;
-  const unsigned max_connections_;
-  std::vector<std::unique_ptr<ConnectionCounters>> workers_;
+  Counter* row_;
 };
+
+// kConnectionGauges' values, read when scraped.
+ComputedMetrics connection_gauges(const BufferBudget& buffers, unsigned max_connections);
 
 // A connection's deadlines (--read-timeout, --idle-timeout, --send-timeout),
 // in seconds; filled by app/.
@@ -109,7 +108,7 @@ struct ConnectionOptions {
 // deferred-response slot. One per worker thread (or per unit test).
 struct LoopContext {
   LoopContext(const ConnectionOptions& options, const Clock& clock, BufferBudget& buffers,
-              ConnectionCounters& counters, http::Handler& handler);
+              ConnectionCounters counters, http::Handler& handler);
 
   // The response of the deferred request is ready: it goes to the connection
   // waiting for it, if that is still open. Returns that connection (it may
@@ -129,7 +128,7 @@ struct LoopContext {
   const ConnectionOptions& options;
   const Clock& clock;
   BufferBudget& buffers;
-  ConnectionCounters& counters;
+  ConnectionCounters counters;
   http::Handler& handler;
   std::unique_ptr<char[]> input;         // read buffer (kInputCapacity and the JSON parser's padding)
   std::unique_ptr<char[]> chunked_body;  // decoded chunked bodies

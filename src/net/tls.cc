@@ -70,6 +70,9 @@ int64_t not_after(SSL_CTX* ctx) {
   return static_cast<int64_t>(timegm(&when));
 }
 
+// The gauge holds no negative time (a certificate from before 1970 reads as 0).
+uint64_t expiry_value(int64_t unix_seconds) { return unix_seconds > 0 ? static_cast<uint64_t>(unix_seconds) : 0; }
+
 struct CtxDeleter {
   void operator()(SSL_CTX* ctx) const { SSL_CTX_free(ctx); }
 };
@@ -156,45 +159,14 @@ void log_handshake_failure(SSL* ssl, TlsFailure reason, std::string_view detail)
 }  // namespace
 
 std::string_view tls_failure_name(TlsFailure failure) {
-  static constexpr std::string_view kNames[kTlsFailureCount] = {"plain_http", "no_client_cert", "bad_client_cert",
-                                                                "protocol", "incomplete"};
-  return kNames[static_cast<size_t>(failure)];
-}
-
-void TlsMetrics::render(std::string& out) const {
-  auto it = std::back_inserter(out);
-  fmt::format_to(it, "# HELP kvcache_tls_handshakes_total TLS handshakes completed, by version and resumption.\n"
-                     "# TYPE kvcache_tls_handshakes_total counter\n");
-  for (int v = 0; v < 2; ++v) {
-    for (int r = 0; r < 2; ++r) {
-      fmt::format_to(it, "kvcache_tls_handshakes_total{{version=\"{}\",resumed=\"{}\"}} {}\n",
-                     v == 0 ? "TLSv1.2" : "TLSv1.3", r == 0 ? "false" : "true", handshakes[v][r].load());
-    }
-  }
-  fmt::format_to(it, "# HELP kvcache_tls_handshake_failures_total TLS handshakes that did not complete, by reason.\n"
-                     "# TYPE kvcache_tls_handshake_failures_total counter\n");
-  for (size_t i = 0; i < kTlsFailureCount; ++i) {
-    fmt::format_to(it, "kvcache_tls_handshake_failures_total{{reason=\"{}\"}} {}\n",
-                   tls_failure_name(static_cast<TlsFailure>(i)), failures[i].load());
-  }
-  fmt::format_to(it, "# HELP kvcache_tls_ktls_connections_total TLS connections whose records the kernel encrypts (kTLS).\n"
-                     "# TYPE kvcache_tls_ktls_connections_total counter\n"
-                     "kvcache_tls_ktls_connections_total {}\n"
-                     "# HELP kvcache_tls_reloads_total Certificate reloads on SIGHUP, by result.\n"
-                     "# TYPE kvcache_tls_reloads_total counter\n"
-                     "kvcache_tls_reloads_total{{result=\"ok\"}} {}\n"
-                     "kvcache_tls_reloads_total{{result=\"error\"}} {}\n"
-                     "# HELP kvcache_tls_certificate_expiry_timestamp_seconds notAfter of the certificate served (Unix time).\n"
-                     "# TYPE kvcache_tls_certificate_expiry_timestamp_seconds gauge\n"
-                     "kvcache_tls_certificate_expiry_timestamp_seconds {}\n",
-                 ktls_connections.load(), reloads.load(), reload_failures.load(), certificate_expiry.load());
+  return kTlsFailureNames[static_cast<size_t>(failure)];
 }
 
 std::unique_ptr<TlsContext> TlsContext::load(const TlsFiles& files, std::string& error) {
   CtxPtr ctx = build_context(files, error);
   if (!ctx) return nullptr;
   std::unique_ptr<TlsContext> context(new TlsContext(files, ctx.release()));
-  context->metrics_.certificate_expiry = not_after(context->ctx_);
+  context->metrics_[tls_slot::kCertificateExpiry].set(expiry_value(not_after(context->ctx_)));
   return context;
 }
 
@@ -204,7 +176,7 @@ std::string TlsContext::reload() {
   std::string error;
   CtxPtr fresh = build_context(files_, error);
   if (!fresh) {
-    metrics_.reload_failures.fetch_add(1, std::memory_order_relaxed);
+    metrics_[tls_slot::kReloads + 1].add();
     return error;
   }
   std::lock_guard lock(mutex_);
@@ -213,10 +185,10 @@ std::string TlsContext::reload() {
     SSL_CTX_set_tlsext_ticket_keys(fresh.get(), keys, sizeof keys);
   }
   OPENSSL_cleanse(keys, sizeof keys);
-  metrics_.certificate_expiry = not_after(fresh.get());
+  metrics_[tls_slot::kCertificateExpiry].set(expiry_value(not_after(fresh.get())));
   SSL_CTX_free(ctx_);  // connections still using it hold their own references
   ctx_ = fresh.release();
-  metrics_.reloads.fetch_add(1, std::memory_order_relaxed);
+  metrics_[tls_slot::kReloads].add();
   return {};
 }
 
@@ -263,7 +235,7 @@ IoResult TlsStream::fail(TlsFailure reason) {
   if (!failed_) {
     failed_ = true;
     if (!handshake_done_) {
-      metrics_.failures[static_cast<size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
+      metrics_[tls_slot::kFailures + static_cast<size_t>(reason)].add();
       unsigned long code = ERR_peek_error();
       const char* detail = code != 0 ? ERR_reason_error_string(code) : nullptr;
       log_handshake_failure(ssl_, reason, detail != nullptr ? detail : "");
@@ -281,8 +253,8 @@ IoResult TlsStream::handshake(bool& wants_write) {
   if (rc == 1) {
     handshake_done_ = true;
     int version = SSL_version(ssl_) == TLS1_3_VERSION ? 1 : 0;
-    metrics_.handshakes[version][SSL_session_reused(ssl_) ? 1 : 0].fetch_add(1, std::memory_order_relaxed);
-    if (BIO_get_ktls_send(SSL_get_wbio(ssl_))) metrics_.ktls_connections.fetch_add(1, std::memory_order_relaxed);
+    metrics_[tls_slot::kHandshakes + version * 2 + (SSL_session_reused(ssl_) ? 1 : 0)].add();
+    if (BIO_get_ktls_send(SSL_get_wbio(ssl_))) metrics_[tls_slot::kKtlsConnections].add();
     return {IoResult::ok, 0};
   }
   switch (SSL_get_error(ssl_, rc)) {

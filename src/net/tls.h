@@ -40,19 +40,40 @@ enum class TlsFailure : uint8_t {
 };
 constexpr size_t kTlsFailureCount = 5;
 
-// Written by every loop (handshakes are per connection, not per request, so
-// an atomic add is cheap enough), read by the scraper.
-struct TlsMetrics final : MetricsSource {
-  std::atomic<uint64_t> handshakes[2][2] = {};  // [TLS 1.2, 1.3][full, resumed]
-  std::atomic<uint64_t> failures[kTlsFailureCount] = {};
-  std::atomic<uint64_t> ktls_connections{0};    // whose records the kernel encrypts
-  std::atomic<uint64_t> reloads{0};
-  std::atomic<uint64_t> reload_failures{0};
-  std::atomic<int64_t> certificate_expiry{0};   // the leaf's notAfter, Unix time
+inline constexpr std::string_view kTlsFailureNames[kTlsFailureCount] = {"plain_http", "no_client_cert",
+                                                                        "bad_client_cert", "protocol", "incomplete"};
+inline constexpr std::string_view kTlsVersionNames[] = {"TLSv1.2", "TLSv1.3"};
+inline constexpr std::string_view kTlsResumedNames[] = {"false", "true"};
+inline constexpr std::string_view kTlsReloadResults[] = {"ok", "error"};
+inline constexpr MetricLabel kTlsHandshakeLabels[] = {label<kTlsVersionNames>("version"),
+                                                      label<kTlsResumedNames>("resumed")};
+inline constexpr MetricLabel kTlsFailureLabels[] = {label<kTlsFailureNames>("reason")};
+inline constexpr MetricLabel kTlsReloadLabels[] = {label<kTlsReloadResults>("result")};
 
-  // Appends the kvcache_tls_* families (Prometheus text format 0.0.4).
-  void render(std::string& out) const override;
+// The TLS layer's part of /metrics: written by every loop (handshakes are
+// per connection, not per request, so an atomic add is cheap enough), read
+// by the scraper (SharedCounters over this table, slots below).
+inline constexpr MetricDecl kTlsMetricDecls[] = {
+    {"kvcache_tls_handshakes_total", MetricType::counter, "TLS handshakes completed, by version and resumption.",
+     kTlsHandshakeLabels},
+    {"kvcache_tls_handshake_failures_total", MetricType::counter, "TLS handshakes that did not complete, by reason.",
+     kTlsFailureLabels},
+    {"kvcache_tls_ktls_connections_total", MetricType::counter,
+     "TLS connections whose records the kernel encrypts (kTLS)."},
+    {"kvcache_tls_reloads_total", MetricType::counter, "Certificate reloads on SIGHUP, by result.", kTlsReloadLabels},
+    {"kvcache_tls_certificate_expiry_timestamp_seconds", MetricType::gauge,
+     "notAfter of the certificate served (Unix time)."},
 };
+inline constexpr MetricTable kTlsMetrics(kTlsMetricDecls);
+namespace tls_slot {
+// [TLS 1.2, 1.3][full, resumed]
+inline constexpr size_t kHandshakes = slot_of(kTlsMetrics, "kvcache_tls_handshakes_total");
+inline constexpr size_t kFailures = slot_of(kTlsMetrics, "kvcache_tls_handshake_failures_total");  // [TlsFailure]
+inline constexpr size_t kKtlsConnections = slot_of(kTlsMetrics, "kvcache_tls_ktls_connections_total");
+inline constexpr size_t kReloads = slot_of(kTlsMetrics, "kvcache_tls_reloads_total");  // [ok, error]
+inline constexpr size_t kCertificateExpiry = slot_of(kTlsMetrics, "kvcache_tls_certificate_expiry_timestamp_seconds");
+}  // namespace tls_slot
+using TlsMetrics = SharedCounters;
 
 std::string_view tls_failure_name(TlsFailure failure);
 
@@ -94,7 +115,7 @@ class TlsContext {
   const TlsFiles files_;
   std::mutex mutex_;
   SSL_CTX* ctx_;  // guarded by mutex_; one reference owned here
-  TlsMetrics metrics_;
+  TlsMetrics metrics_{kTlsMetrics};
 };
 
 // One connection's TLS over a non-blocking socket it does not own.

@@ -44,7 +44,7 @@ void log_refused(const BufferBudget& buffers) {
 }  // namespace
 
 Worker::Worker(unsigned index, const WorkerOptions& options, http::Handler& handler, http::DateHeader& date,
-               ConnectionCounters& counters, std::atomic<unsigned>& open_connections, BufferBudget& buffers,
+               ConnectionCounters counters, std::atomic<unsigned>& open_connections, BufferBudget& buffers,
                TlsContext* tls)
     : index_(index),
       options_(options),
@@ -161,7 +161,7 @@ void Worker::accept_pending() {
     // it: close idle ones for it, or refuse it before any handshake work.
     if (tls_ != nullptr && !loop_.make_room(TlsStream::kNewBytes)) {
       ::close(fd);
-      counters_.refused.add();
+      counters_.refused();
       log_refused(loop_.buffers);
       continue;
     }
@@ -186,10 +186,10 @@ void Worker::accept_pending() {
     open_ = io;
     ++open_count_;
     if (over_limit) {
-      counters_.rejected.add();
+      counters_.rejected();
       io->connection().start_rejected();
     } else {
-      counters_.accepted.add();
+      counters_.opened();
       io->connection().start();
     }
   }
@@ -202,7 +202,7 @@ void Worker::retire(Transport& io) {
   retired_ = &io;
   --open_count_;
   open_connections_.fetch_sub(1, std::memory_order_relaxed);
-  if (!io.rejected) counters_.closed.add();
+  if (!io.rejected) counters_.closed();
   if (loop_.draining && open_count_ == 0) event_base_loopexit(base_, nullptr);
 }
 

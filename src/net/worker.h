@@ -39,7 +39,7 @@ class Worker final : private TransportOwner {
   // the loop's tick; `counters`: this worker's; `tls`: null when the
   // listener speaks plain HTTP.
   Worker(unsigned index, const WorkerOptions& options, http::Handler& handler, http::DateHeader& date,
-         ConnectionCounters& counters, std::atomic<unsigned>& open_connections, BufferBudget& buffers,
+         ConnectionCounters counters, std::atomic<unsigned>& open_connections, BufferBudget& buffers,
          TlsContext* tls);
   ~Worker();
   Worker(const Worker&) = delete;
@@ -70,7 +70,7 @@ class Worker final : private TransportOwner {
 
   const unsigned index_;
   const WorkerOptions& options_;
-  ConnectionCounters& counters_;
+  ConnectionCounters counters_;
   std::atomic<unsigned>& open_connections_;
   TlsContext* const tls_;
 

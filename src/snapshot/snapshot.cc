@@ -43,22 +43,6 @@ std::string bad_name(const std::string& path) {
 
 }  // namespace
 
-void SnapshotMetrics::render(std::string& out) const {
-  using namespace exposition;
-  family(out, "kvcache_snapshot_last_success_timestamp_seconds", "gauge",
-         "When the last snapshot was written (Unix time; 0: none yet).");
-  sample(out, "kvcache_snapshot_last_success_timestamp_seconds", static_cast<double>(last_success_unix_ms.load()) / 1e3);
-  family(out, "kvcache_snapshot_last_duration_seconds", "gauge", "How long the last snapshot took to write.");
-  sample(out, "kvcache_snapshot_last_duration_seconds", static_cast<double>(last_duration_us.load()) / 1e6);
-  single(out, "kvcache_snapshot_last_bytes", "gauge", "Size of the last snapshot file.", last_bytes.load());
-  single(out, "kvcache_snapshot_last_entries", "gauge", "Entries in the last snapshot.", last_entries.load());
-  single(out, "kvcache_snapshot_failures_total", "counter", "Snapshots that failed (write errors; the previous file stays).",
-         failures.load());
-  single(out, "kvcache_snapshot_restored_entries", "gauge", "Entries loaded from the snapshot at start.",
-         restored_entries.load());
-  single(out, "kvcache_snapshot_in_progress", "gauge", "1 while a snapshot is being written.", running.load());
-}
-
 TimeBase TimeBase::now(const Clock& clock) { return {clock.now_ms(), wall_now_ms()}; }
 
 int64_t TimeBase::wall_from_tick(uint32_t tick) const {
@@ -262,7 +246,7 @@ bool Snapshotter::load() {
   StoreStats after = store_.stats();
   uint64_t kept = after.entries - before.entries;
   uint64_t evicted = after.evictions - before.evictions;
-  metrics_.restored_entries = kept;
+  metrics_[snapshot_slot::kRestoredEntries].set(kept);
   log(LogLevel::info,
       "snapshot {} loaded: {} entries, {} skipped as expired, {} not kept (over the memory limit), {} records, {} "
       "bytes in {:.3f}s",
@@ -292,21 +276,21 @@ SnapshotResult Snapshotter::collect() {
 }
 
 SnapshotResult Snapshotter::write(absl::FunctionRef<bool()> should_stop, double duty) {
-  metrics_.running = true;
+  metrics_[snapshot_slot::kInProgress].set(1);
   SnapshotResult result = write_snapshot(store_, path_, should_stop, duty);
-  metrics_.running = false;
+  metrics_[snapshot_slot::kInProgress].set(0);
   if (result.ok) {
-    metrics_.last_success_unix_ms = wall_now_ms();
-    metrics_.last_duration_us = static_cast<uint64_t>(result.seconds * 1e6);
-    metrics_.last_bytes = result.bytes;
-    metrics_.last_entries = result.entries;
+    metrics_[snapshot_slot::kLastSuccessMs].set(static_cast<uint64_t>(wall_now_ms()));
+    metrics_[snapshot_slot::kLastDurationUs].set(static_cast<uint64_t>(result.seconds * 1e6));
+    metrics_[snapshot_slot::kLastBytes].set(result.bytes);
+    metrics_[snapshot_slot::kLastEntries].set(result.entries);
     log(LogLevel::info, "snapshot written to {}: {} entries, {} bytes in {:.3f}s", path_, result.entries, result.bytes,
         result.seconds);
   } else if (result.replaced) {
-    ++metrics_.failures;
+    metrics_[snapshot_slot::kFailures].add();
     log(LogLevel::error, "snapshot written but not made durable: {}", result.error);
   } else if (!result.abandoned) {
-    ++metrics_.failures;
+    metrics_[snapshot_slot::kFailures].add();
     log(LogLevel::error, "snapshot to {} failed: {}; the previous snapshot stays", path_, result.error);
   }
   return result;

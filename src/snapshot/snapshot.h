@@ -44,18 +44,30 @@ struct SnapshotResult {
   std::string error;       // when !ok
 };
 
-// For /metrics: written by the snapshot thread, read by the scraper.
-struct SnapshotMetrics final : MetricsSource {
-  void render(std::string& out) const override;
-
-  std::atomic<int64_t> last_success_unix_ms{0};
-  std::atomic<uint64_t> last_duration_us{0};
-  std::atomic<uint64_t> last_bytes{0};
-  std::atomic<uint64_t> last_entries{0};
-  std::atomic<uint64_t> failures{0};
-  std::atomic<uint64_t> restored_entries{0};
-  std::atomic<bool> running{false};
+// The snapshots' part of /metrics: written by the snapshot thread, read by
+// the scraper (SharedCounters over this table, slots below).
+inline constexpr MetricDecl kSnapshotMetricDecls[] = {
+    {"kvcache_snapshot_last_success_timestamp_seconds", MetricType::gauge,
+     "When the last snapshot was written (Unix time; 0: none yet).", {}, {}, 1000},
+    {"kvcache_snapshot_last_duration_seconds", MetricType::gauge, "How long the last snapshot took to write.", {}, {},
+     1000000},
+    {"kvcache_snapshot_last_bytes", MetricType::gauge, "Size of the last snapshot file."},
+    {"kvcache_snapshot_last_entries", MetricType::gauge, "Entries in the last snapshot."},
+    {"kvcache_snapshot_failures_total", MetricType::counter,
+     "Snapshots that failed (write errors; the previous file stays)."},
+    {"kvcache_snapshot_restored_entries", MetricType::gauge, "Entries loaded from the snapshot at start."},
+    {"kvcache_snapshot_in_progress", MetricType::gauge, "1 while a snapshot is being written."},
 };
+inline constexpr MetricTable kSnapshotMetrics(kSnapshotMetricDecls);
+namespace snapshot_slot {
+inline constexpr size_t kLastSuccessMs = slot_of(kSnapshotMetrics, "kvcache_snapshot_last_success_timestamp_seconds");
+inline constexpr size_t kLastDurationUs = slot_of(kSnapshotMetrics, "kvcache_snapshot_last_duration_seconds");
+inline constexpr size_t kLastBytes = slot_of(kSnapshotMetrics, "kvcache_snapshot_last_bytes");
+inline constexpr size_t kLastEntries = slot_of(kSnapshotMetrics, "kvcache_snapshot_last_entries");
+inline constexpr size_t kFailures = slot_of(kSnapshotMetrics, "kvcache_snapshot_failures_total");
+inline constexpr size_t kRestoredEntries = slot_of(kSnapshotMetrics, "kvcache_snapshot_restored_entries");
+inline constexpr size_t kInProgress = slot_of(kSnapshotMetrics, "kvcache_snapshot_in_progress");
+}  // namespace snapshot_slot
 
 // Wall-clock and monotonic time read together: entries keep monotonic
 // expiry ticks (clock.h), the file keeps epoch milliseconds, so time spent
@@ -139,7 +151,7 @@ class Snapshotter {
   // calling thread, abandoned past --snapshot-timeout. False when it was
   // not written (failed or abandoned).
   bool write_final();
-  const SnapshotMetrics& metrics() const { return metrics_; }
+  const SharedCounters& metrics() const { return metrics_; }
 
  private:
   void run();
@@ -152,7 +164,7 @@ class Snapshotter {
   const std::chrono::milliseconds interval_;  // 0: only on request and at shutdown
   const double timeout_;
   const unsigned load_threads_;
-  SnapshotMetrics metrics_;
+  SharedCounters metrics_{kSnapshotMetrics};
   std::atomic<bool> stopping_{false};
   std::thread thread_;
   mutable std::mutex mutex_;

@@ -1,19 +1,33 @@
 #include "store_metrics.h"
 
-namespace kv {
+#include <algorithm>
+#include <iterator>
 
-void StoreMetrics::render(std::string& out) const {
-  using namespace exposition;
+namespace kv {
+namespace {
+
+constexpr MetricDecl kStoreMetricDecls[] = {
+    {"kvcache_hits_total", MetricType::counter, "Lookups that found a live key."},
+    {"kvcache_misses_total", MetricType::counter, "Lookups that found no live key."},
+    {"kvcache_evictions_total", MetricType::counter, "Entries evicted to stay within the memory limit."},
+    {"kvcache_expirations_total", MetricType::counter, "Entries removed because their TTL passed."},
+    {"kvcache_entries", MetricType::gauge, "Entries currently stored."},
+    {"kvcache_memory_used_bytes", MetricType::gauge, "Bytes charged to stored entries and their index."},
+    {"kvcache_store_budget_bytes", MetricType::gauge,
+     "The part of the memory limit the store may fill (the limit less the process's own needs)."},
+};
+
+}  // namespace
+
+const MetricTable kStoreMetrics(kStoreMetricDecls);
+
+void StoreMetrics::collect(std::span<uint64_t> values) const {
   StoreStats stats = store_.stats();
-  single(out, "kvcache_hits_total", "counter", "Lookups that found a live key.", stats.hits);
-  single(out, "kvcache_misses_total", "counter", "Lookups that found no live key.", stats.misses);
-  single(out, "kvcache_evictions_total", "counter", "Entries evicted to stay within the memory limit.", stats.evictions);
-  single(out, "kvcache_expirations_total", "counter", "Entries removed because their TTL passed.", stats.expirations);
-  single(out, "kvcache_entries", "gauge", "Entries currently stored.", stats.entries);
-  single(out, "kvcache_memory_used_bytes", "gauge", "Bytes charged to stored entries and their index.", stats.bytes_used);
-  single(out, "kvcache_store_budget_bytes", "gauge",
-         "The part of the memory limit the store may fill (the limit less the process's own needs).",
-         stats.byte_budget);
+  // In kStoreMetricDecls' order.
+  const uint64_t row[] = {stats.hits,    stats.misses,     stats.evictions, stats.expirations,
+                          stats.entries, stats.bytes_used, stats.byte_budget};
+  static_assert(std::size(row) == std::size(kStoreMetricDecls));
+  std::copy(std::begin(row), std::end(row), values.begin());
 }
 
 }  // namespace kv

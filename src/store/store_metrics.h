@@ -1,5 +1,6 @@
 // The store's part of /metrics: hits, misses, evictions, expirations,
-// entries and the bytes they are charged (Store::stats()).
+// entries and the bytes they are charged, read from Store::stats() at
+// scrape time.
 #pragma once
 
 #include "metrics.h"
@@ -7,10 +8,12 @@
 
 namespace kv {
 
-class StoreMetrics final : public MetricsSource {
+extern const MetricTable kStoreMetrics;
+
+class StoreMetrics final : public MetricSource {
  public:
-  explicit StoreMetrics(const Store& store) : store_(store) {}
-  void render(std::string& out) const override;
+  explicit StoreMetrics(const Store& store) : MetricSource(kStoreMetrics), store_(store) {}
+  void collect(std::span<uint64_t> values) const override;
 
  private:
   const Store& store_;

@@ -488,7 +488,7 @@ TEST_CASE("admission: the longest-idle connections are closed to make room; none
     CHECK(crowd.members[0].io.shut);
     CHECK(crowd.members[1].io.closed);
     CHECK(!crowd.members[2].io.closed);
-    CHECK(crowd.connections.worker(0).idle_closed.get() == 2);
+    CHECK(metric_value(crowd.connections, "kvcache_connections_idle_closed_total") == 2);
     CHECK(crowd.buffers.used() == 5 * kIdle);
   }
   SUBCASE("a request makes a connection the newest idle one") {
@@ -513,16 +513,15 @@ TEST_CASE("admission: the longest-idle connections are closed to make room; none
     CHECK(!crowd.loop.make_room(3 * kIdle));
     for (int i : {4, 5, 6}) CHECK(crowd.members[i].io.closed);
     for (int i : {0, 1, 2, 3}) CHECK(!crowd.members[i].io.closed);
-    CHECK(crowd.connections.worker(0).idle_closed.get() == 3);
+    CHECK(metric_value(crowd.connections, "kvcache_connections_idle_closed_total") == 3);
   }
   SUBCASE("at most kMaxIdleClosesPerAdmission closes for one new connection") {
     Crowd many(kMaxIdleClosesPerAdmission * 2 * 1024);
     for (size_t i = 0; i < kMaxIdleClosesPerAdmission + 8; ++i) many.join(2 * 1024);
     CHECK(!many.loop.make_room(many.buffers.limit()));
-    CHECK(many.connections.worker(0).idle_closed.get() == kMaxIdleClosesPerAdmission);
+    CHECK(metric_value(many.connections, "kvcache_connections_idle_closed_total") == kMaxIdleClosesPerAdmission);
   }
-  std::string metrics;
-  crowd.connections.render(metrics);
+  std::string metrics = render_source(crowd.connections);
   CHECK(metrics.find("kvcache_connections_idle_closed_total ") != std::string::npos);
   CHECK(metrics.find("kvcache_connections_refused_total 0\n") != std::string::npos);
 }

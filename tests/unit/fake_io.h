@@ -97,21 +97,23 @@ struct TestLoop {
       : config(std::move(settings)),
         store(16, 64 << 20, clock),
         buffers(budget),
-        api(1),
-        connections(1, buffers, 100),
-        metrics(64 << 20),
-        handler(store, metrics, api.worker(0), date, tokens),
-        loop(config, clock, buffers, connections.worker(0), handler) {
+        api(kApiMetrics, 1),
+        connections(kConnectionMetrics, 1),
+        connection_gauges(kv::connection_gauges(buffers, 100)),
+        handler(store, metrics, ApiCounters(api.worker(0)), date, tokens),
+        loop(config, clock, buffers, ConnectionCounters(connections.worker(0)), handler) {
     metrics.add(api);
     metrics.add(connections);
+    metrics.add(connection_gauges);
   }
 
   ConnectionOptions config;
   FakeClock clock;
   Store store;
   BufferBudget buffers;
-  ApiMetrics api;
-  ConnectionMetrics connections;
+  WorkerCounters api;
+  WorkerCounters connections;
+  ComputedMetrics connection_gauges;
   Metrics metrics;
   http::DateHeader date;
   RequestHandler handler;

@@ -182,11 +182,11 @@ struct Connected {
 };
 
 uint64_t failures(const TlsContext& context, TlsFailure reason) {
-  return context.metrics().failures[static_cast<size_t>(reason)].load();
+  return context.metrics()[tls_slot::kFailures + static_cast<size_t>(reason)].get();
 }
 
 uint64_t handshakes(const TlsContext& context, int version13, int resumed) {
-  return context.metrics().handshakes[version13][resumed].load();
+  return context.metrics()[tls_slot::kHandshakes + static_cast<size_t>(version13 * 2 + resumed)].get();
 }
 
 std::string server_subject(SSL* client) {
@@ -206,7 +206,7 @@ TEST_CASE("context: loads a matching pair and reports the certificate's expiry")
   auto context = TlsContext::load(files_of(certs, true), error);
   REQUIRE_MESSAGE(context, error);
   CHECK(error.empty());
-  int64_t expiry = context->metrics().certificate_expiry.load();
+  int64_t expiry = static_cast<int64_t>(context->metrics()[tls_slot::kCertificateExpiry].get());
   CHECK(expiry > time(nullptr) + 29 * 86400);
   CHECK(expiry < time(nullptr) + 31 * 86400);
 }
@@ -343,7 +343,7 @@ TEST_CASE("reload: a good pair is served to new connections; a bad one keeps the
   kv::test::write_pem(certs.path("server.pem"), rotated.cert.get());
   kv::test::write_pem(certs.path("server.key"), rotated.key.get());
   CHECK(context->reload().empty());
-  CHECK(context->metrics().reloads.load() == 1);
+  CHECK(context->metrics()[tls_slot::kReloads].get() == 1);
   Link after(*context, certs);
   after.handshake();
   REQUIRE(after.server->handshake_done());
@@ -357,7 +357,7 @@ TEST_CASE("reload: a good pair is served to new connections; a bad one keeps the
   CHECK(failed.find("does not match") != std::string::npos);
   std::ofstream(certs.path("server.pem")) << "garbage";
   CHECK(context->reload().find("--tls-cert") != std::string::npos);
-  CHECK(context->metrics().reload_failures.load() == 2);
+  CHECK(context->metrics()[tls_slot::kReloads + 1].get() == 2);
   Link still(*context, certs);
   still.handshake();
   REQUIRE(still.server->handshake_done());
@@ -668,11 +668,10 @@ TEST_CASE("buffer budget spent: a request split across records is answered, not 
 }
 
 TEST_CASE("metrics: the exposition names every family") {
-  TlsMetrics metrics;
-  metrics.failures[static_cast<size_t>(TlsFailure::plain_http)] = 3;
-  metrics.handshakes[1][0] = 7;
-  std::string out;
-  metrics.render(out);
+  TlsMetrics metrics(kTlsMetrics);
+  metrics[tls_slot::kFailures + static_cast<size_t>(TlsFailure::plain_http)].add(3);
+  metrics[tls_slot::kHandshakes + 2].add(7);
+  std::string out = render_source(metrics);
   CHECK(out.find("kvcache_tls_handshakes_total{version=\"TLSv1.3\",resumed=\"false\"} 7\n") != std::string::npos);
   CHECK(out.find("kvcache_tls_handshake_failures_total{reason=\"plain_http\"} 3\n") != std::string::npos);
   CHECK(out.find("kvcache_tls_reloads_total{result=\"error\"} 0\n") != std::string::npos);
