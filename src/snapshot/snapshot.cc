@@ -2,6 +2,7 @@
 
 #include "log.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,6 +12,8 @@
 #include <cstring>
 #include <ctime>
 #include <algorithm>
+#include <new>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -39,6 +42,73 @@ std::string bad_name(const std::string& path) {
   char stamp[32];
   strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &utc);
   return path + ".bad-" + stamp;
+}
+
+// Logging allocates: on the snapshot thread, a line that cannot be written
+// for want of memory is dropped (the failure is counted and answered all the same).
+template <typename... Args>
+void log_unless_out_of_memory(LogLevel level, fmt::format_string<Args...> format, Args&&... args) noexcept {
+  try {
+    log(level, format, std::forward<Args>(args)...);
+  } catch (const std::bad_alloc&) {
+  }
+}
+
+// Keeps the damaged snapshot at path for a person, before the next snapshot
+// can replace it: a second name, PATH.bad-TIMESTAMP (a hard link, so PATH
+// itself still loads the same way if the server stops before that next
+// snapshot; the next one renames over PATH, never over the kept name).
+// Where the file system has no hard links, the file is renamed instead.
+// Once kept (a restart before the next snapshot), it is not kept again.
+// Returns how it was kept, for the log; empty, with error set, when it could not be.
+std::string keep_damaged(const std::string& path, std::string& error) {
+  struct stat file {};
+  if (stat(path.c_str(), &file) != 0) {
+    error = fmt::format("stat {}: {}", path, std::strerror(errno));
+    return {};
+  }
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  std::string prefix = (slash == std::string::npos ? path : path.substr(slash + 1)) + ".bad-";
+  if (DIR* listing = opendir(dir.c_str())) {
+    std::string kept;
+    while (dirent* entry = readdir(listing)) {
+      std::string_view name(entry->d_name);
+      struct stat other {};
+      if (name.starts_with(prefix) && fstatat(dirfd(listing), entry->d_name, &other, AT_SYMLINK_NOFOLLOW) == 0 &&
+          other.st_dev == file.st_dev && other.st_ino == file.st_ino) {
+        kept = (dir == "." && slash == std::string::npos) ? std::string(name) : path.substr(0, slash + 1) + std::string(name);
+        break;
+      }
+    }
+    closedir(listing);
+    if (!kept.empty()) return fmt::format("the damaged file was already kept as {}", kept);
+  }
+  std::string stamped = bad_name(path);
+  for (int attempt = 1; attempt <= 10; ++attempt) {
+    std::string name = attempt == 1 ? stamped : fmt::format("{}-{}", stamped, attempt);
+    if (link(path.c_str(), name.c_str()) == 0) return fmt::format("the damaged file is kept as {}", name);
+    if (errno == EEXIST) continue;
+    int link_errno = errno;
+    if (rename(path.c_str(), name.c_str()) == 0) {
+      return fmt::format("the damaged file is moved to {} (no hard link: {})", name, std::strerror(link_errno));
+    }
+    error = fmt::format("link or rename {} to {}: {}", path, name, std::strerror(errno));
+    return {};
+  }
+  error = fmt::format("{} and 9 more names like it exist", stamped);
+  return {};
+}
+
+// "36-65620 (block checksum mismatch), 131000-140000 (block cut short (truncated))", and how many more.
+std::string describe_damage(const snapshot::ReadResult& read) {
+  std::string out;
+  for (const snapshot::Damage& damage : read.damage) {
+    if (!out.empty()) out += ", ";
+    out += fmt::format("{}-{} ({})", damage.begin, damage.end, damage.reason);
+  }
+  if (read.damaged_ranges > read.damage.size()) out += fmt::format(" and {} more", read.damaged_ranges - read.damage.size());
+  return out;
 }
 
 }  // namespace
@@ -81,13 +151,15 @@ RestoreSummary restore_snapshot(snapshot::Source& source, Store& store, const Ti
   return summary;
 }
 
-SnapshotResult write_snapshot(Store& store, const std::string& path, absl::FunctionRef<bool()> should_stop,
-                              double duty) {
-  auto start = std::chrono::steady_clock::now();
+namespace {
+
+SnapshotResult write_snapshot_unguarded(Store& store, const std::string& path, absl::FunctionRef<bool()> should_stop,
+                                        double duty, std::chrono::steady_clock::time_point start) {
   auto slice_start = start;
   SnapshotResult result;
   TimeBase base = TimeBase::now(store.clock());
-  snapshot::Writer writer;
+  // The whole block buffer now: nothing is allocated under a shard lock.
+  snapshot::Writer writer(snapshot::kBlockTarget, snapshot::system_file_calls(), kSnapshotBufferBytes);
   auto fail = [&](std::string error) {
     writer.abandon();
     result.error = std::move(error);
@@ -145,6 +217,23 @@ SnapshotResult write_snapshot(Store& store, const std::string& path, absl::Funct
   return result;
 }
 
+}  // namespace
+
+SnapshotResult write_snapshot(Store& store, const std::string& path, absl::FunctionRef<bool()> should_stop,
+                              double duty) {
+  auto start = std::chrono::steady_clock::now();
+  try {
+    return write_snapshot_unguarded(store, path, should_stop, duty, start);
+  } catch (const std::bad_alloc&) {
+    // The writer's destructor has removed PATH.tmp: the previous file stays.
+    // The walk left behind is closed by the next snapshot's copy_start.
+    SnapshotResult result;
+    result.error = "out of memory";  // within std::string's inline buffer: nothing to allocate
+    result.seconds = seconds_since(start);
+    return result;
+  }
+}
+
 // ---------------------------------------------------------------- Snapshotter
 
 Snapshotter::Snapshotter(Store& store, const SnapshotOptions& options, unsigned threads)
@@ -157,6 +246,23 @@ Snapshotter::Snapshotter(Store& store, const SnapshotOptions& options, unsigned 
 Snapshotter::~Snapshotter() { stop(); }
 
 bool Snapshotter::load() {
+  try {
+    return load_file();
+  } catch (const std::bad_alloc&) {
+    // Not starting: serving a part of the file would replace it with a smaller snapshot.
+    try {
+      log(LogLevel::error,
+          "cannot load snapshot {}: out of memory; not starting, the file is left as it is: give the server more "
+          "memory and start again",
+          path_);
+    } catch (const std::bad_alloc&) {
+      std::fputs("cannot load the snapshot: out of memory; not starting, the file is left as it is\n", stderr);
+    }
+    return false;
+  }
+}
+
+bool Snapshotter::load_file() {
   // A PATH.tmp is what a crash or kill -9 left mid-write: never a snapshot.
   std::string tmp = path_ + ".tmp";
   if (unlink(tmp.c_str()) == 0) log(LogLevel::info, "removed {} left by an interrupted snapshot", tmp);
@@ -196,21 +302,35 @@ bool Snapshotter::load() {
   TimeBase base = TimeBase::now(store_.clock());
   StoreStats before = store_.stats();
   std::vector<RestoreSummary> parts(load_threads_);
-  std::vector<std::thread> threads;
-  for (size_t part = 0; part < load_threads_; ++part) {
-    threads.emplace_back([&, part] {
-      int part_fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  std::vector<char> out_of_memory(load_threads_, 0);
+  // Runs on its own thread: nothing may escape it.
+  auto load_part = [&](size_t part) {
+    int part_fd = open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    try {
       if (part_fd < 0) {
-        parts[part].read = {snapshot::ReadStatus::io_error, 0, std::strerror(errno)};
-        return;
+        parts[part].read.status = snapshot::ReadStatus::io_error;
+        parts[part].read.reason = std::strerror(errno);
+      } else {
+        posix_fadvise(part_fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+        snapshot::FdSource source(part_fd);
+        parts[part] = restore_snapshot(source, store_, base, part, load_threads_);
       }
-      posix_fadvise(part_fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-      snapshot::FdSource source(part_fd);
-      parts[part] = restore_snapshot(source, store_, base, part, load_threads_);
-      close(part_fd);
-    });
+    } catch (const std::bad_alloc&) {
+      out_of_memory[part] = 1;
+    }
+    if (part_fd >= 0) close(part_fd);
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(load_threads_);
+  for (size_t part = 0; part < load_threads_; ++part) {
+    try {
+      threads.emplace_back(load_part, part);
+    } catch (const std::system_error&) {
+      load_part(part);  // no thread to be had: this one loads its part
+    }
   }
   for (auto& thread : threads) thread.join();
+  if (std::find(out_of_memory.begin(), out_of_memory.end(), 1) != out_of_memory.end()) throw std::bad_alloc();
   RestoreSummary summary = parts[0];
   for (size_t part = 1; part < parts.size(); ++part) {
     summary.loaded += parts[part].loaded;
@@ -228,10 +348,26 @@ bool Snapshotter::load() {
     case snapshot::ReadStatus::io_error:
       // Some shards would be loaded short, and the next snapshot would drop the rest.
       return unreadable("read", fmt::format("{} at offset {}", read.reason, read.offset));
-    case snapshot::ReadStatus::damaged:
-      log(LogLevel::warn, "snapshot {} is damaged at offset {}: {}; loaded the {} records before it", path_,
-          read.offset, read.reason, read.records);
+    case snapshot::ReadStatus::damaged: {
+      // Kept before anything can replace it: the first snapshot renames over PATH.
+      std::string error;
+      std::string kept = keep_damaged(path_, error);
+      if (kept.empty()) {
+        log(LogLevel::error,
+            "snapshot {} is damaged and cannot be kept aside ({}); not starting, so that it is not replaced: move it "
+            "aside by hand (mv {} {}.aside) to start empty, or fix the directory and start again",
+            path_, error, path_, path_);
+        return false;
+      }
+      metrics_[snapshot_slot::kRestoreDamaged].set(1);
+      metrics_[snapshot_slot::kRestoreLostRecords].set(read.lost_records());
+      log(LogLevel::error,
+          "snapshot {} is damaged at offset {}: {}; {} damaged range{} skipped ({}); {} of its {} records lost, the "
+          "{} records of every intact block loaded; {}",
+          path_, read.offset, read.reason, read.damaged_ranges, read.damaged_ranges == 1 ? "" : "s",
+          describe_damage(read), read.lost_records(), read.header_records, read.records, kept);
       break;
+    }
     case snapshot::ReadStatus::not_snapshot:
     case snapshot::ReadStatus::unknown_version: {
       std::string aside = bad_name(path_);
@@ -284,14 +420,14 @@ SnapshotResult Snapshotter::write(absl::FunctionRef<bool()> should_stop, double 
     metrics_[snapshot_slot::kLastDurationUs].set(static_cast<uint64_t>(result.seconds * 1e6));
     metrics_[snapshot_slot::kLastBytes].set(result.bytes);
     metrics_[snapshot_slot::kLastEntries].set(result.entries);
-    log(LogLevel::info, "snapshot written to {}: {} entries, {} bytes in {:.3f}s", path_, result.entries, result.bytes,
+    log_unless_out_of_memory(LogLevel::info, "snapshot written to {}: {} entries, {} bytes in {:.3f}s", path_, result.entries, result.bytes,
         result.seconds);
   } else if (result.replaced) {
     metrics_[snapshot_slot::kFailures].add();
-    log(LogLevel::error, "snapshot written but not made durable: {}", result.error);
+    log_unless_out_of_memory(LogLevel::error, "snapshot written but not made durable: {}", result.error);
   } else if (!result.abandoned) {
     metrics_[snapshot_slot::kFailures].add();
-    log(LogLevel::error, "snapshot to {} failed: {}; the previous snapshot stays", path_, result.error);
+    log_unless_out_of_memory(LogLevel::error, "snapshot to {} failed: {}; the previous snapshot stays", path_, result.error);
   }
   return result;
 }
@@ -312,7 +448,16 @@ void Snapshotter::run() {
     bool answering = std::exchange(requested_, false);
     writing_ = true;
     lock.unlock();
-    SnapshotResult result = write([this] { return stopping_.load(); }, kBackgroundDuty);
+    SnapshotResult result;
+    try {
+      result = write([this] { return stopping_.load(); }, kBackgroundDuty);
+    } catch (const std::bad_alloc&) {
+      // write() itself catches it; this keeps the thread (and the process) alive whatever changes there.
+      metrics_[snapshot_slot::kInProgress].set(0);
+      metrics_[snapshot_slot::kFailures].add();
+      result = SnapshotResult{};
+      result.error = "out of memory";
+    }
     lock.lock();
     writing_ = false;
     next = std::chrono::steady_clock::now() + interval_;
@@ -351,7 +496,7 @@ bool Snapshotter::write_final() {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_);
   SnapshotResult result = write([&] { return std::chrono::steady_clock::now() > deadline; }, 1.0);
   if (result.abandoned) {
-    log(LogLevel::error, "final snapshot took longer than --snapshot-timeout {}s: abandoned; {} keeps the previous one",
+    log_unless_out_of_memory(LogLevel::error, "final snapshot took longer than --snapshot-timeout {}s: abandoned; {} keeps the previous one",
         timeout_, path_);
   }
   return result.ok;

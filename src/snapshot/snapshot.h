@@ -56,6 +56,10 @@ inline constexpr MetricDecl kSnapshotMetricDecls[] = {
     {"kvcache_snapshot_failures_total", MetricType::counter,
      "Snapshots that failed (write errors; the previous file stays)."},
     {"kvcache_snapshot_restored_entries", MetricType::gauge, "Entries loaded from the snapshot at start."},
+    {"kvcache_snapshot_restore_damaged", MetricType::gauge,
+     "1 when the snapshot loaded at start was damaged: every intact block was loaded, the file kept as PATH.bad-*."},
+    {"kvcache_snapshot_restore_lost_records", MetricType::gauge,
+     "Records of the snapshot loaded at start that its damage cost."},
     {"kvcache_snapshot_in_progress", MetricType::gauge, "1 while a snapshot is being written."},
 };
 inline constexpr MetricTable kSnapshotMetrics(kSnapshotMetricDecls);
@@ -66,6 +70,8 @@ inline constexpr size_t kLastBytes = slot_of(kSnapshotMetrics, "kvcache_snapshot
 inline constexpr size_t kLastEntries = slot_of(kSnapshotMetrics, "kvcache_snapshot_last_entries");
 inline constexpr size_t kFailures = slot_of(kSnapshotMetrics, "kvcache_snapshot_failures_total");
 inline constexpr size_t kRestoredEntries = slot_of(kSnapshotMetrics, "kvcache_snapshot_restored_entries");
+inline constexpr size_t kRestoreDamaged = slot_of(kSnapshotMetrics, "kvcache_snapshot_restore_damaged");
+inline constexpr size_t kRestoreLostRecords = slot_of(kSnapshotMetrics, "kvcache_snapshot_restore_lost_records");
 inline constexpr size_t kInProgress = slot_of(kSnapshotMetrics, "kvcache_snapshot_in_progress");
 }  // namespace snapshot_slot
 
@@ -99,7 +105,9 @@ RestoreSummary restore_snapshot(snapshot::Source& source, Store& store, const Ti
                                 size_t parts = 1);
 
 // Writes the whole store to path (via path.tmp); gives up, leaving the
-// previous file, when should_stop() turns true between two batches. duty < 1
+// previous file, when should_stop() turns true between two batches, or
+// when memory runs out (error "out of memory": it fails like a write error,
+// and the next snapshot's walk closes this one's). duty < 1
 // paces the work: it rests between slices so that it works that fraction of
 // the time (a core's worth of copying and writing would otherwise come out
 // of the request loops' share of the CPUs).
@@ -131,7 +139,9 @@ class Snapshotter {
   // (the reason logged) when the server must not start: the directory is
   // missing or not writable, or the file exists but cannot be opened or
   // read, which only a person can fix (serving empty would replace it with
-  // an empty snapshot).
+  // an empty snapshot), or memory runs out while loading. A damaged file
+  // loads every block that verifies and gets a second name,
+  // PATH.bad-TIMESTAMP, before anything can replace it.
   bool load();
   // Starts the snapshot thread.
   void start();
@@ -158,6 +168,7 @@ class Snapshotter {
   // Hands the accepted request its result and runs its done() (unlocked meanwhile).
   void answer(std::unique_lock<std::mutex>& lock, SnapshotResult result);
   SnapshotResult write(absl::FunctionRef<bool()> should_stop, double duty);
+  bool load_file();
 
   Store& store_;
   const std::string path_;

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <memory>
 #include <utility>
 
 namespace kv::snapshot {
@@ -39,19 +40,6 @@ std::string directory_of(const std::string& path) {
   return slash == 0 ? "/" : path.substr(0, slash);
 }
 
-// Reads exactly size bytes; returns how many it got (short at the end of
-// the file), or -1 on an I/O error.
-long read_exact(Source& source, char* out, size_t size) {
-  size_t got = 0;
-  while (got < size) {
-    long n = source.read(out + got, size - got);
-    if (n < 0) return -1;
-    if (n == 0) break;
-    got += static_cast<size_t>(n);
-  }
-  return static_cast<long>(got);
-}
-
 // A block's CRC covers its length and count fields, then its payload.
 uint32_t block_crc(const char* length_and_count, std::string_view payload) {
   uint32_t crc = crc32_iscsi(reinterpret_cast<unsigned char*>(const_cast<char*>(length_and_count)), 8, 0xFFFFFFFF);
@@ -59,13 +47,14 @@ uint32_t block_crc(const char* length_and_count, std::string_view payload) {
                       static_cast<int>(payload.size()), crc);
 }
 
-// Walks a block's records; false at the first malformed one.
+// Walks a block's records; false at the first malformed one, saying why in
+// *reason unless reason is null (the scan tries many candidates quietly).
 bool parse_records(std::string_view payload, uint32_t count, absl::FunctionRef<void(const Record&)> on_record,
-                   std::string& reason) {
+                   std::string* reason) {
   size_t pos = 0;
   for (uint32_t i = 0; i < count; ++i) {
     if (payload.size() - pos < kRecordHeaderSize) {
-      reason = fmt::format("record {} of {} runs past the block", i, count);
+      if (reason) *reason = fmt::format("record {} of {} runs past the block", i, count);
       return false;
     }
     uint16_t key_size = get<uint16_t>(payload.data() + pos);
@@ -73,31 +62,186 @@ bool parse_records(std::string_view payload, uint32_t count, absl::FunctionRef<v
     int64_t expires = get<int64_t>(payload.data() + pos + 4);
     pos += kRecordHeaderSize;
     if (payload.size() - pos < size_t{key_size} + value_size) {
-      reason = fmt::format("record {} of {} runs past the block", i, count);
+      if (reason) *reason = fmt::format("record {} of {} runs past the block", i, count);
       return false;
     }
     Record record{payload.substr(pos, key_size), payload.substr(pos + key_size, value_size), expires};
     pos += size_t{key_size} + value_size;
     // The same rules as the API: a snapshot cannot smuggle in what a client could not put.
     if (const char* error = key_error(record.key)) {
-      reason = fmt::format("record {}: {}", i, error);
+      if (reason) *reason = fmt::format("record {}: {}", i, error);
       return false;
     }
     if (const char* error = value_error(record.value)) {
-      reason = fmt::format("record {}: {}", i, error);
+      if (reason) *reason = fmt::format("record {}: {}", i, error);
       return false;
     }
     if (expires < 0) {
-      reason = fmt::format("record {}: negative expiry", i);
+      if (reason) *reason = fmt::format("record {}: negative expiry", i);
       return false;
     }
     on_record(record);
   }
   if (pos != payload.size()) {
-    reason = fmt::format("{} bytes after the last record", payload.size() - pos);
+    if (reason) *reason = fmt::format("{} bytes after the last record", payload.size() - pos);
     return false;
   }
   return true;
+}
+
+// The reader's view of the file: the bytes from offset() on, as many as the
+// last fill() asked for (fewer only at the end of the file). It reads in
+// large pieces, grows to the largest block it must hold whole (at most
+// kBlockHeaderSize + kMaxBlockBytes and a read's worth) and moves what is
+// left to the front before reading more. No zero-filling: the fuzzer makes
+// one per input.
+class Window {
+ public:
+  explicit Window(Source& source) : source_(source) {}
+  // At least n bytes from data() on, or all that is left; -1 on an I/O error.
+  long fill(size_t n) {
+    if (size() >= n || eof_) return static_cast<long>(size());
+    if (capacity_ - start_ < n) {
+      size_t capacity = std::max(capacity_, n + kReadPiece);
+      if (capacity != capacity_) {
+        auto bigger = std::make_unique_for_overwrite<char[]>(capacity);
+        if (size() > 0) std::memcpy(bigger.get(), data(), size());
+        buffer_ = std::move(bigger);
+        capacity_ = capacity;
+      } else if (size() > 0) {
+        std::memmove(buffer_.get(), data(), size());
+      }
+      end_ -= start_;
+      start_ = 0;
+    }
+    while (size() < n) {
+      long got = source_.read(buffer_.get() + end_, capacity_ - end_);
+      if (got < 0) return -1;
+      if (got == 0) {
+        eof_ = true;
+        break;
+      }
+      end_ += static_cast<size_t>(got);
+    }
+    return static_cast<long>(size());
+  }
+  const char* data() const { return buffer_.get() + start_; }
+  size_t size() const { return end_ - start_; }
+  uint64_t offset() const { return offset_; }
+  void consume(size_t n) {
+    start_ += n;
+    offset_ += n;
+  }
+
+ private:
+  static constexpr size_t kReadPiece = 256 * 1024;
+  Source& source_;
+  std::unique_ptr<char[]> buffer_;
+  size_t capacity_ = 0;
+  size_t start_ = 0;  // data() is buffer_ + start_, at file offset offset_
+  size_t end_ = 0;
+  uint64_t offset_ = 0;
+  bool eof_ = false;
+};
+
+enum class Verdict { good, bad, truncated, io_error };
+
+struct Block {
+  Verdict verdict;
+  uint32_t length = 0;
+  uint32_t count = 0;
+};
+
+// The CRC of the end block (length 0, count 0): what a zeroed stretch of a
+// file would have to carry to pass for one.
+uint32_t end_block_crc() {
+  static const uint32_t crc = [] {
+    char zeros[8] = {};
+    return block_crc(zeros, {});
+  }();
+  return crc;
+}
+
+// Whether the bytes at p (at least kBlockHeaderSize + kRecordHeaderSize of
+// them, or the whole rest of the file) can start a block: the cheap tests
+// the scan makes at every offset before it reads a payload or computes a CRC.
+bool plausible_block(const char* p, size_t available) {
+  uint32_t length = get<uint32_t>(p + 4);
+  uint32_t count = get<uint32_t>(p + 8);
+  if (count == 0) return length == 0 && get<uint32_t>(p) == end_block_crc();
+  if (length > kMaxBlockBytes || length / kRecordHeaderSize < count) return false;
+  if (available < kBlockHeaderSize + kRecordHeaderSize) return false;
+  // The first record's lengths fit the API's limits and the block.
+  uint16_t key_size = get<uint16_t>(p + kBlockHeaderSize);
+  uint16_t value_size = get<uint16_t>(p + kBlockHeaderSize + 2);
+  return key_size >= 1 && key_size <= kMaxKeyBytes && value_size <= kMaxValueBytes &&
+         kRecordHeaderSize + key_size + value_size <= length;
+}
+
+// Checks the whole block at the window's start (reading it into the
+// window) without handing out any record; reason says what is wrong, unless null.
+Block check_block(Window& window, std::string* reason) {
+  long have = window.fill(kBlockHeaderSize);
+  if (have < 0) return {Verdict::io_error};
+  if (static_cast<size_t>(have) < kBlockHeaderSize) {
+    if (reason) *reason = have == 0 ? "file ends without the end block (truncated)" : "block header cut short (truncated)";
+    return {Verdict::truncated};
+  }
+  Block block{Verdict::bad, get<uint32_t>(window.data() + 4), get<uint32_t>(window.data() + 8)};
+  if (block.length > kMaxBlockBytes) {
+    if (reason) *reason = fmt::format("block length {} over the {} limit", block.length, kMaxBlockBytes);
+    return block;
+  }
+  have = window.fill(kBlockHeaderSize + block.length);
+  if (have < 0) return {Verdict::io_error};
+  if (static_cast<size_t>(have) < kBlockHeaderSize + block.length) {
+    if (reason) *reason = "block cut short (truncated)";
+    block.verdict = Verdict::truncated;
+    return block;
+  }
+  std::string_view payload(window.data() + kBlockHeaderSize, block.length);
+  if (block_crc(window.data() + 4, payload) != get<uint32_t>(window.data())) {
+    if (reason) *reason = "block checksum mismatch";
+    return block;
+  }
+  if (block.count == 0) {
+    if (block.length != 0) {
+      if (reason) *reason = "end block with a payload";
+      return block;
+    }
+  } else if (!parse_records(payload, block.count, [](const Record&) {}, reason)) {
+    return block;
+  }
+  block.verdict = Verdict::good;
+  return block;
+}
+
+// From a bad block at the window's start: moves the window to the next
+// offset where a whole block verifies (good), or to the end of the file
+// (truncated). Every offset is looked at; most fail plausible_block at once.
+Block scan(Window& window) {
+  window.consume(1);
+  for (;;) {
+    long have = window.fill(kBlockHeaderSize + kRecordHeaderSize);
+    if (have < 0) return {Verdict::io_error};
+    size_t size = static_cast<size_t>(have);
+    if (size < kBlockHeaderSize) {
+      window.consume(size);
+      return {Verdict::truncated};
+    }
+    // The offsets plausible_block can judge with what the window holds (it
+    // holds less than asked for only at the end of the file), without a call to fill() per byte.
+    size_t span = size < kBlockHeaderSize + kRecordHeaderSize ? size - kBlockHeaderSize + 1
+                                                              : size - (kBlockHeaderSize + kRecordHeaderSize) + 1;
+    const char* p = window.data();
+    size_t skip = 0;
+    while (skip < span && !plausible_block(p + skip, size - skip)) ++skip;
+    window.consume(skip);
+    if (skip == span) continue;
+    Block block = check_block(window, nullptr);
+    if (block.verdict == Verdict::good || block.verdict == Verdict::io_error) return block;
+    window.consume(1);
+  }
 }
 
 }  // namespace
@@ -138,7 +282,7 @@ bool Writer::open(const std::string& path, int64_t created_unix_ms) {
   replaced_ = false;
   block_records_ = 0;
   block_.clear();
-  block_.reserve(block_target_);
+  block_.reserve(buffer_bytes_);
   // A stale PATH.tmp (from a crash) is replaced, never appended to.
   unlink(tmp_path_.c_str());
   fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -273,9 +417,10 @@ ReadResult read(Source& source, absl::FunctionRef<void(const Record&)> on_record
     result.reason = std::move(reason);
     return result;
   };
-  char header[kHeaderSize];
-  long got = read_exact(source, header, kHeaderSize);
+  Window window(source);
+  long got = window.fill(kHeaderSize);
   if (got < 0) return stop(ReadStatus::io_error, std::strerror(errno));
+  const char* header = window.data();
   if (static_cast<size_t>(got) < sizeof kMagic || std::memcmp(header, kMagic, sizeof kMagic) != 0) {
     return stop(ReadStatus::not_snapshot, "no snapshot magic at the start");
   }
@@ -289,43 +434,53 @@ ReadResult read(Source& source, absl::FunctionRef<void(const Record&)> on_record
     return stop(ReadStatus::not_snapshot, "header checksum mismatch");
   }
   result.created_unix_ms = get<int64_t>(header + 16);
-  uint64_t expected_records = get<uint64_t>(header + 24);
+  result.header_records = get<uint64_t>(header + 24);
+  window.consume(kHeaderSize);
   result.offset = kHeaderSize;
   result.bytes = kHeaderSize;
 
-  std::string payload;
+  auto damaged = [&](uint64_t begin, uint64_t end, std::string reason) {
+    if (result.damaged_ranges++ == 0) {
+      result.status = ReadStatus::damaged;
+      result.offset = begin;
+      result.reason = reason;
+    }
+    if (result.damage.size() < kMaxDamageListed) result.damage.push_back({begin, end, std::move(reason)});
+  };
+  std::string reason;
   for (;;) {
-    char head[kBlockHeaderSize];
-    got = read_exact(source, head, sizeof head);
-    if (got < 0) return stop(ReadStatus::io_error, std::strerror(errno));
-    if (got == 0) return stop(ReadStatus::damaged, "file ends without the end block (truncated)");
-    if (static_cast<size_t>(got) < sizeof head) return stop(ReadStatus::damaged, "block header cut short (truncated)");
-    uint32_t length = get<uint32_t>(head + 4);
-    uint32_t count = get<uint32_t>(head + 8);
-    if (length > kMaxBlockBytes) {
-      return stop(ReadStatus::damaged, fmt::format("block length {} over the {} limit", length, kMaxBlockBytes));
+    Block block = check_block(window, &reason);
+    if (block.verdict == Verdict::io_error) {
+      result.offset = window.offset();
+      return stop(ReadStatus::io_error, std::strerror(errno));
     }
-    payload.resize(length);
-    got = read_exact(source, payload.data(), length);
-    if (got < 0) return stop(ReadStatus::io_error, std::strerror(errno));
-    if (static_cast<size_t>(got) < length) return stop(ReadStatus::damaged, "block cut short (truncated)");
-    if (block_crc(head + 4, payload) != get<uint32_t>(head)) return stop(ReadStatus::damaged, "block checksum mismatch");
-    if (count == 0) {
-      if (length != 0) return stop(ReadStatus::damaged, "end block with a payload");
-      if (result.records != expected_records) {
-        return stop(ReadStatus::damaged,
-                    fmt::format("header counts {} records, the blocks hold {}", expected_records, result.records));
+    if (block.verdict == Verdict::good) {
+      size_t size = kBlockHeaderSize + block.length;
+      result.bytes += size;
+      if (block.count == 0) {
+        if (result.damaged_ranges == 0 && result.records != result.header_records) {
+          damaged(window.offset(), window.offset() + size,
+                  fmt::format("header counts {} records, the blocks hold {}", result.header_records, result.records));
+        }
+        if (result.damaged_ranges == 0) result.offset = window.offset() + size;
+        return result;
       }
-      result.bytes += sizeof head;
-      return result;
+      parse_records(std::string_view(window.data() + kBlockHeaderSize, block.length), block.count, on_record, nullptr);
+      result.records += block.count;
+      window.consume(size);
+      if (result.damaged_ranges == 0) result.offset = window.offset();
+      continue;
     }
-    // Check the whole block before handing out any of it: a bad block adds nothing.
-    std::string reason;
-    if (!parse_records(payload, count, [](const Record&) {}, reason)) return stop(ReadStatus::damaged, reason);
-    parse_records(payload, count, on_record, reason);
-    result.records += count;
-    result.offset += sizeof head + length;
-    result.bytes = result.offset;
+    // A damaged range starts here and ends where a block verifies again.
+    uint64_t begin = window.offset();
+    bool at_end = block.verdict == Verdict::truncated && window.size() == 0;
+    if (!at_end) block = scan(window);
+    if (block.verdict == Verdict::io_error) {
+      result.offset = window.offset();
+      return stop(ReadStatus::io_error, std::strerror(errno));
+    }
+    damaged(begin, window.offset(), reason);
+    if (block.verdict != Verdict::good) return result;
   }
 }
 

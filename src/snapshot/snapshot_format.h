@@ -13,13 +13,23 @@
 //
 // Records come in LRU order, oldest first; a key may appear more than once
 // (the last one wins). Knows nothing of the store: it moves bytes.
+//
+// Damage: a block that does not verify (CRC, lengths, records) costs only
+// itself. The reader scans forward byte by byte for the next offset where a
+// whole block verifies (its length and count fit, its CRC matches, every
+// record passes the API's rules) and goes on from there, as a stream with
+// one CRC per frame resynchronises. Keys and values are ASCII and a block
+// header is 12 bytes of CRC and small integers, so a false match needs a
+// 32-bit CRC collision on bytes that also parse as valid records.
 #pragma once
 
 #include <absl/functional/function_ref.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace kv::snapshot {
 
@@ -32,6 +42,8 @@ constexpr size_t kRecordHeaderSize = 12;
 // blocks over kMaxBlockBytes, so a bad length cannot make it allocate more.
 constexpr size_t kBlockTarget = 64 * 1024;
 constexpr size_t kMaxBlockBytes = 1 << 20;
+// The damaged ranges a ReadResult lists (it counts them all).
+constexpr size_t kMaxDamageListed = 8;
 
 // CRC32C (Castagnoli) through ISA-L's crc32_iscsi.
 uint32_t crc32c(const void* data, size_t size);
@@ -55,13 +67,18 @@ const FileCalls& system_file_calls();
 class Writer {
  public:
   // Tests pass a small block_target to get many blocks from a few records.
-  explicit Writer(size_t block_target = kBlockTarget, const FileCalls& calls = system_file_calls())
-      : block_target_(block_target), calls_(calls) {}
+  // open() reserves buffer_bytes for the block (at least block_target), so
+  // that add() allocates nothing while a block stays within it.
+  explicit Writer(size_t block_target = kBlockTarget, const FileCalls& calls = system_file_calls(),
+                  size_t buffer_bytes = 0)
+      : block_target_(block_target), buffer_bytes_(std::max(block_target, buffer_bytes)), calls_(calls) {}
   ~Writer();
   Writer(const Writer&) = delete;
   Writer& operator=(const Writer&) = delete;
 
   // Creates PATH.tmp (replacing a stale one). False on error (see error()).
+  // Like add(), it throws std::bad_alloc when memory runs out; the caller
+  // abandon()s, which allocates nothing.
   bool open(const std::string& path, int64_t created_unix_ms);
   // Appends a record to the block in memory (no I/O: callers copy under a
   // lock); once block_full(), flush() writes it out.
@@ -85,6 +102,7 @@ class Writer {
   bool write_block(uint32_t count, std::string_view payload);
 
   const size_t block_target_;
+  const size_t buffer_bytes_;
   const FileCalls& calls_;
   std::string path_;
   std::string tmp_path_;
@@ -126,23 +144,37 @@ class MemorySource final : public Source {
 
 enum class ReadStatus {
   complete,         // every record up to the end block
-  damaged,          // a truncated file or a bad block: the records before it were read
+  damaged,          // a truncated file or bad blocks: the records of every block that verifies were read
   not_snapshot,     // bad magic or header: nothing read
   unknown_version,  // a snapshot of a format this build does not know: nothing read
   io_error,         // reading failed: the records before it were read
 };
 
-struct ReadResult {
-  ReadStatus status = ReadStatus::complete;
-  uint64_t offset = 0;  // where the problem starts
-  std::string reason;   // what it is
-  uint64_t records = 0;
-  uint64_t bytes = 0;   // bytes of the blocks read whole
-  int64_t created_unix_ms = 0;
+// A stretch of the file that holds no verifying block: [begin, end).
+struct Damage {
+  uint64_t begin = 0;
+  uint64_t end = 0;    // the next block that verifies, or the end of the file
+  std::string reason;  // what was wrong at begin
 };
 
-// Calls on_record for every record of every good block in order, stopping
-// at the first bad one. Never trusts a length it has not checked.
+struct ReadResult {
+  ReadStatus status = ReadStatus::complete;
+  uint64_t offset = 0;  // where the (first) problem starts
+  std::string reason;   // what it is
+  uint64_t records = 0;
+  uint64_t bytes = 0;   // bytes of the header and of the blocks that verified
+  int64_t created_unix_ms = 0;
+  uint64_t header_records = 0;  // the count the header gives (the file's records when whole)
+  uint64_t damaged_ranges = 0;  // every one, of which `damage` lists the first kMaxDamageListed
+  std::vector<Damage> damage;
+  // Records the damage cost: what the header counts less what was read.
+  uint64_t lost_records() const { return header_records > records ? header_records - records : 0; }
+};
+
+// Calls on_record for every record of every block that verifies, in file
+// order, skipping the damaged ranges between them (see the top of this
+// file). Never trusts a length it has not checked, and never holds more
+// than one block plus one read's worth of the file.
 ReadResult read(Source& source, absl::FunctionRef<void(const Record&)> on_record);
 
 std::string_view status_name(ReadStatus status);

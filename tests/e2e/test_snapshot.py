@@ -198,7 +198,71 @@ def _ignore_errors(fn, *args):
         pass
 
 
-def test_a_damaged_snapshot_loads_what_precedes_the_damage(start_server, tmp_path):
+def snapshot_blocks(data):
+    """(offset, size, keys) of every record block of a snapshot file (the end block left out)."""
+    blocks = []
+    pos = 36
+    while pos + 12 <= len(data):
+        length, count = struct.unpack_from("<II", data, pos + 4)
+        if count == 0 or pos + 12 + length > len(data):
+            break
+        keys = []
+        at = pos + 12
+        for _ in range(count):
+            key_size, value_size = struct.unpack_from("<HH", data, at)
+            keys.append(data[at + 12:at + 12 + key_size].decode())
+            at += 12 + key_size + value_size
+        blocks.append((pos, 12 + length, keys))
+        pos += 12 + length
+    return blocks
+
+
+def test_a_damaged_snapshot_loads_every_intact_block_and_is_kept(start_server, tmp_path):
+    # Issue 25 item 5, as reported: 12,000 records of 100 B, one byte flipped
+    # in the middle; only the 2,624 records before the damage came back, and
+    # the final snapshot replaced the damaged file.
+    path = tmp_path / "cache.snap"
+    flags = ["--snapshot-path", str(path)] + SNAPSHOT_FLAGS
+    first = start_server(*flags)
+    keys = [f"rec-{i}" for i in range(12_000)]
+    value_of = lambda i: f"{i:08d}" + "v" * 92
+    fill(first.url, keys, value_of)
+    assert post_snapshot(first.url).status_code == 200
+    stop_ok(first)
+    data = bytearray(path.read_bytes())
+    blocks = snapshot_blocks(bytes(data))
+    assert len(blocks) > 10
+    middle = len(data) // 2
+    offset, size, lost = next(block for block in blocks if block[0] <= middle < block[0] + block[1])
+    data[middle] ^= 0x01
+    path.write_bytes(bytes(data))
+
+    second = start_server(*flags)
+    log = second.stderr()
+    assert re.search(rf"error snapshot {re.escape(str(path))} is damaged at offset {offset}: block checksum mismatch; "
+                     rf"1 damaged range skipped \({offset}-{offset + size} .*\); {len(lost)} of its 12000 records lost",
+                     log), log
+    kept = list(tmp_path.glob("cache.snap.bad-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == bytes(data), log
+    assert f"kept as {kept[0]}" in log
+    lost_keys = set(lost)
+    values = mget(second.url, keys)
+    for i, key in enumerate(keys):
+        assert values[i] == (None if key in lost_keys else value_of(i)), key
+    assert loaded_line(second)[0] == 12_000 - len(lost)
+    assert metric(second.url, "kvcache_snapshot_restore_damaged") == 1
+    assert metric(second.url, "kvcache_snapshot_restore_lost_records") == len(lost)
+    # The final snapshot replaces PATH, never the kept copy.
+    stop_ok(second)
+    assert kept[0].read_bytes() == bytes(data)
+    third = start_server(*flags)
+    assert loaded_line(third)[0] == 12_000 - len(lost)
+    assert " is damaged at offset" not in third.stderr()
+    assert metric(third.url, "kvcache_snapshot_restore_damaged") == 0
+    assert list(tmp_path.glob("cache.snap.bad-*")) == kept
+
+
+def test_a_truncated_snapshot_loads_every_whole_block_and_is_kept(start_server, tmp_path):
     path = tmp_path / "cache.snap"
     flags = ["--snapshot-path", str(path)] + SNAPSHOT_FLAGS
     first = start_server(*flags)
@@ -207,12 +271,16 @@ def test_a_damaged_snapshot_loads_what_precedes_the_damage(start_server, tmp_pat
     size = path.stat().st_size
     with open(path, "r+b") as f:
         f.truncate(size * 6 // 10)
+    whole = sum(len(keys) for _, _, keys in snapshot_blocks(path.read_bytes()))
+    truncated = path.read_bytes()
 
     second = start_server(*flags)
     log = second.stderr()
     assert re.search(rf"snapshot {re.escape(str(path))} is damaged at offset \d+: .*truncated", log), log
     loaded, _ = loaded_line(second)
-    assert 0 < loaded < 20_000
+    assert loaded == whole
+    assert f"{20_000 - whole} of its 20000 records lost" in log
+    assert [p.read_bytes() for p in tmp_path.glob("cache.snap.bad-*")] == [truncated]
     assert requests.get(f"{second.url}/health", timeout=5).status_code == 200
 
 

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <mutex>
@@ -169,17 +170,22 @@ TEST_CASE("every truncation point: the whole blocks before it load, and nothing 
   }
 }
 
-TEST_CASE("a flipped bit in any block stops the load at that block, keeping the ones before") {
+TEST_CASE("a flipped bit in any block costs that block alone: every other block loads") {
   TempDir dir;
   std::vector<Item> items = sample_items(1500);
-  REQUIRE(block_offsets(write_items(dir, items)).size() > 50);
   std::string bytes = write_items(dir, items);
   std::vector<size_t> blocks = block_offsets(bytes);
+  REQUIRE(blocks.size() > 50);
   size_t before = 0;
   for (size_t b = 0; b < blocks.size(); ++b) {
     size_t end = b + 1 < blocks.size() ? blocks[b + 1] : bytes.size();
+    uint32_t in_block = b + 1 < blocks.size() ? records_in_block(bytes, blocks[b]) : 0;
+    // The items of every block but b, in order.
+    std::vector<Item> expected(items.begin(), items.begin() + static_cast<long>(before));
+    expected.insert(expected.end(), items.begin() + static_cast<long>(before + in_block), items.end());
     // A bit in the CRC, the length, the count, and the first, middle and last payload bytes.
-    for (size_t at : {blocks[b], blocks[b] + 5, blocks[b] + 9, blocks[b] + 12, (blocks[b] + end) / 2, end - 1}) {
+    for (size_t at : {blocks[b], blocks[b] + 5, blocks[b] + 6, blocks[b] + 9, blocks[b] + 12, (blocks[b] + end) / 2,
+                      end - 1}) {
       if (at >= end) continue;
       for (int bit : {0, 7}) {
         std::string bad = bytes;
@@ -188,13 +194,19 @@ TEST_CASE("a flipped bit in any block stops the load at that block, keeping the 
         snapshot::ReadResult result = read_bytes(bad, back);
         CAPTURE(b);
         CAPTURE(at);
+        CAPTURE(bit);
         REQUIRE(result.status == snapshot::ReadStatus::damaged);
         REQUIRE(result.offset == blocks[b]);
-        REQUIRE(back.size() == before);
-        REQUIRE(std::equal(back.begin(), back.end(), items.begin()));
+        REQUIRE(result.damaged_ranges == 1);
+        REQUIRE(result.damage.size() == 1);
+        CHECK(result.damage[0].begin == blocks[b]);
+        CHECK(result.damage[0].end == end);
+        CHECK(result.header_records == items.size());
+        CHECK(result.lost_records() == in_block);
+        REQUIRE(back == expected);
       }
     }
-    if (b + 1 < blocks.size()) before += records_in_block(bytes, blocks[b]);
+    before += in_block;
   }
 }
 
@@ -626,4 +638,175 @@ TEST_CASE("Snapshotter::load refuses a directory it cannot write and a file it c
   CHECK_FALSE(Snapshotter(store, config, 2).load());
   config.path = dir_path + "/absent.snap";
   CHECK(Snapshotter(store, config, 2).load());
+}
+
+// ---------------------------------------------------------------- issue 25: damage costs only the damaged blocks
+
+namespace {
+
+// Items that never expire (Snapshotter::load reads the real wall clock).
+std::vector<Item> lasting_items(size_t count) {
+  std::vector<Item> items = sample_items(count);
+  for (Item& item : items) item.expires = 0;
+  return items;
+}
+
+// The items of the blocks not listed in `lost` (indexes into block_offsets, the end block last).
+std::vector<Item> items_outside(std::string_view bytes, const std::vector<Item>& items, std::vector<size_t> lost) {
+  std::vector<size_t> blocks = block_offsets(bytes);
+  std::vector<Item> kept;
+  size_t next = 0;
+  for (size_t b = 0; b + 1 < blocks.size(); ++b) {
+    uint32_t count = records_in_block(bytes, blocks[b]);
+    if (std::find(lost.begin(), lost.end(), b) == lost.end()) {
+      kept.insert(kept.end(), items.begin() + static_cast<long>(next), items.begin() + static_cast<long>(next + count));
+    }
+    next += count;
+  }
+  return kept;
+}
+
+std::vector<std::string> bad_files(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.path().filename().string().starts_with("cache.snap.bad-")) names.push_back(entry.path().string());
+  }
+  return names;
+}
+
+}  // namespace
+
+TEST_CASE("two damaged blocks, a zeroed stretch over several, bytes cut out: every block that verifies loads") {
+  TempDir dir;
+  std::vector<Item> items = sample_items(600);
+  std::string bytes = write_items(dir, items);
+  std::vector<size_t> blocks = block_offsets(bytes);
+  REQUIRE(blocks.size() > 20);
+  SUBCASE("two damaged blocks") {
+    std::string bad = bytes;
+    bad[blocks[3] + 40] ^= 0x20;
+    bad[blocks[11] + 5] ^= 0x01;  // the length: the scan must not trust it
+    std::vector<Item> back;
+    snapshot::ReadResult result = read_bytes(bad, back);
+    CHECK(result.status == snapshot::ReadStatus::damaged);
+    REQUIRE(result.damaged_ranges == 2);
+    CHECK(result.damage[0].begin == blocks[3]);
+    CHECK(result.damage[0].end == blocks[4]);
+    CHECK(result.damage[1].begin == blocks[11]);
+    CHECK(result.damage[1].end == blocks[12]);
+    CHECK(back == items_outside(bytes, items, {3, 11}));
+    CHECK(result.lost_records() == records_in_block(bytes, blocks[3]) + records_in_block(bytes, blocks[11]));
+  }
+  SUBCASE("a zeroed stretch from the middle of block 5 to the middle of block 8") {
+    std::string bad = bytes;
+    std::fill(bad.begin() + static_cast<long>(blocks[5] + 30), bad.begin() + static_cast<long>(blocks[8] + 30), '\0');
+    std::vector<Item> back;
+    snapshot::ReadResult result = read_bytes(bad, back);
+    REQUIRE(result.damaged_ranges == 1);
+    CHECK(result.damage[0].begin == blocks[5]);
+    CHECK(result.damage[0].end == blocks[9]);
+    CHECK(back == items_outside(bytes, items, {5, 6, 7, 8}));
+  }
+  SUBCASE("bytes cut out of block 6 and put into block 14: the blocks after each shift still load") {
+    std::string bad = bytes.substr(0, blocks[6] + 20) + bytes.substr(blocks[6] + 27, blocks[14] + 50 - (blocks[6] + 27)) +
+                      "garbage" + bytes.substr(blocks[14] + 50);
+    std::vector<Item> back;
+    snapshot::ReadResult result = read_bytes(bad, back);
+    CHECK(result.damaged_ranges == 2);
+    CHECK(back == items_outside(bytes, items, {6, 14}));
+  }
+  SUBCASE("the end block damaged: every record loads, the file still counts as damaged") {
+    std::string bad = bytes;
+    bad[blocks.back()] ^= 0x01;
+    std::vector<Item> back;
+    snapshot::ReadResult result = read_bytes(bad, back);
+    CHECK(result.status == snapshot::ReadStatus::damaged);
+    CHECK(result.damage[0].begin == blocks.back());
+    CHECK(result.damage[0].end == bytes.size());
+    CHECK(result.lost_records() == 0);
+    CHECK(back == items);
+  }
+  SUBCASE("damage everywhere: every range counted, the first few listed") {
+    std::string bad = bytes;
+    for (size_t b = 0; b + 1 < blocks.size(); b += 2) bad[blocks[b] + 20] ^= 0x04;
+    std::vector<Item> back;
+    snapshot::ReadResult result = read_bytes(bad, back);
+    CHECK(result.damaged_ranges == (blocks.size() - 1 + 1) / 2);
+    CHECK(result.damage.size() == snapshot::kMaxDamageListed);
+    std::vector<size_t> lost;
+    for (size_t b = 0; b + 1 < blocks.size(); b += 2) lost.push_back(b);
+    CHECK(back == items_outside(bytes, items, lost));
+  }
+}
+
+TEST_CASE("Snapshotter::load: a flipped byte in the first, a middle or the last block, or a truncated file, loads "
+          "every intact block and keeps the damaged file") {
+  SnapshotterSetup setup;
+  std::vector<Item> items = lasting_items(400);
+  std::string bytes = write_items(setup.dir, items);
+  std::vector<size_t> blocks = block_offsets(bytes);
+  REQUIRE(blocks.size() > 10);
+  std::string bad = bytes;
+  std::vector<Item> expected;
+  SUBCASE("first block") {
+    bad[blocks[0] + 100] ^= 0x01;
+    expected = items_outside(bytes, items, {0});
+  }
+  SUBCASE("a middle block") {
+    bad[blocks[blocks.size() / 2] + 100] ^= 0x01;
+    expected = items_outside(bytes, items, {blocks.size() / 2});
+  }
+  SUBCASE("the last record block") {
+    bad[blocks[blocks.size() - 2] + 100] ^= 0x01;
+    expected = items_outside(bytes, items, {blocks.size() - 2});
+  }
+  SUBCASE("two blocks") {
+    bad[blocks[2] + 100] ^= 0x01;
+    bad[blocks[7] + 100] ^= 0x01;
+    expected = items_outside(bytes, items, {2, 7});
+  }
+  SUBCASE("truncated in the middle of block 6") {
+    bad = bytes.substr(0, blocks[6] + 100);
+    expected = items_outside(bytes, items, {});
+    expected.resize(expected.size() - items_outside(bytes, items, {0, 1, 2, 3, 4, 5}).size());
+  }
+  REQUIRE(!expected.empty());
+  REQUIRE(expected.size() < items.size());
+  {
+    std::ofstream out(setup.config.snapshot_path, std::ios::binary | std::ios::trunc);
+    out << bad;
+  }
+  Snapshotter snapshots(setup.store, setup.config, 2);
+  REQUIRE(snapshots.load());
+  CHECK(setup.store.stats().entries == expected.size());
+  for (const Item& item : expected) CHECK(lookup(setup.store, item.key) == item.value);
+  CHECK(snapshots.metrics()[snapshot_slot::kRestoreDamaged].get() == 1);
+  CHECK(snapshots.metrics()[snapshot_slot::kRestoreLostRecords].get() == items.size() - expected.size());
+  // Kept under a second name before any snapshot: the next one replaces PATH, not it.
+  std::vector<std::string> kept = bad_files(setup.dir.path);
+  REQUIRE(kept.size() == 1);
+  CHECK(read_file(kept[0]) == bad);
+  REQUIRE(write_snapshot(setup.store, setup.config.snapshot_path, [] { return false; }).ok);
+  CHECK(read_file(kept[0]) == bad);
+  std::vector<Item> reloaded;
+  CHECK(read_bytes(read_file(setup.config.snapshot_path), reloaded).status == snapshot::ReadStatus::complete);
+  CHECK(reloaded.size() == expected.size());
+}
+
+TEST_CASE("Snapshotter::load: started again before the next snapshot, the damaged file is kept once") {
+  SnapshotterSetup setup;
+  std::vector<Item> items = lasting_items(100);
+  std::string bad = write_items(setup.dir, items);
+  bad[block_offsets(bad)[1] + 30] ^= 0x01;
+  {
+    std::ofstream out(setup.config.snapshot_path, std::ios::binary | std::ios::trunc);
+    out << bad;
+  }
+  REQUIRE(Snapshotter(setup.store, setup.config, 1).load());
+  FakeClock clock;
+  Store again(2, 64 << 20, clock);
+  REQUIRE(Snapshotter(again, setup.config, 1).load());
+  CHECK(again.stats().entries == setup.store.stats().entries);
+  CHECK(bad_files(setup.dir.path).size() == 1);
+  CHECK(read_file(setup.config.snapshot_path) == bad);
 }
