@@ -327,6 +327,8 @@ bool Snapshotter::load_file() {
       threads.emplace_back(load_part, part);
     } catch (const std::system_error&) {
       load_part(part);  // no thread to be had: this one loads its part
+    } catch (const std::bad_alloc&) {
+      out_of_memory[part] = 1;  // the threads started are joined first
     }
   }
   for (auto& thread : threads) thread.join();

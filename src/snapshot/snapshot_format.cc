@@ -14,6 +14,7 @@
 #include <climits>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <utility>
 
 namespace kv::snapshot {
@@ -268,28 +269,33 @@ const FileCalls& system_file_calls() {
 
 Writer::~Writer() { abandon(); }
 
-bool Writer::fail(std::string_view what) {
-  error_ = fmt::format("{} {}: {}", what, tmp_path_, std::strerror(errno));
+bool Writer::fail(std::string_view what, int error_number) {
+  error_ = fmt::format("{} {}: {}", what, tmp_path_, std::strerror(error_number));
   return false;
 }
 
 bool Writer::open(const std::string& path, int64_t created_unix_ms) {
+  abandon();
   path_ = path;
   tmp_path_ = path + ".tmp";
+  dir_path_ = directory_of(path);
   created_unix_ms_ = created_unix_ms;
   records_ = 0;
   bytes_ = 0;
   replaced_ = false;
+  error_.clear();
+  error_.reserve(64);  // commit()'s last words when memory has run out fit in it
   block_records_ = 0;
   block_.clear();
   block_.reserve(buffer_bytes_);
   // A stale PATH.tmp (from a crash) is replaced, never appended to.
   unlink(tmp_path_.c_str());
   fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd_ < 0) return fail("create");
+  if (fd_ < 0) return fail("create", errno);
+  tmp_exists_ = true;
   // The real header is written by commit(), once the count is known.
-  std::string header(kHeaderSize, '\0');
-  return write_all(header.data(), header.size());
+  char header[kHeaderSize] = {};
+  return write_all(header, sizeof header);
 }
 
 void Writer::add(const Record& record) {
@@ -306,7 +312,7 @@ bool Writer::write_all(const char* data, size_t size) {
     ssize_t n = ::write(fd_, data, size);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return fail("write");
+      return fail("write", errno);
     }
     data += n;
     size -= static_cast<size_t>(n);
@@ -342,30 +348,37 @@ bool Writer::commit() {
   put<int64_t>(header, created_unix_ms_);
   put<uint64_t>(header, records_);
   put<uint32_t>(header, crc32c(header.data(), header.size()));
-  if (pwrite(fd_, header.data(), header.size(), 0) != static_cast<ssize_t>(header.size())) return fail("write header of");
-  if (calls_.fsync(fd_) != 0) return fail("fsync");
+  if (pwrite(fd_, header.data(), header.size(), 0) != static_cast<ssize_t>(header.size())) {
+    return fail("write header of", errno);
+  }
+  if (calls_.fsync(fd_) != 0) return fail("fsync", errno);
   int fd = std::exchange(fd_, -1);
   // After a failed close the data may not be on disk: the .tmp goes too.
   if (calls_.close(fd) != 0) {
-    fail("close");
-    unlink(tmp_path_.c_str());
-    return false;
+    int error_number = errno;
+    abandon();
+    return fail("close", error_number);
   }
   if (rename(tmp_path_.c_str(), path_.c_str()) != 0) {
-    fail("rename");
-    unlink(tmp_path_.c_str());
-    return false;
+    int error_number = errno;
+    abandon();
+    return fail("rename", error_number);
   }
   replaced_ = true;
+  tmp_exists_ = false;
   // The rename is durable only once the directory is on disk too.
-  std::string dir = directory_of(path_);
-  int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int dir_fd = ::open(dir_path_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir_fd < 0 || calls_.fsync(dir_fd) != 0) {
-    error_ = fmt::format(
-        "{} is the new snapshot, but fsync of its directory {} failed: {}; a crash before the directory reaches the "
-        "disk may bring back the previous one",
-        path_, dir, std::strerror(errno));
+    int error_number = errno;
     if (dir_fd >= 0) calls_.close(dir_fd);
+    try {
+      error_ = fmt::format(
+          "{} is the new snapshot, but fsync of its directory {} failed: {}; a crash before the directory reaches "
+          "the disk may bring back the previous one",
+          path_, dir_path_, std::strerror(error_number));
+    } catch (const std::bad_alloc&) {
+      error_ = "fsync of the snapshot's directory failed";  // within the capacity open() reserved
+    }
     return false;
   }
   calls_.close(dir_fd);
@@ -375,10 +388,14 @@ bool Writer::commit() {
 }
 
 void Writer::abandon() {
-  if (fd_ < 0) return;
-  ::close(fd_);
-  fd_ = -1;
-  unlink(tmp_path_.c_str());
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+  }
+  if (tmp_exists_) {
+    unlink(tmp_path_.c_str());
+    tmp_exists_ = false;
+  }
   block_.clear();
   block_.shrink_to_fit();
 }

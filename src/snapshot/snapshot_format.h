@@ -89,7 +89,8 @@ class Writer {
   // file (only its directory's fsync failed) or still the previous one.
   bool commit();
   bool replaced() const { return replaced_; }
-  // Removes PATH.tmp after a failure or a timeout; the previous file stays.
+  // Removes PATH.tmp after a failure, a timeout or an exception (the
+  // destructor calls it); the previous file stays. Allocates nothing.
   void abandon();
 
   uint64_t records() const { return records_; }
@@ -97,7 +98,7 @@ class Writer {
   const std::string& error() const { return error_; }
 
  private:
-  bool fail(std::string_view what);
+  bool fail(std::string_view what, int error_number);
   bool write_all(const char* data, size_t size);
   bool write_block(uint32_t count, std::string_view payload);
 
@@ -106,7 +107,9 @@ class Writer {
   const FileCalls& calls_;
   std::string path_;
   std::string tmp_path_;
+  std::string dir_path_;  // ready before commit(), which then allocates nothing once PATH is replaced
   int fd_ = -1;
+  bool tmp_exists_ = false;  // PATH.tmp is ours to remove (on any way out, an exception's too)
   std::string block_;  // payload of the block being filled
   uint32_t block_records_ = 0;
   uint64_t records_ = 0;

@@ -1,5 +1,8 @@
 // The snapshot format (round trip, every truncation point, a flipped bit in
-// every block, an unknown version) and the store walk and restore around it.
+// every block, an unknown version) and the store walk and restore around it;
+// damage that costs only the damaged blocks; memory running out at every
+// allocation of the snapshot writer and of the loader (failing_alloc.h).
+#include "failing_alloc.h"
 #include "snapshot.h"
 #include "snapshot_format.h"
 
@@ -773,7 +776,7 @@ TEST_CASE("Snapshotter::load: a flipped byte in the first, a middle or the last 
   REQUIRE(!expected.empty());
   REQUIRE(expected.size() < items.size());
   {
-    std::ofstream out(setup.config.snapshot_path, std::ios::binary | std::ios::trunc);
+    std::ofstream out(setup.config.path, std::ios::binary | std::ios::trunc);
     out << bad;
   }
   Snapshotter snapshots(setup.store, setup.config, 2);
@@ -786,10 +789,10 @@ TEST_CASE("Snapshotter::load: a flipped byte in the first, a middle or the last 
   std::vector<std::string> kept = bad_files(setup.dir.path);
   REQUIRE(kept.size() == 1);
   CHECK(read_file(kept[0]) == bad);
-  REQUIRE(write_snapshot(setup.store, setup.config.snapshot_path, [] { return false; }).ok);
+  REQUIRE(write_snapshot(setup.store, setup.config.path, [] { return false; }).ok);
   CHECK(read_file(kept[0]) == bad);
   std::vector<Item> reloaded;
-  CHECK(read_bytes(read_file(setup.config.snapshot_path), reloaded).status == snapshot::ReadStatus::complete);
+  CHECK(read_bytes(read_file(setup.config.path), reloaded).status == snapshot::ReadStatus::complete);
   CHECK(reloaded.size() == expected.size());
 }
 
@@ -799,7 +802,7 @@ TEST_CASE("Snapshotter::load: started again before the next snapshot, the damage
   std::string bad = write_items(setup.dir, items);
   bad[block_offsets(bad)[1] + 30] ^= 0x01;
   {
-    std::ofstream out(setup.config.snapshot_path, std::ios::binary | std::ios::trunc);
+    std::ofstream out(setup.config.path, std::ios::binary | std::ios::trunc);
     out << bad;
   }
   REQUIRE(Snapshotter(setup.store, setup.config, 1).load());
@@ -808,5 +811,134 @@ TEST_CASE("Snapshotter::load: started again before the next snapshot, the damage
   REQUIRE(Snapshotter(again, setup.config, 1).load());
   CHECK(again.stats().entries == setup.store.stats().entries);
   CHECK(bad_files(setup.dir.path).size() == 1);
-  CHECK(read_file(setup.config.snapshot_path) == bad);
+  CHECK(read_file(setup.config.path) == bad);
+}
+
+// ---------------------------------------------------------------- issue 25: memory running out
+
+TEST_CASE("write_snapshot: memory running out at any allocation fails it like a write error, the previous file kept") {
+  TempDir dir;
+  std::string path = dir.path + "/cache.snap";
+  FakeClock clock;
+  Store store(2, 64 << 20, clock);
+  put_keys(store, 3000, std::string(100, 'v'));
+  REQUIRE(write_snapshot(store, path, [] { return false; }).ok);
+  REQUIRE(store.put(make_key("newer"), "v", 0) == PutStatus::ok);
+  std::string previous = read_file(path);
+  for (bool keep_failing : {false, true}) {
+    CAPTURE(keep_failing);
+    long failed_runs = 0;
+    for (long n = 0; n < 1000; ++n) {
+      SnapshotResult result;
+      long failures;
+      {
+        failing_alloc::Armed armed(n, keep_failing);
+        result = write_snapshot(store, path, [] { return false; });
+        failures = armed.failures();
+      }
+      CAPTURE(n);
+      if (failures == 0) {
+        // Past the last allocation: it ran whole.
+        CHECK(result.ok);
+        break;
+      }
+      ++failed_runs;
+      REQUIRE_FALSE(result.ok);
+      CHECK_FALSE(result.abandoned);
+      CHECK(result.error == "out of memory");
+      REQUIRE(read_file(path) == previous);
+      REQUIRE_FALSE(std::ifstream(path + ".tmp").good());
+      CHECK(store.stats().entries == 3001);
+    }
+    CHECK(failed_runs > 3);
+    // The walks the failures abandoned are closed by the next one, which copies every entry.
+    SnapshotResult result = write_snapshot(store, path, [] { return false; });
+    REQUIRE(result.ok);
+    CHECK(result.entries == 3001);
+    std::vector<Item> back;
+    CHECK(read_bytes(read_file(path), back).status == snapshot::ReadStatus::complete);
+    CHECK(back.size() == 3001);
+    REQUIRE(write_snapshot(store, path, [] { return false; }).ok);  // previous for the next round
+    previous = read_file(path);
+  }
+}
+
+TEST_CASE("Snapshotter: a snapshot that runs out of memory is answered as failed and counted; the next one works") {
+  SnapshotterSetup setup;
+  put_keys(setup.store, 500, "v");
+  Snapshotter snapshots(setup.store, setup.config, 1);
+  REQUIRE(snapshots.load());
+  snapshots.start();
+  std::mutex mutex;
+  std::condition_variable cv;
+  int done = 0;
+  auto on_done = [&] {
+    std::lock_guard lock(mutex);
+    ++done;
+    cv.notify_all();
+  };
+  auto wait_done = [&](int count) {
+    std::unique_lock lock(mutex);
+    return cv.wait_for(lock, std::chrono::seconds(60), [&] { return done >= count; });
+  };
+  // Every allocation of the snapshot thread fails from now on; this thread's do not.
+  failing_alloc::exempt = true;
+  {
+    failing_alloc::Armed armed(0, true);
+    REQUIRE(snapshots.request(on_done) == Snapshotter::Request::accepted);
+    REQUIRE(wait_done(1));
+    CHECK(armed.failures() > 0);
+  }
+  failing_alloc::exempt = false;
+  SnapshotResult result = snapshots.collect();
+  CHECK_FALSE(result.ok);
+  CHECK(result.error == "out of memory");
+  CHECK(snapshots.metrics()[snapshot_slot::kFailures].get() == 1);
+  CHECK_FALSE(std::ifstream(setup.config.path).good());
+  CHECK_FALSE(std::ifstream(setup.config.path + ".tmp").good());
+  REQUIRE(snapshots.request(on_done) == Snapshotter::Request::accepted);
+  REQUIRE(wait_done(2));
+  result = snapshots.collect();
+  CHECK(result.ok);
+  CHECK(result.entries == 500);
+  snapshots.stop();
+}
+
+TEST_CASE("Snapshotter::load: memory running out at any allocation stops the start, never the process") {
+  SnapshotterSetup setup;
+  std::vector<Item> items = lasting_items(300);
+  std::string bad = write_items(setup.dir, items);
+  std::vector<size_t> blocks = block_offsets(bad);
+  bad[blocks[3] + 50] ^= 0x01;  // damaged: the kept-aside path allocates too
+  {
+    std::ofstream out(setup.config.path, std::ios::binary | std::ios::trunc);
+    out << bad;
+  }
+  size_t expected = items_outside(bad, items, {3}).size();
+  for (bool keep_failing : {false, true}) {
+    CAPTURE(keep_failing);
+    long failed_runs = 0;
+    for (long n = 0; n < 5000; ++n) {
+      FakeClock clock;
+      Store store(4, 64 << 20, clock);
+      Snapshotter snapshots(store, setup.config, 2);
+      bool loaded;
+      long failures;
+      {
+        failing_alloc::Armed armed(n, keep_failing);
+        loaded = snapshots.load();
+        failures = armed.failures();
+      }
+      CAPTURE(n);
+      if (failures == 0) {
+        REQUIRE(loaded);
+        CHECK(store.stats().entries == expected);
+        break;
+      }
+      ++failed_runs;
+      REQUIRE_FALSE(loaded);
+      REQUIRE(read_file(setup.config.path) == bad);  // left as it is
+    }
+    CHECK(failed_runs > 5);
+  }
 }
