@@ -104,7 +104,8 @@ def test_ring_vectors_match_haproxy_all_up_and_one_down(make_cluster, vectors, n
     nodes = {i: c.node_url(i) for i in range(1, n + 1)}
     with kvcache.Cluster(nodes, failures=1, backoff=60, timeout=5) as cluster, \
             kvcache.Client(c.url, timeout=5) as proxy:
-        node2_keys = [k for k in keys if owners_of(vectors, n, [])[k] == 2][:200]
+        all_up = owners_of(vectors, n, [])
+        node2_keys = [k for k in keys if all_up[k] == 2][:200]
         assert cluster.get(node2_keys[0]) == "down"  # refused, retried on the next owner
         assert cluster.breaker_stats()[2]["state"] == "open"
         sample = keys[:1000]

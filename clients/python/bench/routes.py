@@ -31,7 +31,7 @@ client's own CPU cost (docs/benchmarks.md, "The Python client's routes").
    RATE=N paces the load at N requests/s in all (each process sends on a
    schedule): every route then serves the same rate, so CPU per request is
    compared at equal load (unset: back to back, each route as fast as it goes).
-Env: RATE (unset) DURATION (10) ROUNDS (3) PROCS (4) CLIENT_REQUESTS (20000) CLIENT_ROUNDS (3)
+Env: PARTS ("routes client": either or both) RATE (unset) DURATION (10) ROUNDS (3) PROCS (4) CLIENT_REQUESTS (20000) CLIENT_ROUNDS (3)
      PORT (17400: HAProxy, nodes on +1 and +2, stats on +100) KVCACHE (build/kvcache).
 Loopback only; every wait bounded; only the processes started here are stopped.
 """
@@ -56,6 +56,7 @@ DURATION = float(os.environ.get("DURATION", "10"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 PROCS = int(os.environ.get("PROCS", "4"))
 RATE = float(os.environ.get("RATE", "0"))
+PARTS = os.environ.get("PARTS", "routes client").split()
 CLIENT_REQUESTS = int(os.environ.get("CLIENT_REQUESTS", "20000"))
 CLIENT_ROUNDS = int(os.environ.get("CLIENT_ROUNDS", "3"))
 PORT = int(os.environ.get("PORT", "17400"))
@@ -294,7 +295,7 @@ def main():
         server_pids = [pids["node1"], pids["node2"], pids["haproxy"]] + children(pids["haproxy"])
         kvcache.Client(urls["node1"]).mput({f"key:{i}": VALUE for i in range(1, KEYS + 1, 2)})
         rows = []
-        for r in range(ROUNDS):
+        for r in range(ROUNDS if "routes" in PARTS else 0):
             for route in ROUTES:
                 row = run_route(route, urls, server_pids)
                 row["load"] = os.getloadavg()[0]
@@ -302,25 +303,35 @@ def main():
                 print(f"round {r + 1} {route:6s}: {row['rps']:8.0f} req/s  p50 {row['p50_ms']:.3f} ms  "
                       f"p99 {row['p99_ms']:.3f} ms  server CPU {row['server_cpu_us']:.1f} us/req  "
                       f"errors {row['errors']}  load {row['load']:.1f}", flush=True)
-        by = {route: [r for r in rows if r["route"] == route] for route in ROUTES}
-        med = {route: {k: statistics.median(r[k] for r in v) for k in ("rps", "p99_ms", "server_cpu_us")}
-               for route, v in by.items()}
-        d = med["direct"]
-        for route in ("proxy", "client", "split"):
-            m = med[route]
-            print(f"{route} / direct: throughput {m['rps'] / d['rps']:.2f}x, p99 {m['p99_ms'] / d['p99_ms']:.2f}x, "
-                  f"server CPU per request {m['server_cpu_us'] / d['server_cpu_us']:.2f}x")
-        medians, runs = client_cpu(urls)
-        python = python_cpu(urls)
-        base = medians["http.client loop"]
-        for name, us in medians.items():
-            added = python[name] - python["http.client loop"]
-            print(f"client CPU {name:17s}: {us:6.1f} us/request ({us / base:.2f}x; runs "
-                  f"{', '.join(f'{x:.1f}' for x in runs[name])}); without the network {python[name]:.1f} us, "
-                  f"{added:+.1f} us = {added / base * 100:+.1f}% of the plain loop's {base:.1f} us", flush=True)
+        if rows:
+            report_routes(rows)
+        if "client" in PARTS:
+            report_client(urls)
         print(f"load average after: {os.getloadavg()}")
     finally:
         cluster_sh("down")
+
+
+def report_routes(rows):
+    by = {route: [r for r in rows if r["route"] == route] for route in ROUTES}
+    med = {route: {k: statistics.median(r[k] for r in v) for k in ("rps", "p99_ms", "server_cpu_us")}
+           for route, v in by.items()}
+    d = med["direct"]
+    for route in ("proxy", "client", "split"):
+        m = med[route]
+        print(f"{route} / direct: throughput {m['rps'] / d['rps']:.2f}x, p99 {m['p99_ms'] / d['p99_ms']:.2f}x, "
+              f"server CPU per request {m['server_cpu_us'] / d['server_cpu_us']:.2f}x")
+
+
+def report_client(urls):
+    medians, runs = client_cpu(urls)
+    python = python_cpu(urls)
+    base = medians["http.client loop"]
+    for name, us in medians.items():
+        added = python[name] - python["http.client loop"]
+        print(f"client CPU {name:17s}: {us:6.1f} us/request ({us / base:.2f}x; runs "
+              f"{', '.join(f'{x:.1f}' for x in runs[name])}); without the network {python[name]:.1f} us, "
+              f"{added:+.1f} us = {added / base * 100:+.1f}% of the plain loop's {base:.1f} us", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ from .errors import Overloaded, Timeout, Unavailable
 from .ring import Ring, key_hash
 
 NOT_FOUND = b'{"status":"ERROR","message":"Key not found."}'
+# Keys whose owner is remembered (about 100 bytes each); past it, owners are computed
+# every time until the next breaker change. The ring costs ~2 us a key in Python.
+OWNER_MEMO = 100_000
 
 
 def _node_list(nodes):
@@ -68,6 +71,7 @@ class Cluster:
             self.breakers[i] = Breaker(f"node {i} ({client.url})", policy, self._prober(client),
                                        on_change=self._breaker_changed)
         self._down = frozenset()  # ids whose breaker is not closed
+        self._owners = {}  # key -> owner id while _down is what it is now (a memo of the ring)
         self._change_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=max(2, 2 * len(pairs)), thread_name_prefix="kvcache")
 
@@ -81,6 +85,7 @@ class Cluster:
     def _breaker_changed(self, breaker):
         with self._change_lock:
             self._down = frozenset(i for i, b in self.breakers.items() if b.state != "closed")
+            self._owners = {}
 
     def _excluded(self):
         """The ids out of the ring now; starts the probes that are due."""
@@ -98,19 +103,22 @@ class Cluster:
         """(status, body, client) from the key's owner; on Unavailable (not Timeout
         nor a 503), once more from the owner without that node."""
         deadline = time.monotonic() + self.timeout
-        h = key_hash(key)
-        down = self._down
-        if down:
-            down = self._excluded()
-        node = self.ring.owner_of_hash(h, down)
+        if self._down:
+            self._excluded()  # starts the probes that are due
+        owners = self._owners  # replaced (not cleared) when a breaker changes
+        node = owners.get(key)
         if node is None:
-            raise Unavailable("every node's circuit breaker is open")
+            node = self.ring.owner(key, self._down)
+            if node is None:
+                raise Unavailable("every node's circuit breaker is open")
+            if len(owners) < OWNER_MEMO:
+                owners[key] = node
         try:
             return self._send(node, method, target, body, deadline)
         except Timeout:
             raise
         except Unavailable:
-            node = self.ring.owner_of_hash(h, down | {node})
+            node = self.ring.owner(key, self._down | {node})
             if node is None:
                 raise
             return self._send(node, method, target, body, deadline)

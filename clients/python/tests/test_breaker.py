@@ -248,3 +248,27 @@ def test_node_lists():
     assert kvcache.Cluster([(4, "http://a:1")]).ring.ids == (4,)
     with pytest.raises(ValueError):
         kvcache.Cluster([])
+
+
+def test_keys_come_back_after_the_probe_closes_the_breaker(cluster):
+    import time
+    fake = FakeNodes(cluster)
+    key = next(k for k in (f"key:{i}" for i in range(200)) if cluster.ring.owner(k) == 2)
+    cluster.get(key)  # remembered: node 2
+    fake.fail[2] = kvcache.Unavailable("connection refused")
+    cluster.get(key)
+    cluster.get(key)
+    assert cluster.breaker_stats()[2]["state"] == "open"
+    del fake.fail[2]
+    cluster.breakers[2]._retry_at = 0  # the backoff is over
+    fake.calls.clear()
+    cluster.get(key)  # starts the probe (on its thread) and goes to the next owner meanwhile
+    deadline = time.monotonic() + 5
+    while cluster.breaker_stats()[2]["state"] != "closed" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cluster.breaker_stats()[2] == {"state": "closed", "opened": 1, "closed": 1, "failures": 2,
+                                          "probes": 1, "probe_failures": 0}
+    assert (2, "/health") in fake.calls  # the get itself went to either, by the time the probe took
+    fake.calls.clear()
+    cluster.get(key)
+    assert fake.calls == [(2, "/get")]
