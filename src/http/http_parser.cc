@@ -131,7 +131,6 @@ bool parse_request_line(std::string_view line, Request& request, Error& error) {
     size_t path_start = target.find('/', scheme_end + 3);
     target = path_start == std::string_view::npos ? std::string_view("/") : target.substr(path_start);
   }
-  request.target = target;
   size_t question = target.find('?');
   request.path = target.substr(0, question);
   request.query = question == std::string_view::npos ? std::string_view() : target.substr(question + 1);

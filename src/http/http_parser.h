@@ -31,8 +31,7 @@ enum class Method : uint8_t { get, head, post, other };
 
 struct Request {
   Method method = Method::other;
-  std::string_view target;  // origin-form, e.g. "/get?key=a"
-  std::string_view path;    // target up to '?'
+  std::string_view path;    // the origin-form target up to '?' (an absolute-form one is reduced to it)
   std::string_view query;   // after '?', without it
   bool http10 = false;
   bool keep_alive = true;  // false also for an HTTP/1.0 request with Transfer-Encoding

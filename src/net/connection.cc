@@ -3,12 +3,26 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cstring>
 #include <iterator>
 #include <utility>
 
 namespace kv {
 namespace {
+
+using Phase = Connection::Phase;
+constexpr size_t kPhases = 6;
+// kTransitions[from][to]: the changes of phase Connection::enter allows.
+constexpr bool kTransitions[kPhases][kPhases] = {
+    //             reading starved waiting closing lingering closed
+    /* reading   */ {false, true, true, true, false, true},
+    /* starved   */ {false, false, false, true, false, true},
+    /* waiting   */ {true, false, false, true, false, true},
+    /* closing   */ {false, false, false, false, true, true},
+    /* lingering */ {false, false, false, false, false, true},
+    /* closed    */ {false, false, false, false, false, false},
+};
 
 // An empty std::string holds no heap memory (its inline capacity is not charged).
 size_t held(const std::string& s) {
@@ -93,15 +107,14 @@ LoopContext::LoopContext(const ConnectionOptions& options, const Clock& clock, B
   output.reserve(kOutputKeepCapacity);
 }
 
-Connection* LoopContext::deliver_deferred() {
+void LoopContext::deliver_deferred() {
   Connection* c = std::exchange(deferred, nullptr);
   handler.complete_deferred(output);
   if (c == nullptr) {
     output.clear();  // the client left before its answer
-    return nullptr;
+    return;
   }
   c->complete_deferred();
-  return c;
 }
 
 bool LoopContext::make_room(size_t bytes) {
@@ -125,6 +138,23 @@ void LoopContext::trim() {
 
 Connection::Connection(LoopContext& loop, ConnectionIo& io) : loop_(loop), io_(io) {}
 
+bool Connection::transition_allowed(Phase from, Phase to) {
+  return kTransitions[static_cast<size_t>(from)][static_cast<size_t>(to)];
+}
+
+void Connection::enter(Phase next) {
+  assert(transition_allowed(phase_, next));
+  phase_ = next;
+}
+
+void Connection::close_after() {
+  if (phase_ == Phase::waiting) {
+    close_after_wait_ = true;
+  } else if (phase_ != Phase::closing) {
+    enter(Phase::closing);
+  }
+}
+
 Connection::~Connection() { close(); }
 
 void Connection::start() {
@@ -137,14 +167,14 @@ void Connection::start() {
 void Connection::start_rejected() {
   last_active_ = loop_.clock.now();
   loop_.handler.reject(503, "too many connections", loop_.output);
-  closing_ = true;
+  enter(Phase::closing);
   flush();  // arms the send timeout if the client does not take it at once
   settle();
 }
 
 void Connection::close() {
-  if (closed_) return;
-  closed_ = true;
+  if (phase_ == Phase::closed) return;
+  enter(Phase::closed);
   unlist_idle();
   io_.close();
   if (loop_.deferred == this) loop_.deferred = nullptr;
@@ -158,8 +188,9 @@ void Connection::close_idle() {
 }
 
 void Connection::complete_deferred() {
-  if (closed_) return;
-  waiting_ = false;
+  if (phase_ != Phase::waiting) return;
+  enter(close_after_wait_ ? Phase::closing : Phase::reading);
+  close_after_wait_ = false;
   resume();
   settle();
 }
@@ -190,12 +221,12 @@ void Connection::recharge() {
 }
 
 bool Connection::reapable() const {
-  return charged_ > 0 && reading_ && !closing_ && !lingering_ && !waiting_ && !peer_closed_ && !starved_ &&
-         input_.empty() && output_.empty() && request_started_ == 0 && !io_.busy();
+  return charged_ > 0 && phase_ == Phase::reading && reading_ && !peer_closed_ && input_.empty() &&
+         output_.empty() && request_started_ == 0 && !io_.busy();
 }
 
 void Connection::settle() {
-  if (closed_) return;
+  if (phase_ == Phase::closed) return;
   recharge();
   if (!reapable()) return unlist_idle();
   if (idle_listed_ && idle_since_ == last_active_) return;
@@ -220,17 +251,17 @@ void Connection::unlist_idle() {
 size_t Connection::output_allowance() const { return loop_.buffers.spent() ? kBufferFloor : kOutputHighWater; }
 
 void Connection::on_readable() {
-  if (closed_) return;
-  lingering_ ? discard() : (void)read();
+  if (phase_ == Phase::closed) return;
+  phase_ == Phase::lingering ? discard() : (void)read();
   settle();
 }
 
-bool Connection::read() {
+Connection::Next Connection::read() {
   size_t n = load_input();
   if (n == kInputCapacity) {
     // Unreachable while the parser enforces its limits; never read zero bytes and call it EOF.
     loop_.handler.reject(413, "request too large", loop_.output);
-    closing_ = true;
+    close_after();
     input_.clear();
     return flush();
   }
@@ -241,7 +272,7 @@ bool Connection::read() {
     // the socket, unread, until its read timeout answers 408.
     if (n > 0) return starve();
     IoResult seen = io_.peek(loop_.input.get(), kBufferFloor);
-    if (seen.kind == IoResult::would_block) return true;
+    if (seen.kind == IoResult::would_block) return Next::serve;
     if (seen.kind == IoResult::ok) {
       room = whole_requests(seen.bytes);
       if (room == 0) return starve();
@@ -250,8 +281,8 @@ bool Connection::read() {
   IoResult got = io_.recv(loop_.input.get() + n, room);
   size_t bytes = 0;
   switch (got.kind) {
-    case IoResult::would_block: return true;
-    case IoResult::error: close(); return false;
+    case IoResult::would_block: return Next::serve;
+    case IoResult::error: close(); return Next::done;
     case IoResult::eof:
       // The client will send no more: answer what it sent, then close.
       peer_closed_ = true;
@@ -277,24 +308,25 @@ size_t Connection::whole_requests(size_t size) const {
   return whole;
 }
 
-bool Connection::starve() {
-  starved_ = true;
+Connection::Next Connection::starve() {
+  if (phase_ == Phase::reading) enter(Phase::starved);
   set_reading(false);
   // The request has begun, if only in the socket: its read timeout runs.
   if (request_started_ == 0) request_started_ = loop_.clock.now();
   schedule();
-  return true;
+  return Next::serve;
 }
 
-bool Connection::consume(size_t n) {
+Connection::Next Connection::consume(size_t n) {
   loop_.batch_started_ns = loop_.clock.now_ns();
   for (;;) {
     size_t used = process(n);
-    bool held_back = !closing_ && used < n && (waiting_ || output_.size() + loop_.output.size() >= output_allowance());
+    bool held_back = !last_queued() && used < n &&
+                     (phase_ == Phase::waiting || output_.size() + loop_.output.size() >= output_allowance());
     // A FIN means no more requests, not "forget the ones you have": close once
     // every complete request is answered (a partial one can never complete).
-    if (peer_closed_ && !held_back) closing_ = true;
-    if (closing_ || used == n) {
+    if (peer_closed_ && !held_back) close_after();
+    if (last_queued() || used == n) {
       input_.clear();
       if (input_.capacity() > kInputKeepCapacity) std::string().swap(input_);  // idle connections hold no big buffers
       request_started_ = 0;
@@ -312,9 +344,9 @@ bool Connection::consume(size_t n) {
         schedule();
       }
     }
-    if (!flush()) return false;
+    if (flush() == Next::done) return Next::done;
     // Requests held back by a backlog the socket has now taken: answer them too.
-    if (!held_back || !output_.empty() || waiting_) return true;
+    if (!held_back || !output_.empty() || phase_ == Phase::waiting) return Next::serve;
     n = load_input();
   }
 }
@@ -322,12 +354,11 @@ bool Connection::consume(size_t n) {
 size_t Connection::process(size_t n) {
   const char* in = loop_.input.get();
   size_t pos = 0;
-  const bool spent = loop_.buffers.spent();
-  const size_t allowance = spent ? kBufferFloor : kOutputHighWater;
+  const size_t allowance = output_allowance();
   // While the budget is spent, a body larger than the floor gets a 503 instead.
-  const size_t body_limit = spent ? kBufferFloor : SIZE_MAX;
+  const size_t body_limit = allowance == kBufferFloor ? kBufferFloor : SIZE_MAX;
   std::string& out = loop_.output;
-  while (!closing_ && !waiting_ && pos < n && output_.size() + out.size() < allowance) {
+  while (phase_ == Phase::reading && pos < n && output_.size() + out.size() < allowance) {
     http::Request request;
     http::Frame frame = http::frame_request(in + pos, n - pos, framing_, request, loop_.chunked_body.get());
     if (frame.status == http::Status::incomplete) {
@@ -336,7 +367,7 @@ size_t Connection::process(size_t n) {
     }
     if (frame.status == http::Status::error) {
       loop_.handler.reject(frame.error.code, frame.error.message, out, request.method);
-      closing_ = true;
+      enter(Phase::closing);
       break;
     }
     bool keep_alive = request.keep_alive && !loop_.draining;
@@ -344,30 +375,31 @@ size_t Connection::process(size_t n) {
                                 : request.http10 ? http::ConnectionMode::keep_alive_explicit
                                                  : http::ConnectionMode::keep_alive;
     http::Handled handled = loop_.handler.handle(request, frame.body, mode, out, body_limit);
-    closing_ = !keep_alive;
     pos += frame.consumed;
     if (handled == http::Handled::deferred) {
       // Answered by LoopContext::deliver_deferred when it is ready; the
       // requests behind it wait, as responses go out in order.
-      waiting_ = true;
+      enter(Phase::waiting);
+      close_after_wait_ = !keep_alive;
       loop_.deferred = this;
       break;
     }
+    if (!keep_alive) enter(Phase::closing);
     loop_.counters.observe_latency(loop_.clock.now_ns() - loop_.batch_started_ns);
   }
   return pos;
 }
 
-bool Connection::flush() {
+Connection::Next Connection::flush() {
   std::string& out = loop_.output;
   bool was_pending = !output_.empty();
   if (!out.empty() || was_pending) {
     std::string& pending = was_pending ? output_.append(out) : out;
     IoResult sent = io_.send(pending.data(), pending.size());
-    if (sent.kind == IoResult::error || sent.kind == IoResult::eof) {
+    if (sent.kind == IoResult::error) {
       out.clear();
       close();
-      return false;
+      return Next::done;
     }
     size_t done = sent.kind == IoResult::ok ? sent.bytes : 0;
     if (done > 0) last_active_ = last_sent_ = loop_.clock.now();
@@ -383,17 +415,17 @@ bool Connection::flush() {
   bool backlog = !output_.empty();
   recharge();
   set_writing(backlog);
-  if (!backlog && closing_ && !waiting_) {
+  if (!backlog && phase_ == Phase::closing) {
     finish();
-    return false;
+    return Next::done;
   }
   if (backlog && !was_pending) {
     last_sent_ = loop_.clock.now();  // --send-timeout counts from here
     schedule();
   }
   // Pause reading while the client is not taking its responses.
-  set_reading(!closing_ && !peer_closed_ && !waiting_ && !starved_ && output_.size() < output_allowance());
-  return true;
+  set_reading(phase_ == Phase::reading && !peer_closed_ && output_.size() < output_allowance());
+  return Next::serve;
 }
 
 void Connection::finish() {
@@ -403,8 +435,7 @@ void Connection::finish() {
   // sent yet, the last responses included. Send FIN instead, then read and
   // discard for a bounded time before closing.
   io_.shutdown_write();
-  lingering_ = true;
-  starved_ = false;
+  enter(Phase::lingering);
   double now = loop_.clock.now();
   linger_until_ = now + kLingerTime;
   linger_quiet_until_ = now + kLingerQuiet;
@@ -427,29 +458,29 @@ void Connection::discard() {
 }
 
 void Connection::on_writable() {
-  if (closed_) return;
+  if (phase_ == Phase::closed) return;
   resume();
   settle();
 }
 
 void Connection::resume() {
-  if (!flush() || !output_.empty()) return;
+  if (flush() == Next::done || !output_.empty()) return;
   // Once drained, answer requests that were already read but held back.
-  if (!closing_ && !input_.empty() && !consume(load_input())) return;
+  if (!last_queued() && !input_.empty() && consume(load_input()) == Next::done) return;
   if (loop_.draining) drain();
 }
 
 void Connection::drain() {
   // Output still queued: resume() calls this again once it is sent.
-  if (closed_ || lingering_ || closing_ || waiting_ || !output_.empty()) return;
+  if ((phase_ != Phase::reading && phase_ != Phase::starved) || !output_.empty()) return;
   // One look at what the client has sent: a request is answered with "Connection: close".
-  if (input_.empty() && !read()) return;
-  if (input_.empty() && output_.empty() && !closing_) close();
+  if (input_.empty() && read() == Next::done) return;
+  if (input_.empty() && output_.empty() && !last_queued()) close();
   settle();
 }
 
 double Connection::next_deadline() const {
-  if (lingering_) return std::min(linger_until_, linger_quiet_until_);
+  if (phase_ == Phase::lingering) return std::min(linger_until_, linger_quiet_until_);
   double next = last_active_ + loop_.options.idle_timeout;
   if (!output_.empty()) next = std::min(next, last_sent_ + loop_.options.send_timeout);
   if (request_started_ != 0) next = std::min(next, request_started_ + loop_.options.read_timeout);
@@ -461,7 +492,7 @@ void Connection::schedule() {
 }
 
 void Connection::on_timer() {
-  if (closed_) return;
+  if (phase_ == Phase::closed) return;
   check_deadlines();
   settle();
 }
@@ -471,19 +502,18 @@ void Connection::check_deadlines() {
   // A connection waiting on a deferred response obeys these deadlines too:
   // its client may stop reading (send), or the wait may outlast the idle timeout.
   if (now < next_deadline()) return schedule();
-  if (lingering_ || (!output_.empty() && now >= last_sent_ + loop_.options.send_timeout)) {
+  if (phase_ == Phase::lingering || (!output_.empty() && now >= last_sent_ + loop_.options.send_timeout)) {
     // Lingered long enough, or the client took nothing for --send-timeout:
     // what it holds goes back to the buffer budget.
     return close();
   }
   if (request_started_ != 0 && now >= request_started_ + loop_.options.read_timeout) {
     loop_.handler.reject(408, "request timeout", loop_.output);
-    closing_ = true;
-    starved_ = false;
+    close_after();
     input_.clear();
     request_started_ = 0;
     // A client that does not read even this is dropped at the send timeout.
-    if (flush()) schedule();
+    if (flush() == Next::serve) schedule();
     return;
   }
   close();  // idle

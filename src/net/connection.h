@@ -111,9 +111,8 @@ struct LoopContext {
               ConnectionCounters counters, http::Handler& handler);
 
   // The response of the deferred request is ready: it goes to the connection
-  // waiting for it, if that is still open. Returns that connection (it may
-  // have closed meanwhile: see Connection::closed()).
-  Connection* deliver_deferred();
+  // waiting for it (`deferred`), if that is still open; else it is dropped.
+  void deliver_deferred();
   // Admission of a new connection whose transport will hold `bytes` (TLS
   // state, handshake included) charged to the buffer budget: while the
   // budget's admission share cannot pay for it, closes the loop's longest-idle keep-alive
@@ -144,6 +143,25 @@ struct LoopContext {
 
 class Connection {
  public:
+  // Where a connection is in its life. Every change goes through enter(),
+  // which holds the table of allowed transitions (kTransitions, connection.cc):
+  //   reading   -> starved, waiting, closing, closed
+  //   starved   -> closing, closed              (not read again: its read timeout answers 408)
+  //   waiting   -> reading, closing, closed     (the deferred response came, or it left)
+  //   closing   -> lingering, closed            (the last response is sent)
+  //   lingering -> closed
+  enum class Phase : uint8_t {
+    reading,    // reads requests and answers them
+    starved,    // its input would grow while the buffer budget is spent: not read until its read timeout
+    waiting,    // for a deferred response: nothing more is answered until it comes
+    closing,    // the last response is queued: close once it is sent
+    lingering,  // our side is shut down; discarding what still arrives, for a bounded time
+    closed,
+  };
+
+  // Whether enter() allows going from one phase to the other.
+  static bool transition_allowed(Phase from, Phase to);
+
   Connection(LoopContext& loop, ConnectionIo& io);
   ~Connection();
   Connection(const Connection&) = delete;
@@ -172,10 +190,13 @@ class Connection {
   // then answer what came in behind it.
   void complete_deferred();
 
-  bool closed() const { return closed_; }
+  Phase phase() const { return phase_; }
+  bool closed() const { return phase_ == Phase::closed; }
   // For tests and the worker's bookkeeping.
-  bool lingering() const { return lingering_; }
-  bool waiting() const { return waiting_; }
+  bool lingering() const { return phase_ == Phase::lingering; }
+  bool waiting() const { return phase_ == Phase::waiting; }
+  // The client has shut down its sending side (its FIN): no more requests.
+  bool peer_closed() const { return peer_closed_; }
   bool reading() const { return reading_; }
   bool writing() const { return writing_; }
   size_t carried_input() const { return input_.size(); }
@@ -186,19 +207,28 @@ class Connection {
   bool idle() const { return idle_listed_; }
 
  private:
-  // These return false when the connection was closed.
-  bool read();
+  // The one place the phase changes (a debug build checks the transition).
+  void enter(Phase next);
+  // No request is answered after the ones already answered: closing, or,
+  // while waiting, once the deferred response is sent.
+  void close_after();
+  // The last response is queued (closing, or waiting for it).
+  bool last_queued() const { return phase_ == Phase::closing || (phase_ == Phase::waiting && close_after_wait_); }
+  // What a step leaves: the connection goes on serving, or it is done with
+  // (closed, or lingering after its last response): the caller stops.
+  enum class Next : bool { serve, done };
+  Next read();
   // Of the `size` bytes at the front of the read buffer, how many whole
   // requests take (all of them if they end in an error, which closes).
   size_t whole_requests(size_t size) const;
-  // Stops reading while the budget is spent; returns true.
-  bool starve();
+  // Stops reading while the budget is spent.
+  Next starve();
   // Answers the complete requests among the n bytes at the front of the read
   // buffer and keeps the rest for later.
-  bool consume(size_t n);
+  Next consume(size_t n);
   // Parses and answers requests; returns the bytes they took.
   size_t process(size_t n);
-  bool flush();
+  Next flush();
   // After the last response: lingering close (or close at once after the client's FIN).
   void finish();
   // Reads and drops what a lingering connection still sends.
@@ -237,15 +267,13 @@ class Connection {
   Connection* idle_older_ = nullptr;  // LoopContext's idle list, while idle_listed_
   Connection* idle_newer_ = nullptr;
   size_t charged_ = 0;          // bytes of input + output + I/O state charged to the buffer budget
-  bool closing_ = false;        // close as soon as output is flushed
-  bool lingering_ = false;      // our side is shut down; discarding what still arrives
-  bool peer_closed_ = false;    // the client shut down its sending side
-  bool starved_ = false;        // not read (its input would grow while the budget is spent) until its read timeout
-  bool reading_ = false;
-  bool writing_ = false;
-  bool waiting_ = false;        // for a deferred response: nothing more is answered until it comes
-  bool closed_ = false;
-  bool idle_listed_ = false;
+  Phase phase_ = Phase::reading;
+  // The facts orthogonal to the phase:
+  bool peer_closed_ = false;       // the client shut down its sending side
+  bool close_after_wait_ = false;  // waiting: the deferred response is the last one
+  bool reading_ = false;           // read interest, as last given to the I/O
+  bool writing_ = false;           // write interest, as last given to the I/O
+  bool idle_listed_ = false;       // in the loop's idle list
 };
 
 }  // namespace kv

@@ -28,6 +28,7 @@ class ConnectionIo {
   // Like recv, but the bytes stay to be received again (MSG_PEEK; TLS: SSL_peek).
   // Only used while the buffer budget is spent, to look before taking.
   virtual IoResult peek(char* buffer, size_t size) = 0;
+  // Never eof: a peer gone shows as an error.
   virtual IoResult send(const char* data, size_t size) = 0;
   // FIN after what was sent (TLS: close_notify first).
   virtual void shutdown_write() = 0;

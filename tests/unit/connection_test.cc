@@ -376,7 +376,8 @@ TEST_CASE("waiting on a deferred response (POST /snapshot)") {
     CHECK(!f.io.reading);
     CHECK(f.io.sent.empty());
     wait_done();
-    CHECK(f.loop.deliver_deferred() == &f.connection);
+    f.loop.deliver_deferred();
+    CHECK_FALSE(f.connection.waiting());
     pump(f.connection, f.io);
     size_t snapshot_at = f.io.sent.find("HTTP/1.1 200 OK");
     size_t get_at = f.io.sent.find("HTTP/1.1 404");
@@ -392,7 +393,7 @@ TEST_CASE("waiting on a deferred response (POST /snapshot)") {
     CHECK(f.io.closed);
     CHECK(f.loop.deferred == nullptr);
     wait_done();
-    CHECK(f.loop.deliver_deferred() == nullptr);  // its answer goes nowhere
+    f.loop.deliver_deferred();  // its answer goes nowhere
     CHECK(f.loop.output.empty());
   }
   SUBCASE("the send timeout still drops a client that takes nothing while it waits") {
@@ -404,7 +405,8 @@ TEST_CASE("waiting on a deferred response (POST /snapshot)") {
     CHECK(f.io.closed);
     CHECK(f.buffers.used() == 0);
     wait_done();
-    CHECK(f.loop.deliver_deferred() == nullptr);
+    f.loop.deliver_deferred();
+    CHECK(f.loop.output.empty());
   }
   SUBCASE("stopping: the answer is delivered, then the connection closes") {
     f.send("POST /snapshot HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
@@ -534,4 +536,186 @@ TEST_CASE("admission: plain connections hold no budget memory and are never clos
   CHECK(!crowd.loop.make_room(1));
   for (auto& m : crowd.members) CHECK(!m.io.closed);
   crowd.buffers.recharge(crowd.buffers.limit(), 0);
+}
+
+// ---------------------------------------------------------------- phases
+// One test per transition of Connection::Phase (connection.h), over a
+// scripted handler: the connection layer needs nothing of the API.
+
+namespace {
+
+// Answers every request "ok", defers those to /defer, rejects with an empty body.
+struct ScriptedHandler final : http::Handler {
+  http::Handled handle(const http::Request& request, std::string_view, http::ConnectionMode mode, std::string& out,
+                       size_t) override {
+    if (request.path == "/defer") return http::Handled::deferred;
+    out += mode == http::ConnectionMode::close ? "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                                               : "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    return http::Handled::answered;
+  }
+  void reject(int code, std::string_view, std::string& out, http::Method) override {
+    out += "HTTP/1.1 " + std::to_string(code) + " No\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+  }
+  void complete_deferred(std::string& out) override { out += "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ndeferred"; }
+  void trim() override {}
+};
+
+struct Phased {
+  Phased() { connection.start(); }
+  void send(std::string_view bytes) {
+    io.incoming += bytes;
+    pump(connection, io);
+  }
+  void advance(double seconds) { testing::advance(connection, io, clock, seconds); }
+  Connection::Phase phase() const { return connection.phase(); }
+
+  ConnectionOptions options;
+  FakeClock clock;
+  BufferBudget buffers{8 << 20};
+  WorkerCounters counters{kConnectionMetrics, 1};
+  ScriptedHandler handler;
+  LoopContext loop{options, clock, buffers, ConnectionCounters(counters.worker(0)), handler};
+  FakeIo io{clock};
+  Connection connection{loop, io};
+};
+
+using Phase = Connection::Phase;
+constexpr std::string_view kOk = "GET /ok HTTP/1.1\r\n\r\n";
+constexpr std::string_view kClose = "GET /ok HTTP/1.1\r\nConnection: close\r\n\r\n";
+constexpr std::string_view kDefer = "POST /defer HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+constexpr std::string_view kDeferClose = "POST /defer HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+}  // namespace
+
+TEST_CASE("phase: the transition table") {
+  constexpr Phase all[] = {Phase::reading, Phase::starved, Phase::waiting, Phase::closing, Phase::lingering, Phase::closed};
+  int allowed = 0;
+  for (Phase from : all) {
+    for (Phase to : all) allowed += Connection::transition_allowed(from, to);
+  }
+  CHECK(allowed == 12);  // the edges below, one test each
+  for (Phase to : all) CHECK_FALSE(Connection::transition_allowed(Phase::closed, to));
+  CHECK_FALSE(Connection::transition_allowed(Phase::lingering, Phase::reading));
+  CHECK_FALSE(Connection::transition_allowed(Phase::starved, Phase::reading));
+}
+
+TEST_CASE("phase: reading -> starved (a partial request while the budget is spent)") {
+  Phased p;
+  p.buffers.recharge(0, p.buffers.limit());
+  p.send("GET /ok HTTP/1.1\r\n");
+  CHECK(p.phase() == Phase::starved);
+  CHECK_FALSE(p.io.reading);
+  p.buffers.recharge(p.buffers.limit(), 0);
+}
+
+TEST_CASE("phase: reading -> waiting (a deferred request)") {
+  Phased p;
+  p.send(std::string(kDefer) + std::string(kOk));
+  CHECK(p.phase() == Phase::waiting);
+  CHECK(p.loop.deferred == &p.connection);
+  CHECK(p.io.sent.empty());  // the request behind it waits
+}
+
+TEST_CASE("phase: reading -> closing (the last response queued, not yet taken)") {
+  Phased p;
+  p.io.send_room = 0;
+  p.send(kClose);
+  CHECK(p.phase() == Phase::closing);
+  CHECK(p.io.writing);
+}
+
+TEST_CASE("phase: reading -> closed (a reset, or the idle timeout)") {
+  {
+    Phased p;
+    p.io.reset = true;
+    p.send(kOk);
+    CHECK(p.phase() == Phase::closed);
+  }
+  {
+    Phased p;
+    p.advance(p.options.idle_timeout + 1);
+    CHECK(p.phase() == Phase::closed);
+  }
+}
+
+TEST_CASE("phase: starved -> closing (its read timeout answers 408)") {
+  Phased p;
+  p.buffers.recharge(0, p.buffers.limit());
+  p.io.send_room = 0;
+  p.send("GET /ok HTTP/1.1\r\n");
+  REQUIRE(p.phase() == Phase::starved);
+  p.advance(p.options.read_timeout + 0.1);
+  CHECK(p.phase() == Phase::closing);
+  p.buffers.recharge(p.buffers.limit(), 0);
+}
+
+TEST_CASE("phase: starved -> closed (the server closes it)") {
+  Phased p;
+  p.buffers.recharge(0, p.buffers.limit());
+  p.send("GET /ok HTTP/1.1\r\n");
+  REQUIRE(p.phase() == Phase::starved);
+  p.connection.close();
+  CHECK(p.phase() == Phase::closed);
+  CHECK(p.io.closed);
+  p.buffers.recharge(p.buffers.limit(), 0);
+}
+
+TEST_CASE("phase: waiting -> reading (the deferred response, then the requests behind it)") {
+  Phased p;
+  p.send(std::string(kDefer) + std::string(kOk));
+  REQUIRE(p.phase() == Phase::waiting);
+  p.loop.deliver_deferred();
+  CHECK(p.phase() == Phase::reading);
+  CHECK(p.io.sent.find("deferred") < p.io.sent.find("\r\n\r\nok"));
+}
+
+TEST_CASE("phase: waiting -> closing (the deferred response is the last one)") {
+  Phased p;
+  p.send(kDeferClose);
+  REQUIRE(p.phase() == Phase::waiting);
+  p.io.send_room = 0;
+  p.loop.deliver_deferred();
+  CHECK(p.phase() == Phase::closing);
+}
+
+TEST_CASE("phase: waiting -> closed (the wait outlasts the idle timeout)") {
+  Phased p;
+  p.send(kDefer);
+  REQUIRE(p.phase() == Phase::waiting);
+  p.advance(p.options.idle_timeout + 1);
+  CHECK(p.phase() == Phase::closed);
+  CHECK(p.loop.deferred == nullptr);
+  p.loop.deliver_deferred();  // its answer goes nowhere
+  CHECK(p.loop.output.empty());
+}
+
+TEST_CASE("phase: closing -> lingering (the last response sent, our FIN)") {
+  Phased p;
+  p.io.send_room = 0;
+  p.send(kClose);
+  REQUIRE(p.phase() == Phase::closing);
+  p.io.send_room = SIZE_MAX;
+  pump(p.connection, p.io);
+  CHECK(p.phase() == Phase::lingering);
+  CHECK(p.io.shut);
+}
+
+TEST_CASE("phase: closing -> closed (after the client's FIN nothing is left to linger for)") {
+  Phased p;
+  p.io.send_room = 0;
+  p.io.client_fin = true;
+  p.send(kOk);  // then the FIN: the request is answered, then the connection closes
+  REQUIRE(p.phase() == Phase::closing);
+  CHECK(p.connection.peer_closed());
+  p.io.send_room = SIZE_MAX;
+  pump(p.connection, p.io);
+  CHECK(p.phase() == Phase::closed);
+}
+
+TEST_CASE("phase: lingering -> closed (the quiet time passes)") {
+  Phased p;
+  p.send(kClose);
+  REQUIRE(p.phase() == Phase::lingering);
+  p.advance(kLingerQuiet + 0.1);
+  CHECK(p.phase() == Phase::closed);
 }
