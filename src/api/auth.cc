@@ -116,12 +116,12 @@ AuthResult TokenView::check(std::string_view authorization) {
 }
 
 void log_auth_failure(AuthResult reason) {
-  static LogThrottle throttle(1000);
-  uint64_t suppressed = 0;
-  if (!throttle.allow_warning(suppressed)) return;
-  log(LogLevel::warn, "auth: rejected a request with {} bearer token ({} more rejected since the last such line; "
-      "see kvcache_auth_failures_total)",
-      reason == AuthResult::missing ? "no" : "a wrong", suppressed);
+  static LogThrottle throttle;
+  throttle.warn([&](uint64_t suppressed) {
+    log(LogLevel::warn, "auth: rejected a request with {} bearer token ({} more rejected since the last such line; "
+        "see kvcache_auth_failures_total)",
+        reason == AuthResult::missing ? "no" : "a wrong", suppressed);
+  });
 }
 
 }  // namespace kv

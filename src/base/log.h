@@ -24,10 +24,18 @@ void log(LogLevel level, fmt::format_string<Args...> format, Args&&... args) {
 }
 
 // At most one log line per interval across all threads; the rest are counted
-// and reported with the next line.
+// and reported with the next line. The one throttle of every warning that
+// can come in floods (a refused connection, a failed handshake, a rejected
+// token): each kind keeps one, as a function-local static.
 class LogThrottle {
  public:
-  explicit LogThrottle(uint64_t interval_ms) : interval_ms_(interval_ms) {}
+  explicit LogThrottle(uint64_t interval_ms = 1000) : interval_ms_(interval_ms) {}
+  // Calls write(suppressed) when a warning may be written now.
+  template <typename Write>
+  void warn(Write&& write) {
+    uint64_t suppressed = 0;
+    if (allow_warning(suppressed)) write(suppressed);
+  }
   // True when a line may be written at now_ms; then `suppressed` is how many
   // calls since the last line were refused.
   bool allow(uint64_t now_ms, uint64_t& suppressed);

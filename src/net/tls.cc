@@ -140,20 +140,20 @@ CtxPtr build_context(const TlsFiles& files, std::string& error) {
 }
 
 void log_handshake_failure(SSL* ssl, TlsFailure reason, std::string_view detail) {
-  static LogThrottle throttle(1000);
-  uint64_t suppressed = 0;
-  if (!throttle.allow_warning(suppressed)) return;
-  sockaddr_storage peer{};
-  socklen_t size = sizeof peer;
-  char address[INET6_ADDRSTRLEN] = "?";
-  if (getpeername(SSL_get_fd(ssl), reinterpret_cast<sockaddr*>(&peer), &size) == 0) {
-    const void* ip = peer.ss_family == AF_INET6 ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&peer)->sin6_addr)
-                                                 : &reinterpret_cast<sockaddr_in*>(&peer)->sin_addr;
-    inet_ntop(peer.ss_family, ip, address, sizeof address);
-  }
-  log(LogLevel::warn, "tls: handshake from {} failed: {}{}{} ({} more failed since the last such line; "
-      "see kvcache_tls_handshake_failures_total)",
-      address, tls_failure_name(reason), detail.empty() ? "" : ": ", detail, suppressed);
+  static LogThrottle throttle;
+  throttle.warn([&](uint64_t suppressed) {
+    sockaddr_storage peer{};
+    socklen_t size = sizeof peer;
+    char address[INET6_ADDRSTRLEN] = "?";
+    if (getpeername(SSL_get_fd(ssl), reinterpret_cast<sockaddr*>(&peer), &size) == 0) {
+      const void* ip = peer.ss_family == AF_INET6 ? static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&peer)->sin6_addr)
+                                                   : &reinterpret_cast<sockaddr_in*>(&peer)->sin_addr;
+      inet_ntop(peer.ss_family, ip, address, sizeof address);
+    }
+    log(LogLevel::warn, "tls: handshake from {} failed: {}{}{} ({} more failed since the last such line; "
+        "see kvcache_tls_handshake_failures_total)",
+        address, tls_failure_name(reason), detail.empty() ? "" : ": ", detail, suppressed);
+  });
 }
 
 }  // namespace
@@ -162,9 +162,10 @@ std::string_view tls_failure_name(TlsFailure failure) {
   return kTlsFailureNames[static_cast<size_t>(failure)];
 }
 
-std::unique_ptr<TlsContext> TlsContext::load(const TlsFiles& files, std::string& error) {
+Result<std::unique_ptr<TlsContext>> TlsContext::load(const TlsFiles& files) {
+  std::string error;
   CtxPtr ctx = build_context(files, error);
-  if (!ctx) return nullptr;
+  if (!ctx) return fail(std::move(error));
   std::unique_ptr<TlsContext> context(new TlsContext(files, ctx.release()));
   context->metrics_[tls_slot::kCertificateExpiry].set(expiry_value(not_after(context->ctx_)));
   return context;
@@ -172,12 +173,12 @@ std::unique_ptr<TlsContext> TlsContext::load(const TlsFiles& files, std::string&
 
 TlsContext::~TlsContext() { SSL_CTX_free(ctx_); }
 
-std::string TlsContext::reload() {
+Result<void> TlsContext::reload() {
   std::string error;
   CtxPtr fresh = build_context(files_, error);
   if (!fresh) {
     metrics_[tls_slot::kReloads + 1].add();
-    return error;
+    return fail(std::move(error));
   }
   std::lock_guard lock(mutex_);
   unsigned char keys[kTicketKeyBytes];

@@ -11,6 +11,7 @@
 
 #include "connection_io.h"
 #include "metrics.h"
+#include "result.h"
 
 #include <array>
 #include <atomic>
@@ -85,16 +86,15 @@ std::string_view tls_failure_name(TlsFailure failure);
 class TlsContext {
  public:
   // Loads and checks the files (readable, PEM, key matches the certificate,
-  // CA bundle parses); on failure returns null and sets `error`.
-  static std::unique_ptr<TlsContext> load(const TlsFiles& files, std::string& error);
+  // CA bundle parses).
+  static Result<std::unique_ptr<TlsContext>> load(const TlsFiles& files);
   ~TlsContext();
   TlsContext(const TlsContext&) = delete;
   TlsContext& operator=(const TlsContext&) = delete;
 
-  // Re-reads the files; a bad one keeps the current context. Returns the
-  // error, or empty. Session ticket keys carry over, so clients resume
-  // across a rotation.
-  std::string reload();
+  // Re-reads the files; a bad one keeps the current context. Session ticket
+  // keys carry over, so clients resume across a rotation.
+  Result<void> reload();
 
   // A server-side SSL for an accepted socket, on the current context; null
   // if OpenSSL cannot allocate one.

@@ -32,13 +32,13 @@ timeval to_timeval(double seconds) {
 }
 
 void log_refused(const BufferBudget& buffers) {
-  static LogThrottle throttle(1000);
-  uint64_t suppressed = 0;
-  if (!throttle.allow_warning(suppressed)) return;
-  log(LogLevel::warn, "tls: refused a new connection: the connection buffer budget ({} of {} MiB used) cannot pay "
-      "for its TLS state and no idle connection of this loop could be closed for it ({} more refused since the "
-      "last such line; see kvcache_connections_refused_total)",
-      buffers.used() >> 20, buffers.limit() >> 20, suppressed);
+  static LogThrottle throttle;
+  throttle.warn([&](uint64_t suppressed) {
+    log(LogLevel::warn, "tls: refused a new connection: the connection buffer budget ({} of {} MiB used) cannot pay "
+        "for its TLS state and no idle connection of this loop could be closed for it ({} more refused since the "
+        "last such line; see kvcache_connections_refused_total)",
+        buffers.used() >> 20, buffers.limit() >> 20, suppressed);
+  });
 }
 
 }  // namespace

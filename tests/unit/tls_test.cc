@@ -164,10 +164,9 @@ struct Link {
 };
 
 std::unique_ptr<TlsContext> load_context(const CertDir& certs, bool mutual = false) {
-  std::string error;
-  auto context = TlsContext::load(files_of(certs, mutual), error);
-  REQUIRE_MESSAGE(context, error);
-  return context;
+  auto loaded = TlsContext::load(files_of(certs, mutual));
+  REQUIRE_MESSAGE(loaded, (loaded ? std::string() : loaded.error()));
+  return std::move(loaded.value());
 }
 
 // A Link whose TLS 1.3 handshake is done, with its certificates and context.
@@ -202,10 +201,9 @@ std::string server_subject(SSL* client) {
 
 TEST_CASE("context: loads a matching pair and reports the certificate's expiry") {
   CertDir certs("tls-load");
-  std::string error;
-  auto context = TlsContext::load(files_of(certs, true), error);
-  REQUIRE_MESSAGE(context, error);
-  CHECK(error.empty());
+  auto loaded = TlsContext::load(files_of(certs, true));
+  REQUIRE(loaded);
+  std::unique_ptr<TlsContext>& context = loaded.value();
   int64_t expiry = static_cast<int64_t>(context->metrics()[tls_slot::kCertificateExpiry].get());
   CHECK(expiry > time(nullptr) + 29 * 86400);
   CHECK(expiry < time(nullptr) + 31 * 86400);
@@ -227,10 +225,10 @@ TEST_CASE("context: unreadable, malformed or mismatched files are errors naming 
       {{certs.path("server.pem"), certs.path("server.key"), certs.path("nope.pem")}, "--tls-client-ca " + certs.path("nope.pem") + ": No such file"},
   };
   for (const Case& c : cases) {
-    std::string error;
     CAPTURE(c.expect);
-    CHECK_FALSE(TlsContext::load(c.files, error));
-    CHECK_MESSAGE(error.find(c.expect) != std::string::npos, error);
+    auto loaded = TlsContext::load(c.files);
+    REQUIRE_FALSE(loaded);
+    CHECK_MESSAGE(loaded.error().find(c.expect) != std::string::npos, loaded.error());
   }
 }
 
@@ -318,7 +316,7 @@ TEST_CASE("session resumption: by ticket, and across a reload") {
       REQUIRE(again.server->handshake_done());
       CHECK(SSL_session_reused(again.client) == 1);
     }
-    CHECK(context->reload().empty());
+    CHECK(context->reload().ok());
     {
       Link after_reload(*context, certs, {.max_version = max_version, .session = session});
       after_reload.handshake();
@@ -342,7 +340,7 @@ TEST_CASE("reload: a good pair is served to new connections; a bad one keeps the
   auto rotated = kv::test::make_cert("rotated", &certs.ca, false);
   kv::test::write_pem(certs.path("server.pem"), rotated.cert.get());
   kv::test::write_pem(certs.path("server.key"), rotated.key.get());
-  CHECK(context->reload().empty());
+  CHECK(context->reload().ok());
   CHECK(context->metrics()[tls_slot::kReloads].get() == 1);
   Link after(*context, certs);
   after.handshake();
@@ -353,10 +351,13 @@ TEST_CASE("reload: a good pair is served to new connections; a bad one keeps the
 
   // Half-written rotation: the key no longer matches. The rotated pair stays.
   kv::test::write_pem(certs.path("server.key"), certs.client.key.get());
-  std::string failed = context->reload();
-  CHECK(failed.find("does not match") != std::string::npos);
+  Result<void> failed = context->reload();
+  REQUIRE_FALSE(failed);
+  CHECK(failed.error().find("does not match") != std::string::npos);
   std::ofstream(certs.path("server.pem")) << "garbage";
-  CHECK(context->reload().find("--tls-cert") != std::string::npos);
+  failed = context->reload();
+  REQUIRE_FALSE(failed);
+  CHECK(failed.error().find("--tls-cert") != std::string::npos);
   CHECK(context->metrics()[tls_slot::kReloads + 1].get() == 2);
   Link still(*context, certs);
   still.handshake();
