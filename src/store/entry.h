@@ -58,6 +58,9 @@ struct Entry {
   std::string_view value() const { return {bytes() + key_size(), value_size()}; }
   size_t size() const { return size_for(key_size(), value_size(), has_expiry()); }
 
+  // A new expiry tick (not 0) for an entry that has one: its layout stays.
+  void set_expiry(uint32_t expires) { std::memcpy(header_end(), &expires, sizeof expires); }
+
   // The one copy of key and value into the store (the LRU links and the copy mark are kept).
   void fill(std::string_view key, std::string_view value, uint32_t expires) {
     value_size_and_flag =

@@ -30,6 +30,8 @@
 namespace kv {
 
 class ExpiryIndex {
+  struct PageExpiry;  // below
+
  public:
   explicit ExpiryIndex(const Slab& slab) : slab_(slab) {}
   // Room for pages numbered below `pages` (the shard calls it before the
@@ -54,6 +56,19 @@ class ExpiryIndex {
   // Recomputes a page's bound from its chunks: at most
   // Slab::kMaxChunksPerPage visits. Also drops a page the slab freed.
   void rescan(uint32_t page);
+
+  // Forgets every page (their slab was emptied at once: Slab::detach),
+  // handing its tables to `into` (empty, of the slab's calls), which frees
+  // them when destroyed.
+  struct Tables {
+    explicit Tables(const MemoryCalls& calls) : pages(calls), heap(calls) {}
+    PageTable<PageExpiry> pages;
+    PageTable<uint32_t> heap;
+  };
+  void clear(Tables& into) {
+    pages_.swap(into.pages);
+    heap_.swap(into.heap);
+  }
 
   // For tests: the chunk visits made by rescans so far.
   uint64_t chunks_visited() const { return chunks_visited_; }

@@ -152,6 +152,14 @@ class HandleIndex {
     return taken > 0;
   }
 
+  // Exchanges the tables (Shard::flush swaps in an empty index and frees the
+  // old tables outside its lock). O(1).
+  void swap_tables(HandleIndex& other) noexcept {
+    std::swap(cur_, other.cur_);
+    std::swap(old_, other.old_);
+    std::swap(cursor_, other.cursor_);
+  }
+
   size_t size() const { return cur_.size + old_.size; }
   bool rebuilding() const { return old_.ctrl != nullptr; }
   size_t capacity() const { return cur_.capacity; }

@@ -1,5 +1,7 @@
 #include "shard.h"
 
+#include <cstring>
+
 namespace kv {
 
 Shard::Shard(uint64_t byte_limit, const Clock& clock, const MemoryCalls& calls)
@@ -274,6 +276,10 @@ PutStatus Shard::put(const KeyRef& key, std::string_view value, uint32_t expires
   BatchPut item{key, value, 0, expires_at};
   std::lock_guard lock(mutex_);
   now_ms_ = clock_.now_ms();
+  return put_locked(item);
+}
+
+PutStatus Shard::put_locked(BatchPut& item) {
   protected_ = kNoHandle;
   Handle existing = touch_locked(item);
   bool ok = reserve_chunk_locked(item, 0);
@@ -348,6 +354,60 @@ bool Shard::erase(const KeyRef& key) {
   if (!live) ++expirations_;
   remove_locked(handle, key);
   return live;
+}
+
+bool Shard::expiry(const KeyRef& key, uint32_t& expires_at) {
+  std::lock_guard lock(mutex_);
+  now_ms_ = clock_.now_ms();
+  index_.step();
+  const Handle* slot = index_.find(key);
+  if (slot == nullptr) return false;
+  Handle handle = *slot;
+  if (expired_locked(entry_locked(handle))) {
+    remove_locked(handle, key);
+    ++expirations_;
+    return false;
+  }
+  expires_at = entry_locked(handle).expires_at();
+  return true;
+}
+
+ExpireStatus Shard::expire(const KeyRef& key, uint32_t expires_at) {
+  std::lock_guard lock(mutex_);
+  now_ms_ = clock_.now_ms();
+  index_.step();
+  Handle handle = find_live_locked(key);  // the newest now
+  if (handle == kNoHandle) return ExpireStatus::not_found;
+  Entry& entry = entry_locked(handle);
+  if (entry.has_expiry() == (expires_at != 0)) {
+    uint32_t before = entry.expires_at();
+    if (expires_at != 0) entry.set_expiry(expires_at);
+    expiry_.update(handle, before, expires_at);
+    return ExpireStatus::ok;
+  }
+  // The layout changes: the same value, copied out first (the put may move chunks).
+  char value[Slab::kMaxChunk];
+  std::string_view current = entry.value();
+  std::memcpy(value, current.data(), current.size());
+  BatchPut item{key, std::string_view(value, current.size()), 0, expires_at};
+  return put_locked(item) == PutStatus::ok ? ExpireStatus::ok : ExpireStatus::too_large;
+}
+
+size_t Shard::flush() {
+  // Declared before the lock, so destroyed (freed) after it is released.
+  const MemoryCalls& calls = slab_.calls();
+  Index old_index(EntryKey{&slab_}, calls);
+  Slab::Detached old_pages(calls);
+  ExpiryIndex::Tables old_expiry(calls);
+  std::lock_guard lock(mutex_);
+  size_t removed = index_.size();
+  index_.swap_tables(old_index);
+  slab_.detach(old_pages);
+  expiry_.clear(old_expiry);
+  newest_ = oldest_ = protected_ = copy_cursor_ = kNoHandle;
+  copy_pending_ = 0;
+  copy_closing_ = false;
+  return removed;
 }
 
 bool Shard::sweep_expired(size_t max_pages) {

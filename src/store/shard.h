@@ -21,6 +21,7 @@
 namespace kv {
 
 enum class PutStatus { ok, too_large };
+enum class ExpireStatus { ok, not_found, too_large };
 
 // One item of an atomic batch (Store::put_batch). The caller sets key, value
 // and ttl_seconds; the store fills in the rest.
@@ -70,6 +71,23 @@ class Shard {
   // the lock.
   bool get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value);
   bool erase(const KeyRef& key);
+  // The key's expiry tick (0: none) into expires_at; false for a miss. Not
+  // an access: no hit or miss counted, the LRU order kept.
+  bool expiry(const KeyRef& key, uint32_t& expires_at);
+  // Sets (expires_at != 0) or removes (0) the key's expiry, the value kept,
+  // and makes it the most recently used. In place (four bytes and the
+  // expiry index) when the entry keeps its layout; when the expiry comes or
+  // goes, the key and value bytes shift, so it is a put of the same value
+  // (a put's bound). too_large when that put cannot be stored (the entry
+  // stays as it was).
+  ExpireStatus expire(const KeyRef& key, uint32_t expires_at);
+  // Removes every entry (flush_all): the slab, the index and the expiry
+  // index are swapped for empty ones under the lock, O(Slab::kClassCount)
+  // work whatever the shard holds, and the old ones are freed (munmap)
+  // after it is released. The charged bytes drop at the swap and the
+  // memory leaves the RSS when the call returns. A running snapshot walk
+  // ends (nothing is left to copy). Returns the entries removed.
+  size_t flush();
   // Removes the expired entries of up to max_pages slab pages, soonest
   // first: at most max_pages * (2 + ExpiryIndex::kRescansPerCall) *
   // Slab::kMaxChunksPerPage chunk visits under the lock, and moves on an
@@ -151,6 +169,7 @@ class Shard {
   // all reservations succeeded, else cancel_locked in those that did.
   void lock() { mutex_.lock(); }
   void unlock() { mutex_.unlock(); }
+  bool try_lock() { return mutex_.try_lock(); }  // for tests
   // Makes room for every item: evicts and compacts as a put would, but never
   // an entry the batch overwrites, and changes no value. False (with its own
   // reservations already cancelled) when the shard cannot hold them all.
@@ -221,6 +240,8 @@ class Shard {
   // batch_[index]. False when the shard cannot hold it.
   bool reserve_chunk_locked(BatchPut& item, uint32_t index);
   void rewrite_locked(Handle handle, const BatchPut& item);
+  // put() with the lock held and now_ms_ read.
+  PutStatus put_locked(BatchPut& item);
   void commit_one_locked(const BatchPut& item);
   // Gives memory back until the shard is within its limit, never evicting
   // protected_ or anything newer, at most kMaxTrimPages pages a call.

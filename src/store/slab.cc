@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 namespace kv {
 
@@ -41,6 +42,25 @@ Slab::~Slab() {
   if (base_ != nullptr && calls_.unreserve(base_, max_pages_ * kPageSize) != 0) {
     log(LogLevel::warn, "munmap of a slab: {}", std::strerror(errno));
   }
+}
+
+Slab::Detached::~Detached() {
+  if (base_ != nullptr && calls_.unreserve(base_, bytes_) != 0) {
+    log(LogLevel::warn, "munmap of a flushed slab: {}", std::strerror(errno));
+  }
+}
+
+void Slab::detach(Detached& into) {
+  assert(&into.calls_ == &calls_ && into.base_ == nullptr && into.pages_.capacity() == 0);
+  into.base_ = std::exchange(base_, nullptr);
+  into.bytes_ = max_pages_ * kPageSize;
+  into.pages_.swap(pages_);
+  into.free_pages_.swap(free_pages_);
+  into.given_back_.swap(given_back_);
+  usable_pages_ = 0;
+  charged_pages_ = 0;
+  for (uint32_t& head : partial_) head = kNoPage;
+  for (size_t& count : free_chunks_) count = 0;
 }
 
 uint16_t& Slab::next_free(uint32_t number, uint16_t chunk) const {

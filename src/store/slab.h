@@ -83,6 +83,13 @@ class PageTable {
     data_[size_++] = value;
   }
   void pop_back() { --size_; }
+  // Exchanges the contents of two tables of the same MemoryCalls. O(1).
+  void swap(PageTable& other) noexcept {
+    assert(&calls_ == &other.calls_);
+    std::swap(data_, other.data_);
+    std::swap(size_, other.size_);
+    std::swap(capacity_, other.capacity_);
+  }
   // New elements are value-initialised (T{}).
   void resize(size_t count) {
     assert(count <= capacity_);
@@ -98,6 +105,8 @@ class PageTable {
 };
 
 class Slab {
+  struct Page;  // below, with the rest of the page table
+
  public:
   static constexpr size_t kPageSize = 16 * 1024;
   static constexpr size_t kArenaPages = 128;  // 2 MiB made usable at a time
@@ -174,6 +183,31 @@ class Slab {
   // Moves every used chunk out of `page` into other pages of its class,
   // calling moved(from, to) after each copy, then frees the page.
   void evacuate(uint32_t page, absl::FunctionRef<void(Handle from, Handle to)> moved);
+
+  // Every page of a slab taken out at once (Shard::flush): the reservation
+  // and the page tables, unmapped when this is destroyed, so the owner frees
+  // the memory after it lets go of its lock.
+  class Detached {
+   public:
+    explicit Detached(const MemoryCalls& calls) : calls_(calls) {}
+    Detached(const Detached&) = delete;
+    Detached& operator=(const Detached&) = delete;
+    ~Detached();
+
+   private:
+    friend class Slab;
+    const MemoryCalls& calls_;
+    char* base_ = nullptr;
+    size_t bytes_ = 0;
+    PageTable<Page> pages_{calls_};
+    PageTable<uint32_t> free_pages_{calls_};
+    PageTable<uint32_t> given_back_{calls_};
+  };
+  // Empties the slab into `into` (made with calls(), holding nothing) in
+  // O(kClassCount), whatever it holds: every handle is invalid after it;
+  // the slab is as new (charged nothing; it reserves its address space and
+  // page tables again at the next map_page()).
+  void detach(Detached& into);
 
  private:
   static constexpr unsigned kPageShift = 11;  // kPageSize / 8 offsets

@@ -65,6 +65,29 @@ bool Store::get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_
 
 bool Store::erase(const KeyRef& key) { return shard_for(key).erase(key); }
 
+std::optional<int64_t> Store::ttl(const KeyRef& key) {
+  uint32_t expires_at = 0;
+  if (!shard_for(key).expiry(key, expires_at)) return std::nullopt;
+  if (expires_at == 0) return -1;
+  // A put rounds its expiry up to a tick (clock.h), by less than one: count
+  // from the tick's start, so a fresh ttl N reads N, not N + 1.
+  uint64_t end_ms = uint64_t{expires_at} * kExpiryTickMs - (kExpiryTickMs - 1);
+  uint64_t now_ms = clock_.now_ms();
+  if (end_ms <= now_ms) return 1;
+  return std::max<int64_t>(1, static_cast<int64_t>((end_ms - now_ms + 999) / 1000));
+}
+
+ExpireStatus Store::expire(const KeyRef& key, uint32_t ttl_seconds) {
+  return shard_for(key).expire(key, expiry_tick(clock_.now_ms(), ttl_seconds));
+}
+
+size_t Store::flush() {
+  size_t removed = 0;
+  for (auto& shard : shards_) removed += shard->flush();
+  flushes_.fetch_add(1, std::memory_order_relaxed);
+  return removed;
+}
+
 bool Store::sweep_expired(size_t pages_per_shard) {
   bool more = false;
   for (auto& shard : shards_) more |= shard->sweep_expired(pages_per_shard);
@@ -74,6 +97,7 @@ bool Store::sweep_expired(size_t pages_per_shard) {
 StoreStats Store::stats() const {
   StoreStats total;
   total.byte_budget = byte_budget_;
+  total.flushes = flushes_.load(std::memory_order_relaxed);
   for (const auto& shard : shards_) {
     ShardStats s = shard->stats();
     total.entries += s.entries;

@@ -5,13 +5,16 @@
 #include "clock.h"
 #include "shard.h"
 
+#include <atomic>
 #include <memory>
+#include <optional>
 #include <vector>
 
 namespace kv {
 
 struct StoreStats : ShardStats {
   uint64_t byte_budget = 0;  // what the store may fill: the process limit less its own needs
+  uint64_t flushes = 0;      // flush() calls
 };
 
 class Store {
@@ -28,6 +31,15 @@ class Store {
   PutStatus put_batch(std::span<BatchPut> items);
   bool get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_value);
   bool erase(const KeyRef& key);
+  // The whole seconds the key has left, rounded up (at least 1 while it
+  // lives), -1 when it has no expiry; nullopt for a miss (Shard::expiry).
+  std::optional<int64_t> ttl(const KeyRef& key);
+  // Sets the key's TTL (ttl_seconds 0: none), the value kept (Shard::expire).
+  ExpireStatus expire(const KeyRef& key, uint32_t ttl_seconds);
+  // Empties every shard, one after the other (Shard::flush: each lock held
+  // for a bounded step). Entries put meanwhile into a shard already flushed
+  // stay. Returns the entries removed.
+  size_t flush();
   // Bounded work: removes the expired entries of at most pages_per_shard
   // slab pages of each shard and advances index rebuilds (see
   // Shard::sweep_expired). Returns whether expired entries or a rebuild
@@ -64,6 +76,7 @@ class Store {
   const uint64_t byte_budget_;
   const Clock& clock_;
   std::vector<std::unique_ptr<Shard>> shards_;
+  std::atomic<uint64_t> flushes_{0};
 };
 
 }  // namespace kv

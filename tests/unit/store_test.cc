@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
+#include <mutex>
 #include <map>
 #include <random>
 #include <thread>
@@ -705,4 +707,232 @@ TEST_CASE("TTL: at the main loop's cadence, 300k entries expiring at once are sw
   MESSAGE("waits before the last expired entry went: " << waited_ms << " ms");
   CHECK(store.stats().entries == 0);
   CHECK(waited_ms <= 1000);
+}
+
+// --- flush, ttl and expire (POST /flush, GET /ttl, POST /expire) ---
+
+namespace {
+
+// The unreserve (munmap) of a flushed slab calls this, if set.
+std::function<void()> on_unreserve;
+const MemoryCalls kFlushWatched{
+    [](size_t bytes) { return system_memory_calls().reserve(bytes); },
+    [](void* at, size_t bytes) { return system_memory_calls().make_usable(at, bytes); },
+    [](void* at, size_t bytes) { return system_memory_calls().give_back(at, bytes); },
+    [](void* at, size_t bytes) {
+      if (on_unreserve) on_unreserve();
+      return system_memory_calls().unreserve(at, bytes);
+    },
+    [](size_t bytes) { return system_memory_calls().allocate(bytes); },
+    [](void* at) { system_memory_calls().deallocate(at); },
+};
+
+std::optional<std::string> shard_lookup(Shard& shard, std::string_view key) {
+  std::optional<std::string> value;
+  shard.get(make_key(key), [&](std::string_view v) { value = std::string(v); });
+  return value;
+}
+
+}  // namespace
+
+TEST_CASE("flush empties every shard, charges nothing after, and the store keeps working") {
+  FakeClock clock;
+  Store store(16, 64 << 20, clock);
+  for (int i = 0; i < 20000; ++i) put(store, fmt::format("k{}", i), std::string(i % 200, 'v'), i % 3 == 0 ? 5 : 0);
+  REQUIRE(store.stats().bytes_used > 20000 * 100);
+  CHECK(store.flush() == 20000);
+  StoreStats stats = store.stats();
+  CHECK(stats.entries == 0);
+  CHECK(stats.bytes_used == 0);
+  CHECK(stats.flushes == 1);
+  CHECK(stats.evictions == 0);
+  CHECK_FALSE(lookup(store, "k0"));
+  CHECK_FALSE(lookup(store, "k19999"));
+  CHECK_FALSE(store.ttl(make_key("k3")));
+  // A new generation: puts, TTLs, sweeps and batches work on the emptied shards.
+  put(store, "k1", "again", 5);
+  put(store, "k2", "forever");
+  CHECK(lookup(store, "k1") == "again");
+  std::vector<BatchPut> batch{{make_key("b1"), "x"}, {make_key("b2"), "y", 1}};
+  CHECK(store.put_batch(batch) == PutStatus::ok);
+  clock.now += 6;
+  for (int i = 0; i < 100 && store.sweep_expired(4); ++i) {
+  }
+  CHECK_FALSE(lookup(store, "k1"));
+  CHECK(lookup(store, "k2") == "forever");
+  CHECK(lookup(store, "b1") == "x");
+  CHECK(store.stats().entries == 2);
+  CHECK(store.flush() == 2);
+  CHECK(store.flush() == 0);
+  CHECK(store.stats().flushes == 3);
+  CHECK(store.stats().bytes_used == 0);
+}
+
+TEST_CASE("flush of a shard with 2M keys frees its memory after releasing the lock: requests go on meanwhile") {
+  FakeClock clock;
+  Shard shard(uint64_t{1} << 30, clock, kFlushWatched);
+  const int n = 2000000;
+  for (int i = 0; i < n; ++i) {
+    REQUIRE(shard.put(make_key(fmt::format("key:{}", i)), "value", i % 2 ? expiry_tick(clock.now_ms(), 100) : 0) ==
+            PutStatus::ok);
+  }
+  REQUIRE(shard.stats().entries == n);
+  uint64_t full = shard.stats().bytes_used;
+  REQUIRE(full > uint64_t{n} * 16);
+  // A snapshot walk is half way through.
+  shard.copy_start();
+  size_t copied = 0;
+  shard.copy_batch(1000, [&](std::string_view, std::string_view, uint32_t) { ++copied; });
+  REQUIRE(copied > 0);
+  int unreserves = 0;
+  on_unreserve = [&] {
+    // The flush is still running (freeing the old pages), and the shard is
+    // not locked: another thread's request is served now.
+    ++unreserves;
+    std::unique_lock lock(shard, std::try_to_lock);
+    CHECK(lock.owns_lock());
+    if (lock.owns_lock()) lock.unlock();
+    CHECK(shard.stats().bytes_used < full / 100);
+    CHECK(shard.put(make_key("during"), "flush", 0) == PutStatus::ok);
+    CHECK(shard_lookup(shard, "during") == "flush");
+    CHECK_FALSE(shard_lookup(shard, "key:7"));
+  };
+  CHECK(shard.flush() == n);
+  on_unreserve = nullptr;
+  CHECK(unreserves == 1);
+  // What was put while the old pages were freed stays: it came after the flush.
+  CHECK(shard_lookup(shard, "during") == "flush");
+  CHECK(shard.stats().entries == 1);
+  CHECK(shard.stats().bytes_used < full / 100);
+  // The walk that was running is over, with nothing more to copy.
+  CHECK_FALSE(shard.copy_batch(1000, [&](std::string_view, std::string_view, uint32_t) { FAIL("copied after flush"); }));
+  // Put the whole number again: the same memory, within the same limit.
+  for (int i = 0; i < n; ++i) REQUIRE(shard.put(make_key(fmt::format("key:{}", i)), "value", 0) == PutStatus::ok);
+  CHECK(shard.stats().entries == n + 1);
+  CHECK(shard.stats().evictions == 0);
+}
+
+TEST_CASE("ttl: whole seconds left rounded up, -1 without expiry, nullopt for a miss, whatever the phase") {
+  FakeClock clock;
+  Store store(4, 64 << 20, clock);
+  CHECK_FALSE(store.ttl(make_key("absent")));
+  put(store, "forever", "v");
+  CHECK(store.ttl(make_key("forever")) == -1);
+  for (uint64_t phase = 0; phase < 1000; phase += 7) {
+    clock.extra_ms = phase;
+    put(store, "k", "v", 10);
+    CHECK(store.ttl(make_key("k")) == 10);
+    clock.extra_ms = phase + 1;
+    CHECK(store.ttl(make_key("k")) == 10);
+    clock.extra_ms = phase + 9000;
+    CHECK(store.ttl(make_key("k")) == 1);
+    // Still live up to its end (at most one tick late): never 0.
+    clock.extra_ms = phase + 9999;
+    CHECK(store.ttl(make_key("k")) == 1);
+    clock.extra_ms = phase + 10000 + kExpiryTickMs;
+    CHECK_FALSE(store.ttl(make_key("k")));
+  }
+  // Reading a TTL is no access: no hit or miss, and the expired key found was removed.
+  StoreStats stats = store.stats();
+  CHECK(stats.hits == 0);
+  CHECK(stats.misses == 0);
+  CHECK(stats.expirations > 0);
+  CHECK(stats.entries == 1);
+}
+
+TEST_CASE("expire sets, changes and removes a TTL, the value kept, in place or through a put") {
+  FakeClock clock;
+  Store store(1, 64 << 20, clock);
+  CHECK(store.expire(make_key("absent"), 5) == ExpireStatus::not_found);
+  CHECK(store.expire(make_key("absent"), 0) == ExpireStatus::not_found);
+  for (size_t size : {0, 1, 3, 4, 5, 100, 252, 256}) {
+    std::string value(size, 'v');
+    put(store, "k", value);
+    CHECK(store.expire(make_key("k"), 30) == ExpireStatus::ok);  // the layout grows by the expiry
+    CHECK(store.ttl(make_key("k")) == 30);
+    CHECK(lookup(store, "k") == value);
+    CHECK(store.expire(make_key("k"), 2) == ExpireStatus::ok);   // in place
+    CHECK(store.ttl(make_key("k")) == 2);
+    CHECK(store.expire(make_key("k"), 50) == ExpireStatus::ok);  // later, in place
+    CHECK(store.ttl(make_key("k")) == 50);
+    CHECK(store.expire(make_key("k"), 0) == ExpireStatus::ok);   // persist: the layout shrinks
+    CHECK(store.ttl(make_key("k")) == -1);
+    CHECK(lookup(store, "k") == value);
+    CHECK(store.expire(make_key("k"), 0) == ExpireStatus::ok);   // nothing to remove
+    CHECK(store.expire(make_key("k"), 1) == ExpireStatus::ok);
+    clock.now += 1;
+    clock.extra_ms += kExpiryTickMs;
+    CHECK_FALSE(lookup(store, "k"));
+    CHECK(store.expire(make_key("k"), 5) == ExpireStatus::not_found);
+  }
+  CHECK(store.stats().entries == 0);
+  // An expired key met by expire is removed and counted.
+  put(store, "e", "v", 1);
+  clock.now += 2;
+  uint64_t expirations = store.stats().expirations;
+  CHECK(store.expire(make_key("e"), 0) == ExpireStatus::not_found);
+  CHECK(store.stats().expirations == expirations + 1);
+  CHECK(store.stats().entries == 0);
+}
+
+TEST_CASE("expire keeps the expiry index exact: the sweep removes what expire made expire, and nothing it persisted") {
+  FakeClock clock;
+  Store store(4, 64 << 20, clock);
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) put(store, fmt::format("k{}", i), std::string(i % 50, 'v'), i % 2 ? 1000 : 0);
+  // Even keys get a short TTL; odd keys lose theirs (the layout changes both ways).
+  for (int i = 0; i < n; ++i) REQUIRE(store.expire(make_key(fmt::format("k{}", i)), i % 2 ? 0 : 5) == ExpireStatus::ok);
+  clock.now += 6;
+  for (int i = 0; i < 10000 && store.sweep_expired(16); ++i) {
+  }
+  StoreStats stats = store.stats();
+  CHECK(stats.expirations == n / 2);
+  CHECK(stats.entries == n / 2);
+  clock.now += 2000;
+  for (int i = 0; i < 10000 && store.sweep_expired(16); ++i) {
+  }
+  CHECK(store.stats().entries == n / 2);
+  for (int i = 1; i < n; i += 998) CHECK(lookup(store, fmt::format("k{}", i)) == std::string(i % 50, 'v'));
+}
+
+TEST_CASE("expire is seen by a snapshot walk and makes the entry the most recently used") {
+  FakeClock clock;
+  Shard shard(64 << 20, clock);
+  for (int i = 0; i < 10; ++i) REQUIRE(shard.put(make_key(fmt::format("k{}", i)), "v", 0) == PutStatus::ok);
+  uint32_t tick = expiry_tick(clock.now_ms(), 100);
+  REQUIRE(shard.expire(make_key("k0"), tick) == ExpireStatus::ok);
+  shard.copy_start();
+  std::vector<std::pair<std::string, uint32_t>> copied;
+  while (shard.copy_batch(3, [&](std::string_view key, std::string_view, uint32_t expires_at) {
+    copied.emplace_back(std::string(key), expires_at);
+  })) {
+  }
+  REQUIRE(copied.size() == 10);
+  CHECK(copied.back() == std::pair<std::string, uint32_t>("k0", tick));
+  CHECK(copied.front().first == "k1");
+  uint32_t expires_at = 1;
+  CHECK(shard.expiry(make_key("k1"), expires_at));
+  CHECK(expires_at == 0);
+}
+
+TEST_CASE("bounded work: expire on a full shard does at most what a put may") {
+  FakeClock clock;
+  Shard shard(16 << 20, clock);
+  std::string value(100, 'v');
+  int n = 0;
+  while (shard.stats().evictions == 0) {
+    uint32_t expires_at = n % 2 ? expiry_tick(clock.now_ms(), 10 + n % 500) : 0;
+    REQUIRE(shard.put(make_key(fmt::format("key:{}", n++)), value, expires_at) == PutStatus::ok);
+  }
+  uint64_t most = 0;
+  int found = 0;
+  for (int i = n - 20000; i < n; ++i) {
+    uint64_t before = shard.work_steps();
+    ExpireStatus status = shard.expire(make_key(fmt::format("key:{}", i)), i % 3 ? expiry_tick(clock.now_ms(), 1 + i % 7) : 0);
+    if (status == ExpireStatus::ok) ++found;
+    most = std::max(most, shard.work_steps() - before);
+  }
+  CHECK(found > 10000);
+  MESSAGE("most work of one expire: " << most << " (bound " << Shard::kMaxPutSteps << ")");
+  CHECK(most <= Shard::kMaxPutSteps);
 }
