@@ -4,7 +4,8 @@
 #  - replays the saved crashers in tests/fuzz/regressions/<target>/ one by one
 #    (one that still crashes fails the run; the ones that pass join the corpus);
 #  - fuzzes for the given time on a copy of tests/fuzz/corpus/<target>/ (the
-#    tree stays clean; everything goes to build-fuzz/fuzz-out/<target>/).
+#    tree stays clean; everything goes to build-fuzz/fuzz-out/<target>/),
+#    with tests/fuzz/corpus/<target>.dict as its dictionary when there is one.
 # Prints the executions each target reached (libFuzzer's "#N DONE" line) and
 # exits non-zero if any target or regression crashes; new crashing inputs are
 # left in build-fuzz/fuzz-out/<target>/artifacts/. Targets run side by side,
@@ -59,7 +60,10 @@ fuzz_target() {
   local log="$out/$target/log"
   echo "== $target: ${seconds}s on $(ls "$corpus" | wc -l) seed inputs" >&2
   # -jobs=1/-workers=1 keep one process; the log is the only output.
-  "$build/tests/fuzz/$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+  # A target's dictionary, if it has one: tests/fuzz/corpus/<target>.dict.
+  local dict=()
+  [ -f tests/fuzz/corpus/"$target".dict ] && dict=("-dict=tests/fuzz/corpus/$target.dict")
+  "$build/tests/fuzz/$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 "${dict[@]}" \
     -print_final_stats=1 -artifact_prefix="$out/$target/artifacts/" "$corpus" >"$log" 2>&1 || rc=$?
   # The final stats line: "#N  DONE   cov: ... exec/s: E rss: ...".
   done_line=$(grep -E '^#[0-9]+[[:space:]]+DONE' "$log" | tail -1 || true)

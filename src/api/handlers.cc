@@ -23,17 +23,22 @@ constexpr std::string_view kGzipHeaders = "Content-Encoding: gzip\r\nVary: Accep
 constexpr std::string_view kMissingToken = "WWW-Authenticate: Bearer realm=\"kvcache\"\r\n";
 // RFC 6750 3.1: a presented token that is not accepted is an invalid_token.
 constexpr std::string_view kWrongToken = "WWW-Authenticate: Bearer realm=\"kvcache\", error=\"invalid_token\"\r\n";
+// The methods of an endpoint (405, OPTIONS) and of the server as a whole (OPTIONS *).
+constexpr std::string_view kAllowGet = "Allow: GET, HEAD, OPTIONS\r\n";
+constexpr std::string_view kAllowPost = "Allow: POST, OPTIONS\r\n";
+constexpr std::string_view kAllowServer = "Allow: GET, HEAD, POST, OPTIONS\r\n";
 
 }  // namespace
 
 namespace {
 
-constexpr int kReadCodes[] = {200, 400, 401, 404};  // get, delete
+constexpr int kReadCodes[] = {200, 400, 401, 404};  // get, delete, ttl, expire
 constexpr int kWriteCodes[] = {200, 400, 401, 507};  // put, mput
 constexpr int kMgetCodes[] = {200, 400, 401};
 constexpr int kHealthCodes[] = {200};
 constexpr int kMetricsCodes[] = {200, 401};
 constexpr int kSnapshotCodes[] = {200, 401, 409, 500};
+constexpr int kFlushCodes[] = {200, 401};
 constexpr int kOtherCodes[] = {404};  // no endpoint
 
 }  // namespace
@@ -47,6 +52,9 @@ const RequestHandler::Endpoint RequestHandler::kEndpoints[] = {
     {"health", "/health", http::Method::get, true, &RequestHandler::health, kHealthCodes},
     {"metrics", "/metrics", http::Method::get, false, &RequestHandler::metrics, kMetricsCodes},
     {"snapshot", "/snapshot", http::Method::post, false, &RequestHandler::snapshot, kSnapshotCodes},
+    {"flush", "/flush", http::Method::post, false, &RequestHandler::flush, kFlushCodes},
+    {"ttl", "/ttl", http::Method::get, false, &RequestHandler::ttl, kReadCodes},
+    {"expire", "/expire", http::Method::post, false, &RequestHandler::expire, kReadCodes},
 };
 const size_t RequestHandler::kEndpointCount = std::size(kEndpoints);
 
@@ -160,7 +168,8 @@ void RequestHandler::trim() {
 bool RequestHandler::admit(const http::Request& request, std::string_view& body, ConnectionMode mode,
                            std::string& out) {
   bool open = endpoint_ && endpoint_->open && endpoint_->method == http::Method::get &&
-              (request.method == http::Method::get || request.method == http::Method::head);
+              (request.method == http::Method::get || request.method == http::Method::head ||
+               request.method == http::Method::options);
   if (tokens_ && !open) {
     AuthResult result = tokens_->check(request.authorization);
     if (result != AuthResult::ok) {
@@ -215,13 +224,26 @@ void RequestHandler::route(const http::Request& request, std::string_view body, 
   accept_encoding_ = request.accept_encoding;
   // Open access and a plain body, the usual case, skip admission entirely.
   if ((tokens_ || !request.content_encoding.empty()) && !admit(request, body, mode, out)) return;
+  if (request.method == http::Method::options) return options(request, mode, out);
   if (endpoint_ == nullptr) return message(404, "Unknown endpoint.", mode, out);
   bool head_of_get = endpoint_->method == http::Method::get && request.method == http::Method::head;
   if (endpoint_->method != request.method && !head_of_get) {
     return message(405, "Method not allowed.", mode, out,
-                   endpoint_->method == http::Method::get ? "Allow: GET, HEAD\r\n" : "Allow: POST\r\n");
+                   endpoint_->method == http::Method::get ? kAllowGet : kAllowPost);
   }
   (this->*endpoint_->serve)(request, body, mode, out);
+}
+
+void RequestHandler::options(const http::Request& request, ConnectionMode mode, std::string& out) {
+  // RFC 9110 9.3.7: the methods of the target resource, or with "*" of the server.
+  std::string_view allow = kAllowServer;
+  if (endpoint_ != nullptr) {
+    allow = endpoint_->method == http::Method::get ? kAllowGet : kAllowPost;
+  } else if (request.path != "*") {
+    return message(404, "Unknown endpoint.", mode, out);
+  }
+  count(204);
+  http::append_no_content(out, mode, allow, date_);
 }
 
 void RequestHandler::put(const http::Request&, std::string_view body, ConnectionMode mode, std::string& out) {
@@ -234,12 +256,8 @@ void RequestHandler::put(const http::Request&, std::string_view body, Connection
 }
 
 void RequestHandler::get(const http::Request& request, std::string_view, ConnectionMode mode, std::string& out) {
-  auto encoded = find_query_param(request.query, "key");
-  if (!encoded) return message(400, "key is required", mode, out);
-  auto decoded_size = url_decode(*encoded, key_buffer_);
-  if (!decoded_size) return message(400, "malformed percent-escape in query", mode, out);
-  std::string_view key(key_buffer_, *decoded_size);
-  if (const char* error = key_error(key)) return message(400, error, mode, out);
+  std::string_view key;
+  if (!read_key_param(request, mode, out, key)) return;
 
   constexpr std::string_view kStart = R"({"status":"OK","key":")";
   constexpr std::string_view kMiddle = R"(","value":")";
@@ -297,6 +315,52 @@ void RequestHandler::mget(const http::Request&, std::string_view body, Connectio
   }
   scratch_ += "]}";
   body_response(200, "application/json", mode, out);
+}
+
+bool RequestHandler::read_key_param(const http::Request& request, ConnectionMode mode, std::string& out,
+                                    std::string_view& key) {
+  auto encoded = find_query_param(request.query, "key");
+  if (!encoded) return message(400, "key is required", mode, out), false;
+  auto decoded_size = url_decode(*encoded, key_buffer_);
+  if (!decoded_size) return message(400, "malformed percent-escape in query", mode, out), false;
+  key = std::string_view(key_buffer_, *decoded_size);
+  if (const char* error = key_error(key)) return message(400, error, mode, out), false;
+  return true;
+}
+
+void RequestHandler::ttl(const http::Request& request, std::string_view, ConnectionMode mode, std::string& out) {
+  std::string_view key;
+  if (!read_key_param(request, mode, out, key)) return;
+  std::optional<int64_t> seconds = store_.ttl(make_key(key));
+  if (!seconds) return message(404, kKeyNotFound, mode, out);
+  scratch_.assign(R"({"status":"OK","key":")");
+  append_json_escaped(scratch_, key);
+  fmt::format_to(std::back_inserter(scratch_), R"(","ttl":{}}})", *seconds);
+  count(200);
+  http::append_head(out, {200, scratch_.size(), mode}, date_);
+  out += scratch_;
+}
+
+void RequestHandler::expire(const http::Request&, std::string_view body, ConnectionMode mode, std::string& out) {
+  std::string_view key;
+  uint32_t ttl_seconds = 0;
+  if (!decoder_.decode_expire(body, key, ttl_seconds)) return message(400, decoder_.error(), mode, out);
+  switch (store_.expire(make_key(key), ttl_seconds)) {
+    case ExpireStatus::ok: break;
+    case ExpireStatus::not_found: return message(404, kKeyNotFound, mode, out);
+    case ExpireStatus::too_large: return message(507, "entry does not fit in the memory limit", mode, out);
+  }
+  message(200, ttl_seconds == 0 ? "Key expiry removed." : "Key expiry set.", mode, out);
+}
+
+void RequestHandler::flush(const http::Request&, std::string_view, ConnectionMode mode, std::string& out) {
+  size_t removed = store_.flush();
+  scratch_.clear();
+  fmt::format_to(std::back_inserter(scratch_), R"({{"status":"OK","message":"Cache flushed.","entries":{}}})",
+                 removed);
+  count(200);
+  http::append_head(out, {200, scratch_.size(), mode}, date_);
+  out += scratch_;
 }
 
 void RequestHandler::enable_snapshots(Snapshotter* snapshots, std::function<void()> wake) {

@@ -104,6 +104,14 @@ class RequestHandler final : public http::Handler {
   void health(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
   void metrics(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
   void snapshot(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
+  void flush(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
+  void ttl(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
+  void expire(const http::Request& request, std::string_view body, http::ConnectionMode mode, std::string& out);
+  // Any path: 204 with the endpoint's Allow ("*": the server's), else 404.
+  void options(const http::Request& request, http::ConnectionMode mode, std::string& out);
+  // The URL-decoded, validated `key` query parameter (/get, /ttl); false when it has answered 400.
+  bool read_key_param(const http::Request& request, http::ConnectionMode mode, std::string& out,
+                      std::string_view& key);
   // Counts a response of the request being handled.
   void count(int code);
   // Writes a {"status","message"} response and counts it.

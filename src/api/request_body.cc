@@ -20,6 +20,8 @@ bool RequestBodyDecoder::fail(std::string message) {
 }
 
 bool RequestBodyDecoder::parse_object(std::string_view body, simdjson::dom::object& object) {
+  // No bytes at all (or only whitespace) is a missing body, not bad JSON.
+  if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) return fail("request body is missing");
   simdjson::dom::element root;
   simdjson::error_code error = parser_.parse(body.data(), body.size(), false).get(root);
   // simdjson rejects numbers it cannot represent (beyond 64 bits, 1e999) as it does bad ones.
@@ -42,14 +44,17 @@ bool RequestBodyDecoder::read_put_item(simdjson::dom::object object, PutItem& it
   if (!read_string(object, "value", item.value)) return false;
   if (const char* error = value_error(item.value)) return fail(error);
   item.ttl_seconds = 0;
+  return read_ttl(object, item.ttl_seconds, false);
+}
+
+bool RequestBodyDecoder::read_ttl(simdjson::dom::object object, uint32_t& ttl_seconds, bool required) {
   simdjson::dom::element ttl;
-  if (object["ttl"].get(ttl) == simdjson::SUCCESS) {
-    int64_t seconds = 0;
-    if (ttl.get_int64().get(seconds) != simdjson::SUCCESS || seconds < 0 || seconds > kMaxTtlSeconds) {
-      return fail(fmt::format("ttl must be an integer between 0 and {}", kMaxTtlSeconds));
-    }
-    item.ttl_seconds = static_cast<uint32_t>(seconds);
+  if (object["ttl"].get(ttl) != simdjson::SUCCESS) return !required || fail("ttl is required");
+  int64_t seconds = 0;
+  if (ttl.get_int64().get(seconds) != simdjson::SUCCESS || seconds < 0 || seconds > kMaxTtlSeconds) {
+    return fail(fmt::format("ttl must be an integer between 0 and {}", kMaxTtlSeconds));
   }
+  ttl_seconds = static_cast<uint32_t>(seconds);
   return true;
 }
 
@@ -63,6 +68,13 @@ bool RequestBodyDecoder::decode_key(std::string_view body, std::string_view& key
   if (!parse_object(body, object) || !read_string(object, "key", key)) return false;
   if (const char* error = key_error(key)) return fail(error);
   return true;
+}
+
+bool RequestBodyDecoder::decode_expire(std::string_view body, std::string_view& key, uint32_t& ttl_seconds) {
+  simdjson::dom::object object;
+  if (!parse_object(body, object) || !read_string(object, "key", key)) return false;
+  if (const char* error = key_error(key)) return fail(error);
+  return read_ttl(object, ttl_seconds, true);
 }
 
 bool RequestBodyDecoder::read_batch(std::string_view body, const char* field, simdjson::dom::array& array) {

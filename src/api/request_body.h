@@ -35,6 +35,8 @@ class RequestBodyDecoder {
   bool decode_key(std::string_view body, std::string_view& key);
   bool decode_mput(std::string_view body);
   bool decode_mget(std::string_view body);
+  // POST /expire: {"key": K, "ttl": N}, ttl required, validated as /put's.
+  bool decode_expire(std::string_view body, std::string_view& key, uint32_t& ttl_seconds);
 
   const std::vector<PutItem>& items() const { return items_; }
   const std::vector<std::string_view>& keys() const { return keys_; }
@@ -44,6 +46,8 @@ class RequestBodyDecoder {
   bool parse_object(std::string_view body, simdjson::dom::object& object);
   bool read_string(simdjson::dom::object object, const char* field, std::string_view& out);
   bool read_put_item(simdjson::dom::object object, PutItem& item);
+  // An absent ttl leaves ttl_seconds as it is.
+  bool read_ttl(simdjson::dom::object object, uint32_t& ttl_seconds, bool required);
   bool read_batch(std::string_view body, const char* field, simdjson::dom::array& array);
   bool fail(std::string message);
 

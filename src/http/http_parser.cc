@@ -72,8 +72,8 @@ size_t find_head_end(const char* buf, size_t len, size_t& scanned) {
   return 0;
 }
 
-// RFC 9110 section 9 (and PATCH): known, though only GET, HEAD and POST are served.
-constexpr std::string_view kOtherMethods[] = {"PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"};
+// RFC 9110 section 9 (and PATCH): known, though only GET, HEAD, POST and OPTIONS are served.
+constexpr std::string_view kOtherMethods[] = {"PUT", "DELETE", "CONNECT", "TRACE", "PATCH"};
 
 // Judges the method at buf[start..end) (end: the line's end, or the data's):
 // an unknown one is a 501 whatever follows it, so this runs before any other
@@ -90,6 +90,8 @@ bool check_method(const char* buf, size_t start, size_t end, Request& request, E
     request.method = Method::head;
   } else if (method == "POST") {
     request.method = Method::post;
+  } else if (method == "OPTIONS") {
+    request.method = Method::options;
   } else {
     bool known = false;
     for (std::string_view other : kOtherMethods) known = known || method == other;

@@ -26,12 +26,13 @@ constexpr size_t kMaxRequestBytes = kMaxHeadBytes + kMaxBodyBytes + kMaxChunkedO
 constexpr size_t kMaxMethodBytes = 7;     // the longest method we know: "OPTIONS", "CONNECT"
 
 // A method this parser does not know gets 501 before anything else is judged;
-// `other` is a standard method no endpoint allows (405).
-enum class Method : uint8_t { get, head, post, other };
+// `other` is a standard method no endpoint allows (405). OPTIONS is
+// answered for every endpoint and for the server ("*").
+enum class Method : uint8_t { get, head, post, options, other };
 
 struct Request {
   Method method = Method::other;
-  std::string_view path;    // the origin-form target up to '?' (an absolute-form one is reduced to it)
+  std::string_view path;    // the origin-form target up to '?' (an absolute-form one is reduced to it), or "*"
   std::string_view query;   // after '?', without it
   bool http10 = false;
   bool keep_alive = true;  // false also for an HTTP/1.0 request with Transfer-Encoding

@@ -37,6 +37,15 @@ void append_head(std::string& out, const ResponseHead& head, const DateHeader& d
   out += "\r\n";
 }
 
+void append_no_content(std::string& out, ConnectionMode mode, std::string_view extra_headers, const DateHeader& date) {
+  out += "HTTP/1.1 204 No Content\r\n";
+  out += date.line();
+  if (mode == ConnectionMode::close) out += "Connection: close\r\n";
+  if (mode == ConnectionMode::keep_alive_explicit) out += "Connection: keep-alive\r\n";
+  out += extra_headers;
+  out += "\r\n";
+}
+
 void drop_body(std::string& out, size_t start) {
   // A response head holds no blank line before its end.
   size_t head_end = out.find("\r\n\r\n", start);

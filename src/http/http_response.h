@@ -25,6 +25,7 @@ struct StatusCode {
 inline constexpr StatusCode kStatusCodes[] = {
     {100, "Continue"},
     {200, "OK"},
+    {204, "No Content"},
     {400, "Bad Request"},
     {401, "Unauthorized"},
     {404, "Not Found"},
@@ -75,6 +76,9 @@ struct ResponseHead {
 
 // Appends the status line and headers, up to and including the blank line.
 void append_head(std::string& out, const ResponseHead& head, const DateHeader& date);
+
+// A 204 No Content head: no Content-Type, and no Content-Length (RFC 9110 8.6).
+void append_no_content(std::string& out, ConnectionMode mode, std::string_view extra_headers, const DateHeader& date);
 
 // Cuts the body off the response that starts at out[start]: a response to
 // HEAD keeps the status and headers of GET, Content-Length included (RFC 9110 9.3.2).

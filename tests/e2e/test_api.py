@@ -165,15 +165,18 @@ def test_unknown_path_returns_404_json(session, server):
 @pytest.mark.parametrize(
     "method,path,allow",
     [
-        ("GET", "/put", "POST"),
-        ("GET", "/delete", "POST"),
-        ("GET", "/mput", "POST"),
-        ("GET", "/mget", "POST"),
-        ("POST", "/get", "GET, HEAD"),
-        ("POST", "/health", "GET, HEAD"),
-        ("POST", "/metrics", "GET, HEAD"),
-        ("PUT", "/put", "POST"),
-        ("DELETE", "/get", "GET, HEAD"),
+        ("GET", "/put", "POST, OPTIONS"),
+        ("GET", "/delete", "POST, OPTIONS"),
+        ("GET", "/mput", "POST, OPTIONS"),
+        ("GET", "/mget", "POST, OPTIONS"),
+        ("GET", "/flush", "POST, OPTIONS"),
+        ("GET", "/expire", "POST, OPTIONS"),
+        ("POST", "/get", "GET, HEAD, OPTIONS"),
+        ("POST", "/health", "GET, HEAD, OPTIONS"),
+        ("POST", "/metrics", "GET, HEAD, OPTIONS"),
+        ("POST", "/ttl", "GET, HEAD, OPTIONS"),
+        ("PUT", "/put", "POST, OPTIONS"),
+        ("DELETE", "/get", "GET, HEAD, OPTIONS"),
     ],
 )
 def test_wrong_method_returns_405_with_allow_header(session, server, method, path, allow):

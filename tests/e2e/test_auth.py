@@ -94,6 +94,11 @@ def test_every_endpoint_but_get_health_needs_the_token(secured):
         ("POST", "/health", b"{}"),
         ("GET", "/no-such-endpoint", None),
         ("POST", "/snapshot", b""),
+        ("POST", "/flush", b""),
+        ("GET", f"/ttl?key={key}", None),
+        ("POST", "/expire", compact({"key": key, "ttl": 5})),
+        ("OPTIONS", "/put", None),
+        ("OPTIONS", "*", None),
     ]
     with RawConn(secured.port) as c:
         for method, target, body in requests_without:

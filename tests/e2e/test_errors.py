@@ -30,7 +30,7 @@ def _cases():
         case("/put", '{"key":"%s","value":"v",}' % k, "malformed JSON", [k], id="put:trailing-comma"),
         case("/put", '{"key":"%s","value":"v\x01"}' % k, "malformed JSON", [k], id="put:raw-control-char"),
         case("/put", '{"key":"%s","value":"\\q"}' % k, "malformed JSON", [k], id="put:bad-escape"),
-        case("/put", b"", "malformed JSON", id="put:empty-body"),
+        case("/put", b"", "request body is missing", id="put:empty-body"),
         case("/put", b"[1,2]", "body must be a JSON object", id="put:array"),
         case("/put", b'"str"', "body must be a JSON object", id="put:string"),
         case("/put", b"null", "body must be a JSON object", id="put:null"),

@@ -1,4 +1,4 @@
-// Fuzz target for JSON request bodies: RequestBodyDecoder's four entry points
+// Fuzz target for JSON request bodies: RequestBodyDecoder's five entry points
 // on arbitrary bytes, with the kPadding readable bytes simdjson requires after
 // the body (and nothing more, so ASan sees any read beyond them).
 //
@@ -67,6 +67,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (decoder.decode_mput(body)) {
     check(decoder.items().size() <= kv::kMaxBatchItems);
     for (const kv::PutItem& i : decoder.items()) check_item(i);
+  } else {
+    check(!decoder.error().empty());
+  }
+
+  uint32_t ttl = 0;
+  if (decoder.decode_expire(body, key, ttl)) {
+    check_key(key);
+    check(ttl <= kv::kMaxTtlSeconds);
   } else {
     check(!decoder.error().empty());
   }

@@ -76,7 +76,13 @@ TEST_CASE("one endpoint table: every endpoint is routed, checks its method and i
     f.io.sent.clear();
     f.send(std::string(get ? "POST " : "GET ") + std::string(endpoint.path) + " HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
     CHECK(f.io.sent.rfind("HTTP/1.1 405 Method Not Allowed\r\n", 0) == 0);
-    CHECK(f.io.sent.find(get ? "Allow: GET, HEAD\r\n" : "Allow: POST\r\n") != std::string::npos);
+    CHECK(f.io.sent.find(get ? "Allow: GET, HEAD, OPTIONS\r\n" : "Allow: POST, OPTIONS\r\n") != std::string::npos);
+    // OPTIONS names the same methods, with a 204.
+    f.io.sent.clear();
+    f.send("OPTIONS " + std::string(endpoint.path) + " HTTP/1.1\r\n\r\n");
+    CHECK(f.io.sent.rfind("HTTP/1.1 204 No Content\r\n", 0) == 0);
+    CHECK(f.io.sent.find(get ? "Allow: GET, HEAD, OPTIONS\r\n" : "Allow: POST, OPTIONS\r\n") != std::string::npos);
+    CHECK(f.io.sent.find("Content-Length") == std::string::npos);
   }
   f.io.sent.clear();
   f.send("GET /metrics HTTP/1.1\r\n\r\n");

@@ -113,6 +113,12 @@ TEST_CASE("gets and puts allocate nothing once warm") {
     wire += fmt::format("POST /put HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{}\r\n0\r\n\r\n",
                         body.size(), body);
     wire += "GET /get?key=missing" + std::to_string(i) + " HTTP/1.1\r\nHost: x\r\n\r\n";
+    // The operator's commands on the same keys: a TTL set (the entry's layout grows), read, then HEAD.
+    std::string expire = R"({"key":")" + key + R"(","ttl":100})";
+    wire += "POST /expire HTTP/1.1\r\nContent-Length: " + std::to_string(expire.size()) + "\r\n\r\n" + expire;
+    wire += "GET /ttl?key=" + key + " HTTP/1.1\r\nHost: x\r\n\r\n";
+    wire += "HEAD /ttl?key=" + key + " HTTP/1.1\r\nHost: x\r\n\r\n";
+    wire += "OPTIONS /put HTTP/1.1\r\nHost: x\r\n\r\n";
     batches.push_back(wire);
   }
   reserve(l, batches);
@@ -127,6 +133,8 @@ TEST_CASE("gets and puts allocate nothing once warm") {
   CHECK(after - before == 0);
   CHECK(l.io.sent.find("HTTP/1.1 200 OK") != std::string::npos);
   CHECK(l.io.sent.find("Key not found.") != std::string::npos);
+  CHECK(l.io.sent.find(R"("ttl":100})") != std::string::npos);
+  CHECK(l.io.sent.find("HTTP/1.1 204 No Content") != std::string::npos);
   CHECK(l.store.stats().entries == 500);
   CHECK(l.io.recv_calls == 2 * batches.size());  // one recv per read event
   CHECK(l.io.send_calls == 2 * batches.size());  // one send per batch

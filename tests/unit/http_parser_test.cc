@@ -106,6 +106,10 @@ TEST_CASE("request line, target and query") {
   CHECK(absolute.request.path == "/health");
 
   CHECK(parse("DELETE /x HTTP/1.1\r\n\r\n").request.method == Method::other);
+  Parsed options = parse("OPTIONS * HTTP/1.1\r\n\r\n");
+  REQUIRE(options.status == Status::complete);
+  CHECK(options.request.method == Method::options);
+  CHECK(options.request.path == "*");
   CHECK(parse("HEAD /get?key=a HTTP/1.1\r\n\r\n").request.method == Method::head);
 }
 

@@ -37,7 +37,9 @@ TEST_CASE("put bodies") {
 
 TEST_CASE("put errors") {
   RequestBodyDecoder decoder;
-  CHECK(put_error(decoder, "") == "malformed JSON");
+  CHECK(put_error(decoder, "") == "request body is missing");
+  CHECK(put_error(decoder, " \r\n\t") == "request body is missing");
+  CHECK(put_error(decoder, " {") == "malformed JSON");
   CHECK(put_error(decoder, "{\"key\":") == "malformed JSON");
   CHECK(put_error(decoder, R"({"key":"a","value":"b"} trailing)") == "malformed JSON");
   CHECK(put_error(decoder, R"({"key":"a","value":"b","x":tru})") == "malformed JSON");
@@ -97,4 +99,48 @@ TEST_CASE("delete bodies") {
   CHECK(key == "gone");
   CHECK_FALSE(decoder.decode_key(Padded(R"({"key":5})"), key));
   CHECK(decoder.error() == "key must be a string");
+}
+
+TEST_CASE("expire bodies: key and ttl required, ttl validated as /put's") {
+  RequestBodyDecoder decoder;
+  std::string_view key;
+  uint32_t ttl = 7;
+  REQUIRE(decoder.decode_expire(Padded(R"({"key":"k","ttl":30})"), key, ttl));
+  CHECK(key == "k");
+  CHECK(ttl == 30);
+  REQUIRE(decoder.decode_expire(Padded(R"({"ttl":0,"key":"z","extra":[1]})"), key, ttl));
+  CHECK(ttl == 0);
+  REQUIRE(decoder.decode_expire(Padded(R"({"key":"k","ttl":2147483647})"), key, ttl));
+  CHECK(ttl == 2147483647u);
+  auto error = [&](std::string body) {
+    return decoder.decode_expire(Padded(body), key, ttl) ? std::string() : decoder.error();
+  };
+  CHECK(error("") == "request body is missing");
+  CHECK(error("{") == "malformed JSON");
+  CHECK(error("[]") == "body must be a JSON object");
+  CHECK(error(R"({"key":"k"})") == "ttl is required");
+  CHECK(error(R"({"ttl":5})") == "key is required");
+  CHECK(error(R"({"key":"","ttl":5})") == "key must not be empty");
+  for (const char* bad : {"-1", "1.5", "\"5\"", "2147483648", "true", "null"}) {
+    CHECK(error(std::string(R"({"key":"k","ttl":)") + bad + "}") == "ttl must be an integer between 0 and 2147483647");
+  }
+}
+
+TEST_CASE("every body-taking decoder says a missing body is missing") {
+  RequestBodyDecoder decoder;
+  std::string_view key;
+  uint32_t ttl;
+  PutItem item;
+  for (std::string body : {"", " ", "\n\r\t  "}) {
+    CHECK_FALSE(decoder.decode_put(Padded(body), item));
+    CHECK(decoder.error() == "request body is missing");
+    CHECK_FALSE(decoder.decode_key(Padded(body), key));
+    CHECK(decoder.error() == "request body is missing");
+    CHECK_FALSE(decoder.decode_mput(Padded(body)));
+    CHECK(decoder.error() == "request body is missing");
+    CHECK_FALSE(decoder.decode_mget(Padded(body)));
+    CHECK(decoder.error() == "request body is missing");
+    CHECK_FALSE(decoder.decode_expire(Padded(body), key, ttl));
+    CHECK(decoder.error() == "request body is missing");
+  }
 }
