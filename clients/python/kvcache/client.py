@@ -3,15 +3,20 @@
 Keep-alive connections live in a pool shared by every thread using the client;
 a request takes one (or opens one), and gives it back after reading the answer.
 Every call is bounded by `timeout` seconds in all: connecting, sending and
-receiving together (the socket's timeout is set to what is left before each
-step).
+receiving together, a batch's requests included (the socket's timeout is set
+to what is left before each connect, send and receive, so an answer that
+trickles in still ends the call at its deadline). Not bounded: resolving the
+host name (getaddrinfo), done by the system on every new connection; give an
+IP address, or a name the system resolves without delay (/etc/hosts, a local
+resolver), where that matters.
 """
+
+import io
 
 import http.client
 import json
 import socket
 import ssl
-import threading
 import time
 import urllib.parse
 from collections import deque
@@ -25,6 +30,66 @@ DEFAULT_POOL_SIZE = 32  # idle connections kept per node
 
 class _Stale(Exception):
     """A reused keep-alive connection the server had closed: try a fresh one."""
+
+
+class _Bounded:
+    """An HTTP connection whose every send and receive is bounded by `deadline`
+    (a time.monotonic() value the caller sets before each request): each one
+    gets only the time left, so a call ends at its deadline however the bytes
+    come (one recv per byte included)."""
+
+    deadline = None
+
+    def send(self, data):
+        if self.sock is not None and self.deadline is not None:
+            _bound(self.sock, _left(self.deadline))
+        super().send(data)
+
+    def response_class(self, sock, debuglevel=0, method=None):
+        return http.client.HTTPResponse(_DeadlineSocket(sock, self.deadline), debuglevel, method=method)
+
+
+class _HTTPConnection(_Bounded, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Bounded, http.client.HTTPSConnection):
+    pass
+
+
+class _DeadlineSocket:
+    """What http.client.HTTPResponse reads from: makefile() gives a buffered
+    reader whose every recv is bounded by the time left before the deadline."""
+
+    def __init__(self, sock, deadline):
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode):
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, sock, deadline):
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        if self._deadline is not None:
+            _bound(self._sock, _left(self._deadline))
+        return self._sock.recv_into(b)
+
+
+def _left(deadline):
+    """Seconds left before deadline; socket.timeout when none are."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise socket.timeout()
+    return left
 
 
 class Connections:
@@ -44,8 +109,8 @@ class Connections:
             return self._idle.pop(), True
         except IndexError:
             if self.ssl_context is None:
-                return http.client.HTTPConnection(self.host, self.port), False
-            return http.client.HTTPSConnection(self.host, self.port, context=self.ssl_context), False
+                return _HTTPConnection(self.host, self.port), False
+            return _HTTPSConnection(self.host, self.port, context=self.ssl_context), False
 
     def give_back(self, conn):
         if len(self._idle) < self.max_idle:
@@ -109,7 +174,6 @@ class Client:
         auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._headers = auth
         self._json_headers = dict(auth, **{"Content-Type": "application/json"})
-        self._lock = threading.Lock()
 
     # -- the calls ----------------------------------------------------------
 
@@ -142,18 +206,19 @@ class Client:
 
     def mget(self, keys):
         """[value or None, ...] in the order of keys, in requests of at most 1,000
-        keys and 64 KiB (the server's limits)."""
+        keys and 64 KiB (the server's limits), all within one timeout."""
         keys = list(keys)
         validation.check_keys(keys)
-        return self._mget(keys)
+        return self._mget(keys, time.monotonic() + self.timeout)
 
     def mput(self, items, ttl=None):
         """Stores items: a mapping {key: value} or a sequence of (key, value) or
         (key, value, ttl); `ttl` applies to items without one. All are checked
-        before any is sent; requests of at most 1,000 items and 64 KiB."""
+        before any is sent; requests of at most 1,000 items and 64 KiB, all
+        within one timeout (on a Timeout, some requests may have been applied)."""
         items = _items(items, ttl)
         validation.check_items(items)
-        self._mput(items)
+        self._mput(items, time.monotonic() + self.timeout)
 
     def health(self):
         """True when the node answers GET /health with 200; raises otherwise."""
@@ -186,15 +251,15 @@ class Client:
 
     # -- the parts Cluster shares -----------------------------------------
 
-    def _mget(self, keys):
+    def _mget(self, keys, deadline):
         values = []
         for body in _bodies(b"keys", [json.dumps(k).encode() for k in keys]):
-            values.extend(self._expect_ok(self.request("POST", "/mget", body))["values"])
+            values.extend(self._expect_ok(self.request("POST", "/mget", body, deadline))["values"])
         return values
 
-    def _mput(self, items):
+    def _mput(self, items, deadline):
         for body in _bodies(b"items", [json.dumps(_item(*item)).encode() for item in items]):
-            status, answer = self.request("POST", "/mput", body)
+            status, answer = self.request("POST", "/mput", body, deadline)
             if status != 200:
                 raise self._error(status, answer)
 
@@ -229,20 +294,12 @@ class Client:
         if fresh:
             pool.close()  # its siblings are likely stale too (a restarted node)
         conn, reused = pool.take()
+        conn.deadline = deadline  # bounds each send and recv (_Bounded)
         try:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise socket.timeout()
             if conn.sock is None:
-                conn.timeout = left
+                conn.timeout = _left(deadline)
                 conn.connect()
-            else:
-                _bound(conn.sock, left)
             conn.request(method, target, body, headers)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise socket.timeout()
-            _bound(conn.sock, left)
             response = conn.getresponse()
             data = response.read()
         except (socket.timeout, TimeoutError):

@@ -10,19 +10,21 @@ A request that finds its node unreachable (refused, reset, closed without an
 answer) is sent once more, to the key's owner without that node, as HAProxy's
 `retries` + `option redispatch` do. A timeout is not retried: no call takes
 longer than the timeout. Batches are split by owner, the parts sent in
-parallel, and the answers merged in the caller's order.
+parallel, and the answers merged in the caller's order; a batch is bounded by
+one timeout in all (its parts, their retries and any wait for a free thread).
 """
 
 import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from urllib.parse import quote
 
 from . import validation
 from .breaker import Breaker, BreakerPolicy
 from .client import DEFAULT_POOL_SIZE, DEFAULT_TIMEOUT, Client, _items
-from .errors import Overloaded, Timeout, Unavailable
+from .errors import KvcacheError, Overloaded, Timeout, Unavailable
 from .ring import Ring, key_hash
 
 NOT_FOUND = b'{"status":"ERROR","message":"Key not found."}'
@@ -73,7 +75,9 @@ class Cluster:
         self._down = frozenset()  # ids whose breaker is not closed
         self._owners = {}  # key -> owner id while _down is what it is now (a memo of the ring)
         self._change_lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=max(2, 2 * len(pairs)), thread_name_prefix="kvcache")
+        self._workers = max(2, 2 * len(pairs))
+        self._executor = None  # made when a batch first needs it, again after close()
+        self._executor_lock = threading.Lock()
 
     # -- routing -------------------------------------------------------------
 
@@ -172,9 +176,9 @@ class Cluster:
         validation.check_keys(keys)
         values = [None] * len(keys)
 
-        def part(node, positions):
+        def part(node, positions, deadline):
             chunk = [keys[p] for p in positions]
-            got = self._batch(node, lambda c: c._mget(chunk))
+            got = self._batch(node, lambda c: c._mget(chunk, deadline))
             for p, v in zip(positions, got):
                 values[p] = v
 
@@ -187,16 +191,19 @@ class Cluster:
         items = _items(items, ttl)
         validation.check_items(items)
 
-        def part(node, positions):
+        def part(node, positions, deadline):
             chunk = [items[p] for p in positions]
-            self._batch(node, lambda c: c._mput(chunk))
+            self._batch(node, lambda c: c._mput(chunk, deadline))
 
         self._by_owner([item[0] for item in items], part)
 
     def _by_owner(self, keys, part):
-        """Runs part(node, positions) for each owner's keys (chunks of at most 1,000),
-        all but one on the executor; a part whose node is unreachable is split again
-        over the ring without it and sent once more."""
+        """Runs part(node, positions, deadline) for each owner's keys (chunks of at
+        most 1,000), all but one on the executor; a part whose node is unreachable
+        is split again over the ring without it and sent once more. One deadline
+        bounds them all: a part still queued for a thread when it passes is not
+        sent, and the call raises Timeout."""
+        deadline = time.monotonic() + self.timeout
         down = self._excluded()
         hashes = [key_hash(k) for k in keys]
         groups = {}
@@ -206,8 +213,10 @@ class Cluster:
             raise Unavailable("every node's circuit breaker is open")
 
         def run(node, positions):
+            if time.monotonic() >= deadline:
+                raise self._late(node)
             try:
-                part(node, positions)
+                part(node, positions, deadline)
             except (Timeout, Overloaded):
                 raise
             except Unavailable:
@@ -218,32 +227,59 @@ class Cluster:
                     raise
                 for other, ps in again.items():
                     for start in range(0, len(ps), validation.MAX_BATCH_ITEMS):
-                        part(other, ps[start:start + validation.MAX_BATCH_ITEMS])
+                        if time.monotonic() >= deadline:  # not sent: no failure for `other`'s breaker
+                            raise self._late(other) from None
+                        part(other, ps[start:start + validation.MAX_BATCH_ITEMS], deadline)
 
         jobs = [(node, positions[start:start + validation.MAX_BATCH_ITEMS])
                 for node, positions in groups.items()
                 for start in range(0, len(positions), validation.MAX_BATCH_ITEMS)]
-        futures = [self._executor.submit(run, *job) for job in jobs[1:]]
+        executor = self._pool() if len(jobs) > 1 else None
+        futures = [(job[0], executor.submit(run, *job)) for job in jobs[1:]]
         error = None
         try:
             if jobs:
                 run(*jobs[0])
         except Exception as e:  # noqa: BLE001  raised after the other parts are done
             error = e
-        for f in futures:
+        for node, f in futures:
             try:
-                f.result()
+                try:
+                    f.result(timeout=max(0.0, deadline - time.monotonic()))
+                except FutureTimeout:
+                    if f.cancel():  # still queued: never sent
+                        raise self._late(node) from None
+                    f.result()  # running: its requests end at the deadline
             except Exception as e:  # noqa: BLE001
                 error = error or e
         if error:
             raise error
 
+    def _late(self, node):
+        return Timeout(f"no answer within {self.timeout:g} s (the part for this node was not sent)", None,
+                       self.nodes[node].url)
+
+    def _pool(self):
+        executor = self._executor
+        if executor is None:
+            with self._executor_lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="kvcache")
+                executor = self._executor
+        return executor
+
     def _batch(self, node, call):
+        """call(client) for one part; every answer counts for the node's breaker:
+        Unavailable (a timeout and a 503 included) as a failure, any other (a
+        4xx included) as a success, which ends the run of failures."""
         breaker = self.breakers[node]
         try:
             result = call(self.nodes[node])
         except Unavailable as e:  # Overloaded (503) and Timeout included
             breaker.failure(e.message)
+            raise
+        except KvcacheError:  # an answer: 400, 401, 413, 5xx other than 503
+            breaker.success()
             raise
         breaker.success()
         return result
@@ -254,7 +290,8 @@ class Cluster:
 
     def snapshot(self):
         """{id: the node's answer, or the exception}: a snapshot written on every node."""
-        futures = {i: self._executor.submit(_outcome, c.snapshot) for i, c in self.nodes.items()}
+        executor = self._pool()
+        futures = {i: executor.submit(_outcome, c.snapshot) for i, c in self.nodes.items()}
         return {i: f.result() for i, f in futures.items()}
 
     def metrics(self):
@@ -267,7 +304,13 @@ class Cluster:
         return {i: b.stats() for i, b in self.breakers.items()}
 
     def close(self):
-        self._executor.shutdown(wait=False)
+        """Closes the idle connections and stops the batch threads once they are
+        idle. The cluster stays usable: a later batch makes its threads again (a
+        batch running during close() may fail with RuntimeError)."""
+        with self._executor_lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
         for c in self.nodes.values():
             c.close()
 

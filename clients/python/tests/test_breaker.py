@@ -272,3 +272,43 @@ def test_keys_come_back_after_the_probe_closes_the_breaker(cluster):
     fake.calls.clear()
     cluster.get(key)
     assert fake.calls == [(2, "/get")]
+
+
+@pytest.mark.parametrize("status, message, error", [
+    (400, "keys[0]: key exceeds 256 characters", kvcache.KeyTooLong),
+    (401, "invalid bearer token", kvcache.Unauthorized),
+    (413, "payload too large", kvcache.PayloadTooLarge),
+])
+def test_a_batchs_error_answer_ends_the_run_of_failures(status, message, error):
+    """A 4xx to a batch is an answer: the node is up, its run of failures ends."""
+    c = kvcache.Cluster({1: "http://127.0.0.1:1"}, failures=2, backoff=60)
+    answer = {"fail": True}
+
+    def request(method, target, body=None, deadline=None):
+        if answer["fail"]:
+            raise kvcache.Unavailable("connection refused")
+        return status, json.dumps({"status": "ERROR", "message": message}).encode()
+
+    c.nodes[1].request = request
+    with pytest.raises(kvcache.Unavailable):
+        c.mget(["a", "b"])  # failure 1
+    answer["fail"] = False
+    with pytest.raises(error):
+        c.mput({"a": "1", "b": "2"})  # an answer: the run ends
+    answer["fail"] = True
+    with pytest.raises(kvcache.Unavailable):
+        c.mget(["a"])  # failure 1 again, not 2
+    assert c.breaker_stats()[1]["state"] == "closed"
+    c.close()
+
+
+def test_a_cluster_stays_usable_after_close(cluster):
+    fake = FakeNodes(cluster)
+    keys = [f"key:{i}" for i in range(300)]
+    cluster.mput({k: "v" for k in keys})
+    cluster.close()
+    assert cluster.mget(keys) == ["v"] * 300  # its batch threads are made again
+    cluster.close()
+    cluster.close()
+    cluster.mput({k: "w" for k in keys})
+    assert sum(len(s) for s in fake.data.values()) == 300
