@@ -10,7 +10,9 @@ Python package (clients/python), whose Ring is the one implementation:
 To send batches straight to their nodes, use kvcache.Cluster, which splits them
 and follows HAProxy's view of a node that is down (its circuit breaker).
 clients/python/tests/ring_vectors.json lists 10,000 keys' owners on a 3- and a
-5-server ring, all up and with each one down, checked against a real HAProxy 2.6.
+5-server ring, all up and with each one down, checked against a real HAProxy 2.6
+(tests/e2e/test_client_cluster.py: all up, then each server stopped until
+HAProxy has it DOWN).
 """
 import os
 import sys

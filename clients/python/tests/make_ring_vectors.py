@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Writes ring_vectors.json: 10,000 keys and their owners on HAProxy's ring of
 servers 1..3 and 1..5 (weight 100), all up and with each one down. The owners
-come from kvcache.Ring; tests/e2e/test_client_ring.py checks them against a
+come from kvcache.Ring; tests/e2e/test_client_cluster.py checks them against a
 real HAProxy 2.6, so other languages can port the ring against this file."""
 
 import json
