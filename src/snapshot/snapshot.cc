@@ -12,6 +12,7 @@
 #include <cstring>
 #include <ctime>
 #include <algorithm>
+#include <memory>
 #include <new>
 #include <system_error>
 #include <utility>
@@ -70,18 +71,20 @@ std::string keep_damaged(const std::string& path, std::string& error) {
   size_t slash = path.rfind('/');
   std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
   std::string prefix = (slash == std::string::npos ? path : path.substr(slash + 1)) + ".bad-";
-  if (DIR* listing = opendir(dir.c_str())) {
+  // Closed on every way out, a std::bad_alloc's too.
+  std::unique_ptr<DIR, int (*)(DIR*)> listing(opendir(dir.c_str()), closedir);
+  if (listing) {
     std::string kept;
-    while (dirent* entry = readdir(listing)) {
+    while (dirent* entry = readdir(listing.get())) {
       std::string_view name(entry->d_name);
       struct stat other {};
-      if (name.starts_with(prefix) && fstatat(dirfd(listing), entry->d_name, &other, AT_SYMLINK_NOFOLLOW) == 0 &&
+      if (name.starts_with(prefix) && fstatat(dirfd(listing.get()), entry->d_name, &other, AT_SYMLINK_NOFOLLOW) == 0 &&
           other.st_dev == file.st_dev && other.st_ino == file.st_ino) {
         kept = (dir == "." && slash == std::string::npos) ? std::string(name) : path.substr(0, slash + 1) + std::string(name);
         break;
       }
     }
-    closedir(listing);
+    listing.reset();
     if (!kept.empty()) return fmt::format("the damaged file was already kept as {}", kept);
   }
   std::string stamped = bad_name(path);
