@@ -186,7 +186,10 @@ TEST_CASE("declarations: one per name, counters end in _total, each documented w
       documented[name] = {types.size() == joined.size() ? types[i] : types[0], labels};
     }
   }
-  for (const auto& [name, decl] : declared) {
+  // Plain names, not structured bindings: clang 14 cannot capture those in doctest's lambdas.
+  for (const auto& entry : declared) {
+    const std::string& name = entry.first;
+    const auto& decl = entry.second;
     auto it = documented.find(name);
     if (it == documented.end()) {
       FAIL_CHECK(name << " is declared but not in docs/operations.md's metric table");
@@ -200,7 +203,8 @@ TEST_CASE("declarations: one per name, counters end in _total, each documented w
     }
     CHECK_MESSAGE(it->second.second == labels, name);
   }
-  for (const auto& [name, type] : documented) {
+  for (const auto& entry : documented) {
+    const std::string& name = entry.first;
     CHECK_MESSAGE(declared.count(name) == 1, name << " is in docs/operations.md but declared nowhere");
   }
 
@@ -214,5 +218,5 @@ TEST_CASE("declarations: one per name, counters end in _total, each documented w
     listed[words[0]] = words[1];
   }
   CHECK(listed.size() == declared.size());
-  for (const auto& [name, decl] : declared) CHECK_MESSAGE(listed[name] == type_of(decl->type), name);
+  for (const auto& entry : declared) CHECK_MESSAGE(listed[entry.first] == type_of(entry.second->type), entry.first);
 }
