@@ -112,7 +112,7 @@ def exported(tmp_path_factory):
 def check_names(exprs, exported):
     problems = []
     for name, expr in exprs.items():
-        used = re.findall(r"\b(kvcache_[a-z0-9_]+)(?:\{([^}]*)\})?", expr)
+        used = re.findall(r"\b((?:kvcache|process)_[a-z0-9_]+)(?:\{([^}]*)\})?", expr)
         if not used and "up{" not in expr:
             problems.append(f"{name}: names no kvcache metric: {expr}")
         for metric, selector in used:

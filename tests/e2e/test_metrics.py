@@ -155,3 +155,25 @@ def test_every_name_type_and_label_matches_the_golden_list(start_server, tmp_pat
     missing = [line for line in want if line not in got]
     extra = [line for line in got if line not in want]
     assert not missing and not extra, f"missing from /metrics: {missing}\nnot in {GOLDEN.name}: {extra}"
+
+
+def test_process_families_and_known_request_series_from_the_start(start_server):
+    before = time.time()
+    server = start_server("--memory-limit", "64M")
+    text, families = scrape(server)
+    # As every Prometheus client library exports them (prometheus_client strips "_total").
+    for name, kind in [("process_resident_memory_bytes", "gauge"), ("process_virtual_memory_bytes", "gauge"),
+                       ("process_start_time_seconds", "gauge"), ("process_open_fds", "gauge"),
+                       ("process_max_fds", "gauge"), ("process_cpu_seconds", "counter")]:
+        assert name in families, f"{name} missing from:\n{text}"
+        assert families[name].type == kind, name
+    with open(f"/proc/{server.proc.pid}/status") as status:
+        rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    rss = value(families, "process_resident_memory_bytes")
+    assert 0.5 * rss_kb * 1024 < rss < 2 * rss_kb * 1024
+    assert before - 5 < value(families, "process_start_time_seconds") < time.time() + 1
+    assert value(families, "process_open_fds") >= 3
+    assert value(families, "process_max_fds") >= value(families, "process_open_fds")
+    # Counters a dashboard or an alert divides by exist before the first such request.
+    for endpoint, code in [("get", "404"), ("put", "200"), ("put", "507"), ("mget", "200"), ("other", "404")]:
+        assert f'kvcache_requests_total{{endpoint="{endpoint}",code="{code}"}} 0\n' in text, (endpoint, code)
