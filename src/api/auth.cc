@@ -29,7 +29,7 @@ bool is_token68(std::string_view token) {
 
 }  // namespace
 
-TokenParse parse_tokens(std::string_view text, std::string_view source) {
+Result<Tokens> parse_tokens(std::string_view text, std::string_view source) {
   auto set = std::make_shared<TokenSet>();
   size_t line_number = 0;
   while (!text.empty()) {
@@ -40,40 +40,40 @@ TokenParse parse_tokens(std::string_view text, std::string_view source) {
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.empty()) continue;
     if (line.size() < kMinTokenBytes) {
-      return {nullptr, fmt::format("{}: the token on line {} is shorter than {} bytes", source, line_number,
-                                   kMinTokenBytes)};
+      return fail(fmt::format("{}: the token on line {} is shorter than {} bytes", source, line_number,
+                                   kMinTokenBytes));
     }
     if (!is_token68(line)) {
-      return {nullptr, fmt::format("{}: the token on line {} has a character outside A-Z a-z 0-9 - . _ ~ + / "
+      return fail(fmt::format("{}: the token on line {} has a character outside A-Z a-z 0-9 - . _ ~ + / "
                                    "(and trailing =)",
-                                   source, line_number)};
+                                   source, line_number));
     }
     set->tokens.emplace_back(line);
   }
-  if (set->tokens.empty()) return {nullptr, fmt::format("{}: no token (empty)", source)};
-  return {std::move(set), {}};
+  if (set->tokens.empty()) return fail(fmt::format("{}: no token (empty)", source));
+  return Tokens(std::move(set));
 }
 
-TokenParse load_token_file(const std::string& path) {
+Result<Tokens> load_token_file(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
-  if (!file) return {nullptr, fmt::format("--auth-token-file {}: cannot read: {}", path, std::strerror(errno))};
+  if (!file) return fail(fmt::format("--auth-token-file {}: cannot read: {}", path, std::strerror(errno)));
   std::string text(kMaxTokenFileBytes + 1, '\0');
   file.read(text.data(), static_cast<std::streamsize>(text.size()));
-  if (file.bad()) return {nullptr, fmt::format("--auth-token-file {}: cannot read", path)};
+  if (file.bad()) return fail(fmt::format("--auth-token-file {}: cannot read", path));
   text.resize(static_cast<size_t>(file.gcount()));
   if (text.size() > kMaxTokenFileBytes) {
-    return {nullptr, fmt::format("--auth-token-file {}: larger than {} bytes", path, kMaxTokenFileBytes)};
+    return fail(fmt::format("--auth-token-file {}: larger than {} bytes", path, kMaxTokenFileBytes));
   }
   return parse_tokens(text, fmt::format("--auth-token-file {}", path));
 }
 
-TokenParse load_configured_tokens(const std::string& file, const char* env_token) {
+Result<Tokens> load_configured_tokens(const std::string& file, const char* env_token) {
   if (!file.empty() && env_token != nullptr) {
-    return {nullptr, "both --auth-token-file (KVCACHE_AUTH_TOKEN_FILE) and KVCACHE_AUTH_TOKEN are set: use one"};
+    return fail("both --auth-token-file (KVCACHE_AUTH_TOKEN_FILE) and KVCACHE_AUTH_TOKEN are set: use one");
   }
   if (!file.empty()) return load_token_file(file);
   if (env_token != nullptr) return parse_tokens(env_token, "KVCACHE_AUTH_TOKEN");
-  return {};
+  return Tokens();
 }
 
 bool constant_time_equal(std::string_view presented, std::string_view expected) {

@@ -5,6 +5,8 @@
 // one, sending SIGHUP, moving clients over, then removing the old one.
 #pragma once
 
+#include "result.h"
+
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -23,23 +25,20 @@ struct TokenSet {
   std::vector<std::string> tokens;
 };
 
-struct TokenParse {
-  std::shared_ptr<const TokenSet> tokens;  // null when `error` is set
-  std::string error;
-};
+using Tokens = std::shared_ptr<const TokenSet>;
 
 // One token per line; a final newline, CRLF line ends and blank lines are
 // allowed. Each token must be >= kMinTokenBytes of RFC 6750 token68
 // characters. `source` names where the text came from, for the error message.
-TokenParse parse_tokens(std::string_view text, std::string_view source);
+Result<Tokens> parse_tokens(std::string_view text, std::string_view source);
 
 // Reads and parses a token file (bounded by kMaxTokenFileBytes).
-TokenParse load_token_file(const std::string& path);
+Result<Tokens> load_token_file(const std::string& path);
 
 // The tokens configured at start: from the file when `file` is set, else from
 // `env_token` (KVCACHE_AUTH_TOKEN) when set; both set is an error. Neither:
-// no tokens and no error, access stays open.
-TokenParse load_configured_tokens(const std::string& file, const char* env_token);
+// null tokens and no error, access stays open.
+Result<Tokens> load_configured_tokens(const std::string& file, const char* env_token);
 
 // Compares without an early exit: the time taken depends on the lengths only,
 // never on where the first differing byte is.

@@ -43,34 +43,34 @@ bool is_ip_address(std::string_view text) {
   return inet_pton(AF_INET, address.c_str(), &storage) == 1 || inet_pton(AF_INET6, address.c_str(), &storage) == 1;
 }
 
-// A flag's setter returns an error message, or an empty string when the value is valid.
+// A flag's setter: stores a valid value, or says what a valid one looks like.
 struct Flag {
   std::string_view name;
   std::string_view help;
   bool takes_value;
-  std::string (*apply)(std::string_view value, Config& config);
+  Result<void> (*apply)(std::string_view value, Config& config);
 };
 
 template <typename Int>
-std::string set_int(std::string_view value, Int& out, uint64_t min, uint64_t max) {
+Result<void> set_int(std::string_view value, Int& out, uint64_t min, uint64_t max) {
   auto parsed = parse_int<uint64_t>(value);
   if (!parsed || *parsed < min || *parsed > max) {
-    return fmt::format("expected an integer between {} and {}", min, max);
+    return fail(fmt::format("expected an integer between {} and {}", min, max));
   }
   out = static_cast<Int>(*parsed);
   return {};
 }
 
-std::string set_path(std::string_view value, std::string& out) {
-  if (value.empty()) return "expected a file path";
+Result<void> set_path(std::string_view value, std::string& out) {
+  if (value.empty()) return fail("expected a file path");
   out = std::string(value);
   return {};
 }
 
-std::string set_duration(std::string_view value, double& out) {
+Result<void> set_duration(std::string_view value, double& out) {
   auto parsed = parse_duration(value);
   if (!parsed || *parsed <= 0 || *parsed > kMaxDurationSeconds) {
-    return fmt::format("expected a duration such as 2, 2s, 500ms (0 < d <= {}s)", kMaxDurationSeconds);
+    return fail(fmt::format("expected a duration such as 2, 2s, 500ms (0 < d <= {}s)", kMaxDurationSeconds));
   }
   out = *parsed;
   return {};
@@ -80,25 +80,25 @@ const Flag kFlags[] = {
     {"port", "TCP port to listen on (default 7171)", true,
      [](std::string_view v, Config& c) { return set_int(v, c.port, 1, UINT16_MAX); }},
     {"bind", "address to listen on, IPv4 or IPv6 (default 0.0.0.0)", true,
-     [](std::string_view v, Config& c) {
+     [](std::string_view v, Config& c) -> Result<void> {
        // Checked here, not only at bind(): a malformed address is a configuration
        // error (exit 2, which the unit's RestartPreventExitStatus= keeps from looping).
-       if (!is_ip_address(v)) return std::string("expected an IPv4 or IPv6 address such as 0.0.0.0, 127.0.0.1 or ::");
+       if (!is_ip_address(v)) return fail("expected an IPv4 or IPv6 address such as 0.0.0.0, 127.0.0.1 or ::");
        c.bind = std::string(v);
-       return std::string();
+       return {};
      }},
     {"threads", "worker event loops (default: CPUs available to the process)", true,
      [](std::string_view v, Config& c) { return set_int(v, c.threads, 1, kMaxThreads); }},
     {"memory-limit", "cache memory limit: bytes with K/M/G suffix, or auto = 70% of available memory (default auto)", true,
-     [](std::string_view v, Config& c) {
+     [](std::string_view v, Config& c) -> Result<void> {
        if (v == "auto") {
          c.memory_limit.reset();
-         return std::string();
+         return {};
        }
        auto bytes = parse_byte_size(v);
-       if (!bytes || *bytes < kMinMemoryLimit) return std::string("expected auto or a size of at least 1M such as 512M or 1G");
+       if (!bytes || *bytes < kMinMemoryLimit) return fail("expected auto or a size of at least 1M such as 512M or 1G");
        c.memory_limit = *bytes;
-       return std::string();
+       return {};
      }},
     {"shards", "independently locked store shards (default 16)", true,
      [](std::string_view v, Config& c) { return set_int(v, c.shards, 1, kMaxShards); }},
@@ -113,25 +113,25 @@ const Flag kFlags[] = {
     {"send-timeout", "close a connection whose client has taken none of its responses for this long (default 30s)",
      true, [](std::string_view v, Config& c) { return set_duration(v, c.send_timeout); }},
     {"snapshot-path", "snapshot file: loaded at start, written at shutdown, every --snapshot-interval and on POST /snapshot (default empty: off)", true,
-     [](std::string_view v, Config& c) {
+     [](std::string_view v, Config& c) -> Result<void> {
        c.snapshot_path = std::string(v);
-       return std::string();
+       return {};
      }},
     {"snapshot-interval", "write a snapshot this often, 0 = only at shutdown and on request (default 5m)", true,
-     [](std::string_view v, Config& c) {
+     [](std::string_view v, Config& c) -> Result<void> {
        auto parsed = parse_duration(v);
-       if (!parsed || *parsed < 0 || *parsed > 86400 * 7) return std::string("expected a duration such as 5m, 300s or 0 (0 <= d <= 7 days)");
+       if (!parsed || *parsed < 0 || *parsed > 86400 * 7) return fail("expected a duration such as 5m, 300s or 0 (0 <= d <= 7 days)");
        c.snapshot_interval = *parsed;
-       return std::string();
+       return {};
      }},
     {"snapshot-timeout", "on SIGTERM, longest time the final snapshot may take before it is abandoned (default 30s)", true,
      [](std::string_view v, Config& c) { return set_duration(v, c.snapshot_timeout); }},
     {"log-level", "debug, info, warn or error (default info)", true,
-     [](std::string_view v, Config& c) {
+     [](std::string_view v, Config& c) -> Result<void> {
        auto level = parse_log_level(v);
-       if (!level) return std::string("expected debug, info, warn or error");
+       if (!level) return fail("expected debug, info, warn or error");
        c.log_level = *level;
-       return std::string();
+       return {};
      }},
     {"auth-token-file", "require Authorization: Bearer <token>, tokens one per line in this file, re-read on SIGHUP "
      "(or set KVCACHE_AUTH_TOKEN; default: no token, open)", true,
@@ -142,15 +142,26 @@ const Flag kFlags[] = {
      [](std::string_view v, Config& c) { return set_path(v, c.tls_key); }},
     {"tls-client-ca", "mutual TLS: require client certificates signed by a CA in this PEM file, re-read on SIGHUP", true,
      [](std::string_view v, Config& c) { return set_path(v, c.tls_client_ca); }},
-    {"health-check", "query http(s)://127.0.0.1:<port>/health and exit 0 if healthy, 1 if not", false,
-     [](std::string_view, Config& c) {
-       c.health_check = true;
-       return std::string();
+    {"check-config", "check the flags, environment, token file, TLS files and snapshot directory without "
+     "listening; exit 0 if good, 2 with what to fix", false,
+     [](std::string_view, Config& c) -> Result<void> {
+       c.check_config = true;
+       return {};
      }},
-    {"help", "print this help and exit", false,
-     [](std::string_view, Config& c) {
+    {"health-check", "query http(s)://127.0.0.1:<port>/health and exit 0 if healthy, 1 (saying why) if not", false,
+     [](std::string_view, Config& c) -> Result<void> {
+       c.health_check = true;
+       return {};
+     }},
+    {"version", "print the version and exit (also -V)", false,
+     [](std::string_view, Config& c) -> Result<void> {
+       c.version = true;
+       return {};
+     }},
+    {"help", "print this help and exit (also -h)", false,
+     [](std::string_view, Config& c) -> Result<void> {
        c.help = true;
-       return std::string();
+       return {};
      }},
 };
 
@@ -211,13 +222,20 @@ std::optional<double> parse_duration(std::string_view text) {
   return *value * scale;
 }
 
-ConfigResult parse_config(const std::vector<std::string_view>& args, const EnvLookup& env, Config& config) {
+Result<void> parse_config(const std::vector<std::string_view>& args, const EnvLookup& env, Config& config) {
+  // --help and --version answer whatever else the line holds (`kvcache --help
+  // --port abc` prints the help), as most tools do.
+  for (std::string_view arg : args) {
+    if (arg == "--help" || arg == "-h") config.help = true;
+    if (arg == "--version" || arg == "-V") config.version = true;
+  }
+  if (config.help || config.version) return {};
   // Flags first: a variable is read only for a flag the command line does not
   // set, so a bad KVCACHE_PORT cannot stop `kvcache --port 7172`.
   std::vector<const Flag*> given;
   for (size_t i = 0; i < args.size(); ++i) {
     std::string_view arg = args[i];
-    if (arg.substr(0, 2) != "--") return {false, fmt::format("unexpected argument {:?}", arg)};
+    if (arg.substr(0, 2) != "--") return fail(fmt::format("unexpected argument {:?} (see --help)", arg));
     arg.remove_prefix(2);
     std::optional<std::string_view> value;
     if (auto eq = arg.find('='); eq != std::string_view::npos) {
@@ -225,30 +243,28 @@ ConfigResult parse_config(const std::vector<std::string_view>& args, const EnvLo
       arg = arg.substr(0, eq);
     }
     const Flag* flag = find_flag(arg);
-    if (flag == nullptr) return {false, fmt::format("unknown flag --{} (see --help)", arg)};
+    if (flag == nullptr) return fail(fmt::format("unknown flag --{} (see --help)", arg));
     if (flag->takes_value && !value) {
-      if (i + 1 >= args.size()) return {false, fmt::format("flag --{} needs a value", arg)};
+      if (i + 1 >= args.size()) return fail(fmt::format("flag --{} needs a value", arg));
       value = args[++i];
     }
-    if (!flag->takes_value && value) return {false, fmt::format("flag --{} takes no value", arg)};
-    std::string error = flag->apply(value.value_or(""), config);
-    if (!error.empty()) return {false, fmt::format("invalid --{} {:?}: {}", arg, *value, error)};
+    if (!flag->takes_value && value) return fail(fmt::format("flag --{} takes no value", arg));
+    Result<void> applied = flag->apply(value.value_or(""), config);
+    if (!applied) return fail(fmt::format("invalid --{} {:?}: {}", arg, *value, applied.error()));
     given.push_back(flag);
   }
-  // --help uses no setting, so it reads no variable.
-  if (config.help) return {};
   for (const Flag& flag : kFlags) {
     if (!flag.takes_value || std::find(given.begin(), given.end(), &flag) != given.end()) continue;
     std::string name = env_name(flag.name);
     const char* value = env ? env(name.c_str()) : nullptr;
     if (value == nullptr) continue;
-    std::string error = flag.apply(value, config);
-    if (!error.empty()) return {false, fmt::format("invalid {}={:?}: {}", name, value, error)};
+    Result<void> applied = flag.apply(value, config);
+    if (!applied) return fail(fmt::format("invalid {}={:?}: {}", name, value, applied.error()));
   }
   if (config.tls_cert.empty() != config.tls_key.empty()) {
-    return {false, "--tls-cert and --tls-key go together: set both or neither"};
+    return fail("--tls-cert and --tls-key go together: set both or neither");
   }
-  if (!config.tls_client_ca.empty() && !config.tls()) return {false, "--tls-client-ca needs --tls-cert and --tls-key"};
+  if (!config.tls_client_ca.empty() && !config.tls()) return fail("--tls-client-ca needs --tls-cert and --tls-key");
   return {};
 }
 
@@ -258,7 +274,10 @@ std::string usage_text() {
       "usage: kvcache [flags]\n\n"
       "Every flag that takes a VALUE can also be set with an environment variable,\n"
       "KVCACHE_ + the flag name in upper case with '-' as '_' (e.g.\n"
-      "KVCACHE_MEMORY_LIMIT=512M). Flags win over the environment.\n\nflags:\n";
+      "KVCACHE_MEMORY_LIMIT=512M). Flags win over the environment.\n\n"
+      "exit codes: 0 stopped cleanly; 1 cannot listen, or --health-check failed; 2 a bad flag,\n"
+      "variable or file (what to fix is printed), or a snapshot that exists but cannot be read;\n"
+      "3 stopped without writing the final snapshot.\n\nflags:\n";
   for (const Flag& flag : kFlags) {
     std::string left = fmt::format("  --{}{}", flag.name, flag.takes_value ? " VALUE" : "");
     text += fmt::format("{:<28}{}\n", left, flag.help);

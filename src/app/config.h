@@ -2,6 +2,7 @@
 #pragma once
 
 #include "log.h"
+#include "result.h"
 
 #include <cstdint>
 #include <functional>
@@ -31,7 +32,9 @@ struct Config {
   std::string tls_cert;            // PEM certificate chain; with tls_key: the listener speaks TLS only
   std::string tls_key;             // PEM private key
   std::string tls_client_ca;       // PEM CA bundle: require and verify client certificates (mutual TLS)
-  bool help = false;
+  bool help = false;          // --help, -h: print the usage and exit 0
+  bool version = false;       // --version, -V: print the version and exit 0
+  bool check_config = false;  // --check-config: check flags, environment and files without binding
   bool health_check = false;
 
   bool tls() const { return !tls_cert.empty(); }
@@ -40,15 +43,11 @@ struct Config {
 // Returns the value of an environment variable, or nullptr.
 using EnvLookup = std::function<const char*(const char*)>;
 
-struct ConfigResult {
-  bool ok = true;
-  std::string error;  // set when !ok
-};
-
 // Flags win over KVCACHE_* environment variables, which win over defaults. A
-// variable is read (and checked) only for a flag the command line leaves unset,
-// and none at all with --help.
-ConfigResult parse_config(const std::vector<std::string_view>& args, const EnvLookup& env, Config& config);
+// variable is read (and checked) only for a flag the command line leaves unset.
+// --help (-h) and --version (-V) win over everything else on the line: with
+// either, nothing else is checked and no variable is read.
+Result<void> parse_config(const std::vector<std::string_view>& args, const EnvLookup& env, Config& config);
 
 std::string usage_text();
 

@@ -3,6 +3,7 @@
 // sweep and SIGHUP reloads until SIGTERM/SIGINT, then the drain and the final
 // snapshot.
 #include "auth.h"
+#include "check_config.h"
 #include "config.h"
 #include "handlers.h"
 #include "health_check.h"
@@ -76,13 +77,13 @@ void reload_tokens(const kv::Config& config, kv::TokenStore* tokens) {
     }
     return;
   }
-  TokenParse loaded = load_token_file(config.auth_token_file);
-  if (!loaded.tokens) {
-    log(LogLevel::error, "SIGHUP: keeping the {} current token(s): {}", tokens->current()->tokens.size(), loaded.error);
+  Result<Tokens> loaded = load_token_file(config.auth_token_file);
+  if (!loaded) {
+    log(LogLevel::error, "SIGHUP: keeping the {} current token(s): {}", tokens->current()->tokens.size(), loaded.error());
     return;
   }
-  log(LogLevel::info, "SIGHUP: {} token(s) loaded from {}", loaded.tokens->tokens.size(), config.auth_token_file);
-  tokens->replace(std::move(loaded.tokens));
+  log(LogLevel::info, "SIGHUP: {} token(s) loaded from {}", loaded.value()->tokens.size(), config.auth_token_file);
+  tokens->replace(std::move(loaded.value()));
 }
 
 // SIGHUP: re-read the certificate, key and client CA; bad files keep the current ones.
@@ -140,29 +141,43 @@ struct Setup {
 };
 
 // Flags, environment, token file and TLS files. Returns the exit code when
-// the process is done already (a bad flag or file: 2; --help: 0; --health-check).
+// the process is done already (a bad flag or file: 2; --help, --version, a
+// good --check-config: 0; --health-check).
 std::optional<int> configure(int argc, char** argv, Setup& setup) {
   using namespace kv;
   Config& config = setup.config;
   std::vector<std::string_view> args(argv + 1, argv + argc);
-  ConfigResult parsed = parse_config(args, [](const char* name) { return std::getenv(name); }, config);
-  if (!parsed.ok) {
-    std::fprintf(stderr, "kvcache: %s\n", parsed.error.c_str());
+  Result<void> parsed = parse_config(args, [](const char* name) { return std::getenv(name); }, config);
+  if (!parsed) {
+    std::fprintf(stderr, "kvcache: %s\n", parsed.error().c_str());
     return 2;
   }
   if (config.help) {
     std::fputs(usage_text().c_str(), stdout);
     return 0;
   }
+  if (config.version) {
+    std::printf("kvcache %s\n", KVCACHE_VERSION);
+    return 0;
+  }
   set_log_level(config.log_level);
   if (config.health_check) return run_health_check(config);
+  if (config.check_config) {
+    Result<void> checked = check_config(config, std::getenv("KVCACHE_AUTH_TOKEN"));
+    if (!checked) {
+      std::fprintf(stderr, "kvcache: %s\n", checked.error().c_str());
+      return 2;
+    }
+    std::puts("kvcache: configuration OK");
+    return 0;
+  }
 
-  TokenParse tokens = load_configured_tokens(config.auth_token_file, std::getenv("KVCACHE_AUTH_TOKEN"));
-  if (!tokens.error.empty()) {
-    std::fprintf(stderr, "kvcache: %s\n", tokens.error.c_str());
+  Result<Tokens> tokens = load_configured_tokens(config.auth_token_file, std::getenv("KVCACHE_AUTH_TOKEN"));
+  if (!tokens) {
+    std::fprintf(stderr, "kvcache: %s\n", tokens.error().c_str());
     return 2;
   }
-  if (tokens.tokens) setup.tokens = std::make_unique<TokenStore>(tokens.tokens);
+  if (tokens.value()) setup.tokens = std::make_unique<TokenStore>(tokens.value());
   if (config.tls()) {
     auto loaded = TlsContext::load({config.tls_cert, config.tls_key, config.tls_client_ca});
     if (!loaded) {

@@ -3,6 +3,7 @@
 #include "log.h"
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <sys/socket.h>
@@ -45,10 +46,59 @@ std::string openssl_error() {
 }
 
 // fopen's errno says "No such file" or "Permission denied" better than OpenSSL's "system lib".
-std::string check_readable(std::string_view flag, const std::string& path) {
+Result<void> check_readable(std::string_view flag, const std::string& path) {
   std::FILE* file = std::fopen(path.c_str(), "rb");
-  if (file == nullptr) return fmt::format("{} {}: {}", flag, path, std::strerror(errno));
+  if (file == nullptr) return fail(fmt::format("{} {}: {}", flag, path, std::strerror(errno)));
   std::fclose(file);
+  return {};
+}
+
+struct X509Deleter {
+  void operator()(X509* x) const { X509_free(x); }
+};
+struct KeyDeleter {
+  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+
+// "RSA 2048-bit", "EC 256-bit": what a key is, for a message about a mismatch.
+std::string describe_key(const EVP_PKEY* key) {
+  if (key == nullptr) return "no key";
+  const char* type = EVP_PKEY_get0_type_name(key);
+  return fmt::format("{} {}-bit", type != nullptr ? type : "unknown", EVP_PKEY_get_bits(key));
+}
+
+// The first certificate of the chain file and the key, read as PEM by
+// ourselves first, so that each error says what to fix rather than
+// OpenSSL's "PEM lib" or "no certificate assigned" (what a key of another
+// type than the certificate's gets from SSL_CTX_check_private_key).
+Result<void> check_pair(const TlsFiles& files) {
+  std::unique_ptr<BIO, decltype(&BIO_free)> cert_file(BIO_new_file(files.cert.c_str(), "rb"), BIO_free);
+  std::unique_ptr<X509, X509Deleter> cert(cert_file ? PEM_read_bio_X509(cert_file.get(), nullptr, nullptr, nullptr)
+                                                    : nullptr);
+  if (!cert) {
+    ERR_clear_error();
+    return fail(fmt::format("--tls-cert {}: not a PEM certificate (expected a \"-----BEGIN CERTIFICATE-----\" block, "
+                            "the server's certificate first, then any intermediates)",
+                            files.cert));
+  }
+  std::unique_ptr<BIO, decltype(&BIO_free)> key_file(BIO_new_file(files.key.c_str(), "rb"), BIO_free);
+  // A passphrase callback that gives none: an encrypted key fails here instead of prompting.
+  auto no_passphrase = [](char*, int, int, void*) { return 0; };
+  std::unique_ptr<EVP_PKEY, KeyDeleter> key(
+      key_file ? PEM_read_bio_PrivateKey(key_file.get(), nullptr, no_passphrase, nullptr) : nullptr);
+  if (!key) {
+    ERR_clear_error();
+    return fail(fmt::format("--tls-key {}: not a PEM private key (expected a \"-----BEGIN PRIVATE KEY-----\" "
+                            "or \"-----BEGIN EC/RSA PRIVATE KEY-----\" block, not encrypted)",
+                            files.key));
+  }
+  const EVP_PKEY* public_key = X509_get0_pubkey(cert.get());
+  if (public_key == nullptr || EVP_PKEY_eq(public_key, key.get()) != 1) {
+    ERR_clear_error();
+    return fail(fmt::format("--tls-key {} does not match the certificate in --tls-cert {} (key: {}, certificate's "
+                            "key: {}): give the key the certificate was issued for",
+                            files.key, files.cert, describe_key(key.get()), describe_key(public_key)));
+  }
   return {};
 }
 
@@ -78,19 +128,16 @@ struct CtxDeleter {
 };
 using CtxPtr = std::unique_ptr<SSL_CTX, CtxDeleter>;
 
-CtxPtr build_context(const TlsFiles& files, std::string& error) {
+Result<CtxPtr> build_context(const TlsFiles& files) {
   for (auto [flag, path] : {std::pair<std::string_view, const std::string*>{"--tls-cert", &files.cert},
                             {"--tls-key", &files.key}, {"--tls-client-ca", &files.client_ca}}) {
     if (path->empty()) continue;
-    error = check_readable(flag, *path);
-    if (!error.empty()) return nullptr;
+    if (Result<void> readable = check_readable(flag, *path); !readable) return fail(readable.error());
   }
+  if (Result<void> pair = check_pair(files); !pair) return fail(pair.error());
   ERR_clear_error();
   CtxPtr ctx(SSL_CTX_new(TLS_server_method()));
-  if (!ctx) {
-    error = "cannot create a TLS context: " + openssl_error();
-    return nullptr;
-  }
+  if (!ctx) return fail("cannot create a TLS context: " + openssl_error());
   SSL_CTX* c = ctx.get();
   SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
   // IGNORE_UNEXPECTED_EOF: most HTTP clients close without close_notify; HTTP
@@ -104,10 +151,7 @@ CtxPtr build_context(const TlsFiles& files, std::string& error) {
                           SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   // Whole socket reads instead of a header then a body per record.
   SSL_CTX_set_read_ahead(c, 1);
-  if (SSL_CTX_set_cipher_list(c, kTls12Ciphers) != 1) {
-    error = "cannot set the TLS 1.2 ciphers: " + openssl_error();
-    return nullptr;
-  }
+  if (SSL_CTX_set_cipher_list(c, kTls12Ciphers) != 1) return fail("cannot set the TLS 1.2 ciphers: " + openssl_error());
   SSL_CTX_set_session_id_context(c, kSessionIdContext, sizeof kSessionIdContext - 1);
   SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_SERVER);
   SSL_CTX_sess_set_cache_size(c, kSessionCacheSize);
@@ -115,22 +159,17 @@ CtxPtr build_context(const TlsFiles& files, std::string& error) {
   SSL_CTX_set_alpn_select_cb(c, select_alpn, nullptr);
 
   if (SSL_CTX_use_certificate_chain_file(c, files.cert.c_str()) != 1) {
-    error = fmt::format("--tls-cert {}: {}", files.cert, openssl_error());
-    return nullptr;
+    return fail(fmt::format("--tls-cert {}: {}", files.cert, openssl_error()));
   }
   if (SSL_CTX_use_PrivateKey_file(c, files.key.c_str(), SSL_FILETYPE_PEM) != 1 || SSL_CTX_check_private_key(c) != 1) {
-    bool mismatch = ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH;
-    error = mismatch ? fmt::format("--tls-key {} does not match --tls-cert {}", files.key, files.cert)
-                     : fmt::format("--tls-key {}: {}", files.key, openssl_error());
-    ERR_clear_error();
-    return nullptr;
+    return fail(fmt::format("--tls-key {} does not match the certificate in --tls-cert {}: {}", files.key, files.cert,
+                            openssl_error()));
   }
   if (!files.client_ca.empty()) {
     STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(files.client_ca.c_str());
     if (names == nullptr || SSL_CTX_load_verify_locations(c, files.client_ca.c_str(), nullptr) != 1) {
       if (names != nullptr) sk_X509_NAME_pop_free(names, X509_NAME_free);
-      error = fmt::format("--tls-client-ca {}: no PEM CA certificate ({})", files.client_ca, openssl_error());
-      return nullptr;
+      return fail(fmt::format("--tls-client-ca {}: no PEM CA certificate ({})", files.client_ca, openssl_error()));
     }
     SSL_CTX_set_client_CA_list(c, names);
     SSL_CTX_set_verify(c, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
@@ -163,10 +202,9 @@ std::string_view tls_failure_name(TlsFailure failure) {
 }
 
 Result<std::unique_ptr<TlsContext>> TlsContext::load(const TlsFiles& files) {
-  std::string error;
-  CtxPtr ctx = build_context(files, error);
-  if (!ctx) return fail(std::move(error));
-  std::unique_ptr<TlsContext> context(new TlsContext(files, ctx.release()));
+  Result<CtxPtr> ctx = build_context(files);
+  if (!ctx) return fail(ctx.error());
+  std::unique_ptr<TlsContext> context(new TlsContext(files, ctx.value().release()));
   context->metrics_[tls_slot::kCertificateExpiry].set(expiry_value(not_after(context->ctx_)));
   return context;
 }
@@ -174,12 +212,12 @@ Result<std::unique_ptr<TlsContext>> TlsContext::load(const TlsFiles& files) {
 TlsContext::~TlsContext() { SSL_CTX_free(ctx_); }
 
 Result<void> TlsContext::reload() {
-  std::string error;
-  CtxPtr fresh = build_context(files_, error);
-  if (!fresh) {
+  Result<CtxPtr> built = build_context(files_);
+  if (!built) {
     metrics_[tls_slot::kReloads + 1].add();
-    return fail(std::move(error));
+    return fail(built.error());
   }
+  CtxPtr& fresh = built.value();
   std::lock_guard lock(mutex_);
   unsigned char keys[kTicketKeyBytes];
   if (SSL_CTX_get_tlsext_ticket_keys(ctx_, keys, sizeof keys) == 1) {

@@ -86,14 +86,15 @@ std::string_view tls_failure_name(TlsFailure failure);
 class TlsContext {
  public:
   // Loads and checks the files (readable, PEM, key matches the certificate,
-  // CA bundle parses).
+  // CA bundle parses); a failure says which flag's file and what to fix.
   static Result<std::unique_ptr<TlsContext>> load(const TlsFiles& files);
   ~TlsContext();
   TlsContext(const TlsContext&) = delete;
   TlsContext& operator=(const TlsContext&) = delete;
 
-  // Re-reads the files; a bad one keeps the current context. Session ticket
-  // keys carry over, so clients resume across a rotation.
+  // Re-reads the files; a bad one keeps the current context (the failure
+  // says why, as load's). Session ticket keys carry over, so clients resume
+  // across a rotation.
   Result<void> reload();
 
   // A server-side SSL for an accepted socket, on the current context; null

@@ -108,8 +108,9 @@ def test_unit_has_required_directives():
     # kvcache tells systemd when it listens (src/app/service_notify.cc)
     assert d.get("Type") == ["notify"] and d.get("NotifyAccess") == ["main"]
     assert d.get("Restart") == ["on-failure"]
-    # systemctl reload: SIGHUP re-reads the token file
-    assert d.get("ExecReload") == ["/bin/kill -HUP $MAINPID"]
+    # systemctl reload: the files checked first (a bad one fails the reload
+    # visibly), then SIGHUP re-reads the token and TLS files
+    assert d.get("ExecReload") == ["/usr/local/bin/kvcache --check-config", "/bin/kill -HUP $MAINPID"]
     assert d.get("LimitNOFILE") == ["65536"]
     assert d.get("KillSignal") == ["SIGTERM"]
     assert d.get("DynamicUser") == ["yes"]

@@ -13,7 +13,7 @@ using namespace kv;
 
 namespace {
 
-ConfigResult parse(std::vector<std::string_view> args, Config& config,
+Result<void> parse(std::vector<std::string_view> args, Config& config,
                    std::map<std::string, std::string> env = {}) {
   return parse_config(args, [&](const char* name) -> const char* {
     auto it = env.find(name);
@@ -25,7 +25,7 @@ ConfigResult parse(std::vector<std::string_view> args, Config& config,
 
 TEST_CASE("defaults") {
   Config config;
-  REQUIRE(parse({}, config).ok);
+  REQUIRE(parse({}, config).ok());
   CHECK(config.port == 7171);
   CHECK(config.bind == "0.0.0.0");
   CHECK(config.shards == 16);
@@ -37,13 +37,13 @@ TEST_CASE("defaults") {
 
 TEST_CASE("--send-timeout") {
   Config config;
-  REQUIRE(parse({"--send-timeout", "1500ms"}, config).ok);
+  REQUIRE(parse({"--send-timeout", "1500ms"}, config).ok());
   CHECK(config.send_timeout == doctest::Approx(1.5));
   Config from_env;
-  REQUIRE(parse({}, from_env, {{"KVCACHE_SEND_TIMEOUT", "7"}}).ok);
+  REQUIRE(parse({}, from_env, {{"KVCACHE_SEND_TIMEOUT", "7"}}).ok());
   CHECK(from_env.send_timeout == 7.0);
   Config bad;
-  CHECK_FALSE(parse({"--send-timeout", "0"}, bad).ok);
+  CHECK_FALSE(parse({"--send-timeout", "0"}, bad).ok());
 }
 
 TEST_CASE("flags in both spellings") {
@@ -51,7 +51,7 @@ TEST_CASE("flags in both spellings") {
   REQUIRE(parse({"--port", "8080", "--memory-limit=64M", "--threads", "3", "--read-timeout", "500ms",
                  "--idle-timeout=1.5", "--log-level", "debug", "--shards", "8", "--max-connections", "5"},
                 config)
-              .ok);
+              .ok());
   CHECK(config.port == 8080);
   CHECK(config.memory_limit == 64ull << 20);
   CHECK(config.threads == 3);
@@ -64,34 +64,34 @@ TEST_CASE("flags in both spellings") {
 
 TEST_CASE("environment, and flags win over it") {
   Config config;
-  REQUIRE(parse({"--port", "9000"}, config, {{"KVCACHE_PORT", "8000"}, {"KVCACHE_MEMORY_LIMIT", "1G"}}).ok);
+  REQUIRE(parse({"--port", "9000"}, config, {{"KVCACHE_PORT", "8000"}, {"KVCACHE_MEMORY_LIMIT", "1G"}}).ok());
   CHECK(config.port == 9000);
   CHECK(config.memory_limit == 1ull << 30);
   Config from_env;
-  REQUIRE(parse({}, from_env, {{"KVCACHE_READ_TIMEOUT", "3s"}}).ok);
+  REQUIRE(parse({}, from_env, {{"KVCACHE_READ_TIMEOUT", "3s"}}).ok());
   CHECK(from_env.read_timeout == 3.0);
 }
 
 TEST_CASE("auth token file: flag or environment, never empty") {
   Config none;
-  REQUIRE(parse({}, none).ok);
+  REQUIRE(parse({}, none).ok());
   CHECK(none.auth_token_file.empty());
   Config flag;
-  REQUIRE(parse({"--auth-token-file", "/run/tokens"}, flag, {{"KVCACHE_AUTH_TOKEN_FILE", "/env/tokens"}}).ok);
+  REQUIRE(parse({"--auth-token-file", "/run/tokens"}, flag, {{"KVCACHE_AUTH_TOKEN_FILE", "/env/tokens"}}).ok());
   CHECK(flag.auth_token_file == "/run/tokens");
   Config env;
-  REQUIRE(parse({}, env, {{"KVCACHE_AUTH_TOKEN_FILE", "/env/tokens"}}).ok);
+  REQUIRE(parse({}, env, {{"KVCACHE_AUTH_TOKEN_FILE", "/env/tokens"}}).ok());
   CHECK(env.auth_token_file == "/env/tokens");
   Config empty;
-  CHECK_FALSE(parse({"--auth-token-file="}, empty).ok);
+  CHECK_FALSE(parse({"--auth-token-file="}, empty).ok());
 }
 
 TEST_CASE("TLS files: flag or environment; cert and key together; a client CA needs both") {
   Config none;
-  REQUIRE(parse({}, none).ok);
+  REQUIRE(parse({}, none).ok());
   CHECK_FALSE(none.tls());
   Config flags;
-  REQUIRE(parse({"--tls-cert", "/c.pem", "--tls-key=/k.pem", "--tls-client-ca", "/ca.pem"}, flags).ok);
+  REQUIRE(parse({"--tls-cert", "/c.pem", "--tls-key=/k.pem", "--tls-client-ca", "/ca.pem"}, flags).ok());
   CHECK(flags.tls());
   CHECK(flags.tls_cert == "/c.pem");
   CHECK(flags.tls_key == "/k.pem");
@@ -99,7 +99,7 @@ TEST_CASE("TLS files: flag or environment; cert and key together; a client CA ne
   Config env;
   REQUIRE(parse({"--tls-key", "/flag.key"}, env,
                 {{"KVCACHE_TLS_CERT", "/env.pem"}, {"KVCACHE_TLS_KEY", "/env.key"}, {"KVCACHE_TLS_CLIENT_CA", "/env-ca.pem"}})
-              .ok);
+              .ok());
   CHECK(env.tls_cert == "/env.pem");
   CHECK(env.tls_key == "/flag.key");
   CHECK(env.tls_client_ca == "/env-ca.pem");
@@ -107,10 +107,10 @@ TEST_CASE("TLS files: flag or environment; cert and key together; a client CA ne
            {"--tls-cert", "/c.pem"}, {"--tls-key", "/k.pem"}, {"--tls-client-ca", "/ca.pem"},
            {"--tls-client-ca", "/ca.pem", "--tls-cert", "/c.pem"}, {"--tls-cert="}}) {
     Config bad;
-    ConfigResult result = parse(args, bad);
+    Result<void> result = parse(args, bad);
     CAPTURE(args[0]);
-    CHECK_FALSE(result.ok);
-    CHECK(result.error.find("--tls-") != std::string::npos);
+    CHECK_FALSE(result.ok());
+    CHECK(result.error().find("--tls-") != std::string::npos);
   }
 }
 
@@ -121,50 +121,67 @@ TEST_CASE("bad values are errors that name the flag") {
            {"--read-timeout", "-1"}, {"--idle-timeout", "0"}, {"--nope"}, {"--port"}, {"stray"},
            {"--help=yes"}}) {
     Config config;
-    ConfigResult result = parse(args, config);
+    Result<void> result = parse(args, config);
     CAPTURE(args[0]);
-    CHECK_FALSE(result.ok);
-    CHECK_FALSE(result.error.empty());
+    CHECK_FALSE(result.ok());
+    CHECK_FALSE(result.error().empty());
   }
   Config config;
-  ConfigResult result = parse({}, config, {{"KVCACHE_PORT", "x"}});
-  CHECK_FALSE(result.ok);
-  CHECK(result.error.find("KVCACHE_PORT") != std::string::npos);
+  Result<void> result = parse({}, config, {{"KVCACHE_PORT", "x"}});
+  CHECK_FALSE(result.ok());
+  CHECK(result.error().find("KVCACHE_PORT") != std::string::npos);
 }
 
 TEST_CASE("a variable is checked only where it is used") {
   // The flag overrides the bad variable, which is then never read.
   Config overridden;
-  REQUIRE(parse({"--port", "19102"}, overridden, {{"KVCACHE_PORT", "abc"}}).ok);
+  REQUIRE(parse({"--port", "19102"}, overridden, {{"KVCACHE_PORT", "abc"}}).ok());
   CHECK(overridden.port == 19102);
   Config overridden_bind;
-  REQUIRE(parse({"--bind=127.0.0.1"}, overridden_bind, {{"KVCACHE_BIND", "nowhere"}}).ok);
+  REQUIRE(parse({"--bind=127.0.0.1"}, overridden_bind, {{"KVCACHE_BIND", "nowhere"}}).ok());
   CHECK(overridden_bind.bind == "127.0.0.1");
   // --help uses no setting.
   Config help;
-  REQUIRE(parse({"--help"}, help, {{"KVCACHE_PORT", "abc"}, {"KVCACHE_MEMORY_LIMIT", "lots"}}).ok);
+  REQUIRE(parse({"--help"}, help, {{"KVCACHE_PORT", "abc"}, {"KVCACHE_MEMORY_LIMIT", "lots"}}).ok());
   CHECK(help.help);
+  // --help and --version win over anything else on the line (a bad value, an unknown flag).
+  for (std::vector<std::string_view> args : std::vector<std::vector<std::string_view>>{
+           {"--help", "--port", "abc"}, {"--port", "abc", "--help"}, {"-h"}, {"--nope", "-h"}}) {
+    Config helped;
+    REQUIRE(parse(args, helped, {{"KVCACHE_PORT", "abc"}}).ok());
+    CHECK(helped.help);
+  }
+  for (std::vector<std::string_view> args : std::vector<std::vector<std::string_view>>{
+           {"--version"}, {"-V"}, {"--port", "abc", "--version"}}) {
+    Config versioned;
+    REQUIRE(parse(args, versioned).ok());
+    CHECK(versioned.version);
+  }
+  Config checked;
+  REQUIRE(parse({"--check-config", "--port", "8000"}, checked).ok());
+  CHECK(checked.check_config);
+  CHECK_FALSE(parse({"-x"}, checked).ok());
   // A bad variable that nothing overrides is still an error.
   Config used;
-  ConfigResult result = parse({"--port", "19102"}, used, {{"KVCACHE_MEMORY_LIMIT", "lots"}});
-  CHECK_FALSE(result.ok);
-  CHECK(result.error.find("KVCACHE_MEMORY_LIMIT") != std::string::npos);
+  Result<void> result = parse({"--port", "19102"}, used, {{"KVCACHE_MEMORY_LIMIT", "lots"}});
+  CHECK_FALSE(result.ok());
+  CHECK(result.error().find("KVCACHE_MEMORY_LIMIT") != std::string::npos);
 }
 
 TEST_CASE("--bind takes an IPv4 or IPv6 address, checked at parse time") {
   for (std::string_view good : {"0.0.0.0", "127.0.0.1", "::", "::1", "fe80::1"}) {
     Config config;
     CAPTURE(good);
-    CHECK(parse({"--bind", good}, config).ok);
+    CHECK(parse({"--bind", good}, config).ok());
   }
   for (std::string_view bad : {"localhost", "1.2.3", "300.1.1.1", "127.0.0.1:7171", "[::1]", " 127.0.0.1", ""}) {
     Config config;
     CAPTURE(bad);
-    ConfigResult result = parse({"--bind", bad}, config);
-    CHECK_FALSE(result.ok);
-    CHECK(result.error.find("--bind") != std::string::npos);
+    Result<void> result = parse({"--bind", bad}, config);
+    CHECK_FALSE(result.ok());
+    CHECK(result.error().find("--bind") != std::string::npos);
     Config from_env;
-    CHECK_FALSE(parse({}, from_env, {{"KVCACHE_BIND", std::string(bad)}}).ok);
+    CHECK_FALSE(parse({}, from_env, {{"KVCACHE_BIND", std::string(bad)}}).ok());
   }
 }
 
@@ -214,8 +231,8 @@ TEST_CASE("--help and the flag table of docs/operations.md list the same flags, 
     // The variable is read: a value the flag refuses is refused from it too,
     // and the error names it (or the flag, for a flag that needs another).
     Config config;
-    ConfigResult bad = parse_config({}, [&](const char* name) { return name == variable ? "\x01" : nullptr; }, config);
-    if (!bad.ok) CHECK((bad.error.find(variable) != std::string::npos || bad.error.find(flag) != std::string::npos));
+    Result<void> bad = parse_config({}, [&](const char* name) { return name == variable ? "\x01" : nullptr; }, config);
+    if (!bad.ok()) CHECK((bad.error().find(variable) != std::string::npos || bad.error().find(flag) != std::string::npos));
   }
   for (const auto& row : table) {
     const std::string& flag = row.first;

@@ -141,7 +141,7 @@ TEST_CASE("gets and puts allocate nothing once warm") {
 }
 
 TEST_CASE("with a token, gzip bodies and gzip responses, warm requests allocate nothing either") {
-  TokenStore tokens(parse_tokens("0123456789abcdef\n", "test").tokens);
+  TokenStore tokens(parse_tokens("0123456789abcdef\n", "test").value());
   Loop l(&tokens);
   set_log_level(LogLevel::error);  // the once-a-second 401 log line formats a string; it is not per request
 

@@ -220,7 +220,7 @@ TEST_CASE("context: unreadable, malformed or mismatched files are errors naming 
       {{certs.path("server.pem"), certs.path("missing.key"), ""}, "--tls-key " + certs.path("missing.key") + ": No such file"},
       {{certs.path("garbage.pem"), certs.path("server.key"), ""}, "--tls-cert " + certs.path("garbage.pem") + ": "},
       {{certs.path("server.pem"), certs.path("garbage.pem"), ""}, "--tls-key " + certs.path("garbage.pem") + ": "},
-      {{certs.path("server.pem"), certs.path("client.key"), ""}, "does not match --tls-cert"},
+      {{certs.path("server.pem"), certs.path("client.key"), ""}, "does not match the certificate in --tls-cert"},
       {{certs.path("server.pem"), certs.path("server.key"), certs.path("garbage.pem")}, "--tls-client-ca " + certs.path("garbage.pem")},
       {{certs.path("server.pem"), certs.path("server.key"), certs.path("nope.pem")}, "--tls-client-ca " + certs.path("nope.pem") + ": No such file"},
   };
@@ -230,6 +230,42 @@ TEST_CASE("context: unreadable, malformed or mismatched files are errors naming 
     REQUIRE_FALSE(loaded);
     CHECK_MESSAGE(loaded.error().find(c.expect) != std::string::npos, loaded.error());
   }
+}
+
+TEST_CASE("context: a file error says what to fix, at start and on reload") {
+  CertDir certs("tls-fix");
+  // A certificate where the key should be: not "PEM lib".
+  auto not_a_key = TlsContext::load({certs.path("server.pem"), certs.path("server.pem"), ""});
+  REQUIRE_FALSE(not_a_key);
+  CHECK(not_a_key.error() == "--tls-key " + certs.path("server.pem") +
+                                 ": not a PEM private key (expected a \"-----BEGIN PRIVATE KEY-----\" or "
+                                 "\"-----BEGIN EC/RSA PRIVATE KEY-----\" block, not encrypted)");
+  // A key where the certificate should be.
+  auto not_a_cert = TlsContext::load({certs.path("server.key"), certs.path("server.key"), ""});
+  REQUIRE_FALSE(not_a_cert);
+  CHECK(not_a_cert.error().find("--tls-cert " + certs.path("server.key") + ": not a PEM certificate") == 0);
+  // An RSA key with the EC certificate: not "no certificate assigned".
+  std::shared_ptr<EVP_PKEY> rsa(EVP_RSA_gen(2048), EVP_PKEY_free);
+  REQUIRE(rsa);
+  kv::test::write_pem(certs.path("rsa.key"), rsa.get());
+  auto mismatched = TlsContext::load({certs.path("server.pem"), certs.path("rsa.key"), ""});
+  REQUIRE_FALSE(mismatched);
+  CHECK(mismatched.error() == "--tls-key " + certs.path("rsa.key") + " does not match the certificate in --tls-cert " +
+                                  certs.path("server.pem") +
+                                  " (key: RSA 2048-bit, certificate's key: EC 256-bit): give the key the certificate "
+                                  "was issued for");
+  // The same messages on SIGHUP, and the working pair stays.
+  auto context = load_context(certs);
+  kv::test::write_pem(certs.path("server.key"), rsa.get());
+  Result<void> reloaded = context->reload();
+  REQUIRE_FALSE(reloaded);
+  CHECK(reloaded.error().find("does not match the certificate in --tls-cert") != std::string::npos);
+  CHECK(reloaded.error().find("key: RSA 2048-bit") != std::string::npos);
+  std::ofstream(certs.path("server.key")) << "-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n";
+  reloaded = context->reload();
+  REQUIRE_FALSE(reloaded);
+  CHECK(reloaded.error().find(": not a PEM private key") != std::string::npos);
+  CHECK(context->metrics()[tls_slot::kReloads + 1].get() == 2);
 }
 
 TEST_CASE("handshake: TLS 1.3 preferred, ALPN http/1.1, then records both ways") {
