@@ -11,7 +11,10 @@
 
 #include <cerrno>
 #include <cstring>
+#include <algorithm>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace kv {
 namespace {
@@ -47,18 +50,46 @@ Result<void> check_snapshot(const std::string& path) {
 
 }  // namespace
 
-Result<void> check_config(const Config& config, const char* env_token) {
-  if (Result<Tokens> tokens = load_configured_tokens(config.auth_token_file, env_token); !tokens) {
-    return fail(tokens.error());
+Result<std::vector<std::string>> check_config(const Config& config, const char* env_token,
+                                              const char* credentials_directory) {
+  std::vector<std::string> skipped;
+  // A file under $CREDENTIALS_DIRECTORY is systemd's copy of a LoadCredential=
+  // file, which systemd 252 does not let an ExecReload= process read. Such a
+  // file is named, not failed: the server checks it when the SIGHUP that
+  // follows makes it read it (and keeps its current one if it does not load).
+  auto hidden_credential = [&](const std::string& path) {
+    if (credentials_directory == nullptr || *credentials_directory == '\0' || path.empty()) return false;
+    std::string prefix = std::string(credentials_directory) + "/";
+    if (path.rfind(prefix, 0) != 0 || access(path.c_str(), R_OK) == 0) return false;
+    skipped.push_back(path);
+    return true;
+  };
+  if (!hidden_credential(config.auth_token_file)) {
+    if (Result<Tokens> tokens = load_configured_tokens(config.auth_token_file, env_token); !tokens) {
+      return fail(tokens.error());
+    }
   }
   if (config.tls()) {
-    Result<std::unique_ptr<TlsContext>> tls = TlsContext::load({config.tls_cert, config.tls_key, config.tls_client_ca});
-    if (!tls) return fail(tls.error());
+    bool hidden = false;
+    for (const std::string* path : {&config.tls_cert, &config.tls_key, &config.tls_client_ca}) {
+      hidden = hidden_credential(*path) || hidden;
+    }
+    if (!hidden) {
+      Result<std::unique_ptr<TlsContext>> tls = TlsContext::load({config.tls_cert, config.tls_key, config.tls_client_ca});
+      if (!tls) return fail(tls.error());
+    } else {
+      // The pair cannot be checked together: each file that can be read is read.
+      for (auto [flag, path] : {std::pair<const char*, const std::string*>{"--tls-cert", &config.tls_cert},
+                                {"--tls-key", &config.tls_key}, {"--tls-client-ca", &config.tls_client_ca}}) {
+        if (path->empty() || std::find(skipped.begin(), skipped.end(), *path) != skipped.end()) continue;
+        if (access(path->c_str(), R_OK) != 0) return fail(fmt::format("{} {}: {}", flag, *path, std::strerror(errno)));
+      }
+    }
   }
   if (!config.snapshot_path.empty()) {
-    if (Result<void> snapshot = check_snapshot(config.snapshot_path); !snapshot) return snapshot;
+    if (Result<void> snapshot = check_snapshot(config.snapshot_path); !snapshot) return fail(snapshot.error());
   }
-  return {};
+  return skipped;
 }
 
 }  // namespace kv

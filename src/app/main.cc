@@ -163,10 +163,16 @@ std::optional<int> configure(int argc, char** argv, Setup& setup) {
   set_log_level(config.log_level);
   if (config.health_check) return run_health_check(config);
   if (config.check_config) {
-    Result<void> checked = check_config(config, std::getenv("KVCACHE_AUTH_TOKEN"));
+    Result<std::vector<std::string>> checked =
+        check_config(config, std::getenv("KVCACHE_AUTH_TOKEN"), std::getenv("CREDENTIALS_DIRECTORY"));
     if (!checked) {
       std::fprintf(stderr, "kvcache: %s\n", checked.error().c_str());
       return 2;
+    }
+    for (const std::string& path : checked.value()) {
+      std::printf("kvcache: not checked: %s (a copy of a systemd credential this process cannot read; the server "
+                  "checks it when it reads it)\n",
+                  path.c_str());
     }
     std::puts("kvcache: configuration OK");
     return 0;

@@ -76,6 +76,25 @@ def test_check_config_accepts_a_good_configuration_and_binds_nothing(tmp_path, p
     assert p.stdout.decode() == "kvcache: configuration OK\n"
 
 
+def test_check_config_names_the_credentials_it_cannot_read(tmp_path, pems):
+    # An ExecReload= process under systemd 252 cannot read the LoadCredential=
+    # copies: named, not failed (the server checks them at the SIGHUP).
+    # Outside that directory the same missing file fails.
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    token = credentials / "kvcache-token"
+    key = credentials / "tls-key"
+    args = ["--check-config", "--port", str(free_port()), "--auth-token-file", str(token),
+            "--tls-cert", str(pems / "ec.pem"), "--tls-key", str(key)]
+    p = run_binary(args, env={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert p.returncode == 0, out(p)
+    assert f"kvcache: not checked: {token} (a copy of a systemd credential" in p.stdout.decode(), out(p)
+    assert f"kvcache: not checked: {key} " in p.stdout.decode(), out(p)
+    assert p.stdout.decode().endswith("kvcache: configuration OK\n")
+    p = run_binary(args, env={"CREDENTIALS_DIRECTORY": str(tmp_path / "elsewhere")})
+    assert p.returncode == 2 and str(token) in p.stderr.decode(), out(p)
+
+
 @pytest.mark.parametrize("case", ["bad flag", "bad variable", "no token file", "empty token file", "key not PEM",
                                   "key of another certificate", "no CA", "no snapshot directory",
                                   "snapshot unreadable"])

@@ -188,10 +188,21 @@ def test_reload_rotates_the_bearer_tokens(box):
         box.sh(f"printf '{TOKEN_B}\\n' > /var/lib/private/kvcache/tokens")
         reload_and_wait(box, "SIGHUP: 1 token(s) loaded from /var/lib/kvcache/tokens")
         assert accepts_only(box, TOKEN_B, TOKEN_A)
+        # A token file that does not load fails the reload itself (the unit's
+        # ExecReload= checks first), with what to fix; the server keeps B.
+        box.sh("printf 'short\\n' > /var/lib/private/kvcache/tokens")
+        pid = box.show("MainPID")["MainPID"]
+        failed = box.systemctl("reload", "kvcache", check=False)
+        assert failed.returncode != 0, failed
+        assert "the token on line 1 is shorter than 16 bytes" in box.journal(), box.journal()
+        assert box.show("MainPID")["MainPID"] == pid
+        assert accepts_only(box, TOKEN_B, TOKEN_A)
 
 
-def test_load_credential_tokens_change_at_restart_not_reload(box):
-    # systemd 252 copies a credential at start only: reload re-reads the old copy.
+def test_load_credential_tokens_change_at_reload(box):
+    # The unit's ExecReload= runs kvcache --check-config, then kill -HUP; for
+    # those commands systemd 252 copies the credentials again, so the edited
+    # token is in force after the reload (with kill -HUP alone it was not).
     box.sh(f"umask 077; printf '{TOKEN_A}\\n' > /etc/kvcache/token")
     with configured(box, "credential", "LoadCredential=kvcache-token:/etc/kvcache/token\\n"
                                        "Environment=KVCACHE_AUTH_TOKEN_FILE=%%d/kvcache-token",
@@ -199,7 +210,7 @@ def test_load_credential_tokens_change_at_restart_not_reload(box):
         assert accepts_only(box, TOKEN_A, TOKEN_B)
         box.sh(f"printf '{TOKEN_B}\\n' > /etc/kvcache/token")
         reload_and_wait(box, "SIGHUP: 1 token(s) loaded from /run/credentials/kvcache.service/kvcache-token")
-        assert accepts_only(box, TOKEN_A, TOKEN_B)
+        assert accepts_only(box, TOKEN_B, TOKEN_A)
         box.systemctl("restart", "kvcache")
         assert accepts_only(box, TOKEN_B, TOKEN_A)
 

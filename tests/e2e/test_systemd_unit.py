@@ -12,6 +12,7 @@ script) to ROOT/usr/local/bin/kvcache, and the host's unit directory is copied
 to ROOT/usr/lib/systemd/system/ so that sysinit.target and friends resolve.
 """
 
+import json
 import os
 import re
 import shutil
@@ -191,3 +192,23 @@ def test_systemd_analyze_security_score():
          f"--threshold={int(MAX_EXPOSURE * 10)}", str(UNIT)]
     )
     assert threshold.returncode == 0, threshold.stdout + threshold.stderr
+
+
+def test_documentation_path_is_installed():
+    # `meson install` puts docs/operations.md where the unit's Documentation= points.
+    (doc,) = unit_directives()["Documentation"]
+    assert doc.startswith("file:")
+    binary = find_binary()
+    if binary is None or not (binary.parent / "meson-info").is_dir() or not shutil.which("meson"):
+        pytest.skip("needs the meson build directory of the binary")
+    build = binary.parent
+    installed = json.loads(subprocess.run(["meson", "introspect", "--installed", str(build)], capture_output=True,
+                                          text=True, check=True, timeout=60).stdout)
+    prefix = json.loads(subprocess.run(["meson", "introspect", "--buildoptions", str(build)], capture_output=True,
+                                       text=True, check=True, timeout=60).stdout)
+    prefix = next(o["value"] for o in prefix if o["name"] == "prefix")
+    target = {Path(src).resolve(): dst for src, dst in installed.items()}
+    operations = (REPO / "docs" / "operations.md").resolve()
+    assert operations in target, installed
+    # The unit's path assumes the default prefix, /usr/local.
+    assert target[operations] == doc[len("file:"):].replace("/usr/local", prefix, 1)
