@@ -1,33 +1,39 @@
-// A shard's hash index: the slab handle of every key, grown and cleaned
-// incrementally so that no call rehashes more than a fixed number of slots
-// (Redis's dict does the same with its two tables and dictRehash(d, n)).
+// A shard's hash index: the slab handle of every key, in segments that grow
+// one at a time, so the index never holds a second whole table and no call
+// touches more than one segment's slots (extendible hashing, as Dragonfly's
+// Dashtable after Dash, VLDB 2020).
 //
-// The table is open addressing in SwissTable's layout (abseil's
-// flat_hash_set, which this replaces): one control byte per slot (7 bits of
-// the hash, or empty, or deleted) and a 4-byte handle, probed 16 control
-// bytes at a time (one SSE2 compare), groups visited in triangular order.
-// Lookups compare keys only for slots whose 7 bits match; the key lives in
-// the entry the handle names (KeyOf resolves it), so a slot costs 5 bytes.
+// A directory of 2^depth pointers, indexed by hash bits 7.., names the
+// segments; a segment of local depth d owns every directory slot whose low d
+// bits are its own. Each segment is a small open-addressing table in
+// SwissTable's layout: one control byte per slot (7 bits of the hash, or
+// empty, or deleted) and a 4-byte handle, probed 16 control bytes at a time
+// (one SSE2 compare) from a group picked by the hash's upper bits, groups in
+// order. Lookups compare keys only for slots whose 7 bits match; the key
+// lives in the entry the handle names (KeyOf resolves it), so a slot costs
+// 5 bytes.
 //
-//   rebuild: when an insert finds no empty slot left within the load limit
-//   (7/8, counting deleted slots), or a batch reserves more room than is
-//   left, a second table is allocated, sized for the live entries (twice
-//   the room when mostly live; the same or smaller when mostly deleted
-//   slots), new keys go to it, and every insert (and every shard call, and
-//   the sweep) moves the live entries of the next kRehashStepSlots slots of
-//   the old table into it. Lookups and erases look in both. When the old
-//   table holds nothing it is freed.
+//   growth: a segment at its load limit (7/8) is rebuilt with the next
+//   number of groups on a ladder (x1.25 a rung, up to kMaxGroups); a full
+//   segment at the top rung splits in two by the next hash bit, each half
+//   sized to about 0.7 of its limit (the directory doubles first when the
+//   segment's depth is the directory's). Either way every live entry of
+//   that one segment is rehashed from its key and placed, at most
+//   kMaxSegmentSlots, and its old table is freed at once: the index grows
+//   by at most one segment's table at a time.
 //
-// The new table has room for all the old entries plus as many inserts as
-// steps the move needs, so a rebuild always ends before another one is due
-// (the argument is at plan()). Erasing keeps lookups correct without
-// rehashing: a slot becomes empty only in a group that already has an empty
-// slot (no probe went past that group), else deleted.
+//   load: a segment's load stays between about 0.68 and 0.875 as it grows
+//   (a rung up from full, or a split), so a slot costs 5.7 to 7.4 bytes a
+//   key whatever the count, where a doubling table saws between 5.7 and 11.
 //
-// Memory: both tables while a rebuild runs, and before it the next table's
-// size is charged gradually over the last inserts before it is due
-// (charged_bytes()), so the shard pays for it by evicting a little on each
-// put instead of all at once when it is allocated.
+// Erasing keeps lookups correct without rehashing: a slot becomes empty
+// only in a group that already has an empty slot (no probe went past that
+// group), else deleted; a segment whose limit is reached mostly by deleted
+// slots is rebuilt at its size or smaller. shrink() rebuilds sparse
+// segments smaller, a few a call.
+//
+// Memory: allocated through MemoryCalls::allocate (never throwing); an
+// insert whose growth cannot be allocated fails, with nothing changed.
 //
 // Not thread-safe: guarded by the owning shard's lock.
 #pragma once
@@ -37,6 +43,7 @@
 #include <absl/hash/hash.h>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -59,155 +66,163 @@ struct KeyRef {
 inline size_t hash_key(std::string_view key) { return absl::Hash<std::string_view>{}(key); }
 inline KeyRef make_key(std::string_view key) { return {key, hash_key(key)}; }
 
-// Old-table slots one rebuild step looks at (each live one is rehashed from
-// its key and moved): the bound of the index work per step.
-inline constexpr size_t kRehashStepSlots = 64;
-
 // KeyOf: a callable std::string_view(Handle), the key stored under a handle.
 template <class KeyOf>
 class HandleIndex {
  public:
   static constexpr size_t kGroupSize = 16;
+  // A segment's group counts, each about 1.25x the one before: a full
+  // segment moves one rung up; at the top it splits.
+  static constexpr std::array<uint16_t, 13> kLadder{1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32};
+  static constexpr size_t kMaxGroups = 32;
+  // The most slots one segment has: the bound of a probe (kMaxGroups
+  // groups) and of one growth step's rehashing.
+  static constexpr size_t kMaxSegmentSlots = kMaxGroups * kGroupSize;
+  // The directory's largest depth: 2^22 segments of up to 448 keys, far
+  // past any shard (a shard holds at most 2^32 / 8 chunks).
+  static constexpr unsigned kMaxDepth = 22;
+  // Growth steps one insert may take (each at most kMaxSegmentSlots slots).
+  static constexpr size_t kMaxGrowthsPerInsert = 2;
 
   explicit HandleIndex(KeyOf key_of, const MemoryCalls& calls = system_memory_calls())
       : key_of_(std::move(key_of)), calls_(calls) {}
   ~HandleIndex() {
-    release(cur_);
-    release(old_);
+    for_each_segment([&](Segment* segment) {
+      calls_.deallocate(segment->ctrl);
+      calls_.deallocate(segment);
+    });
+    calls_.deallocate(directory_);
   }
   HandleIndex(const HandleIndex&) = delete;
   HandleIndex& operator=(const HandleIndex&) = delete;
 
   // The key's slot (its handle may be changed in place), or nullptr. Valid
-  // until the next insert, erase, reserve or step.
+  // until the next insert, erase or shrink.
   Handle* find(const KeyRef& key) {
-    Handle* slot = find_in(cur_, key);
-    if (slot != nullptr || old_.ctrl == nullptr) [[likely]] return slot;
-    return find_in(old_, key);
+    if (directory_ == nullptr) [[unlikely]] return nullptr;
+    Segment& segment = *segment_for(key.hash);
+    size_t slot = find_slot(segment, key);
+    return slot == kNotFound ? nullptr : &segment.slots[slot];
   }
 
-  // Adds a key that is in neither table (one rebuild step first). False,
-  // with nothing changed, when the index is full and the next table cannot
-  // be allocated (reserve(1) first makes it infallible).
+  // Adds a key that is not in the index. May grow the key's segment (or
+  // split it, or double the directory): at most kMaxSegmentSlots entries
+  // rehashed. False, with nothing changed, when that memory cannot be
+  // allocated.
   bool insert(const KeyRef& key, Handle handle) {
-    step();
-    if (cur_.growth_left == 0 && !reserve(1)) return false;
-    place(cur_, key.hash, handle);
+    if (directory_ == nullptr && !start()) return false;
+    Segment* segment = segment_for(key.hash);
+    for (size_t growths = 0; segment->growth_left == 0; ++growths) {
+      // A second growth only if a split left this key's half full, which
+      // needs every key of the segment on one side of the bit.
+      if (growths == kMaxGrowthsPerInsert || !grow(segment, key.hash)) return false;
+      segment = segment_for(key.hash);
+    }
+    place(*segment, key.hash, handle);
+    ++size_;
     return true;
   }
 
   // Removes the key; false when absent.
   bool erase(const KeyRef& key) {
-    if (Handle* slot = find_in(cur_, key)) {
-      erase_slot(cur_, static_cast<size_t>(slot - cur_.slots));
-      return true;
-    }
-    if (old_.ctrl == nullptr) return false;
-    Handle* slot = find_in(old_, key);
-    if (slot == nullptr) return false;
-    erase_slot(old_, static_cast<size_t>(slot - old_.slots));
-    release_old_if_empty();
+    if (directory_ == nullptr) return false;
+    Segment& segment = *segment_for(key.hash);
+    size_t slot = find_slot(segment, key);
+    if (slot == kNotFound) return false;
+    erase_slot(segment, slot);
+    --size_;
     return true;
   }
 
-  // One bounded step of a running rebuild (nothing otherwise): moves the
-  // live entries among the next kRehashStepSlots slots of the old table.
-  void step() {
-    if (old_.ctrl == nullptr) [[likely]] return;
-    size_t end = std::min(cursor_ + kRehashStepSlots, old_.capacity);
-    for (; cursor_ < end; ++cursor_) {
-      ++work_;
-      if (old_.ctrl[cursor_] < 0) continue;  // empty or deleted
-      Handle handle = old_.slots[cursor_];
-      place(cur_, hash_key(key_of_(handle)), handle);
-      erase_slot(old_, cursor_);
-    }
-    release_old_if_empty();
-  }
-
-  // Room for `count` inserts that start no rebuild (a put of a new key and
-  // a batch reserve before they allocate, so the index's memory is charged
-  // first). False, with nothing changed, when the next table cannot be
-  // allocated or a running rebuild cannot end within finish()'s bound.
-  bool reserve(size_t count) {
-    if (old_.ctrl != nullptr) {
-      if (cur_.growth_left >= old_.size + count) return true;
-      if (!finish(count + 1)) return false;
-    }
-    return cur_.growth_left >= count || start_rebuild(count);
-  }
-
-  // When nothing is left to evict and the shard is over its limit: up to
-  // `steps` steps of the running rebuild, or of a new one into a table
-  // sized for the entries left (plus `pending` inserts) when that is
-  // smaller. False when there was nothing to do.
-  bool shrink(size_t pending, size_t steps) {
-    size_t taken = 0;
-    for (; taken < steps; ++taken) {
-      if (old_.ctrl == nullptr) {
-        if (plan(cur_.size + pending, cur_.capacity) >= cur_.capacity || !start_rebuild(pending)) break;
+  // When nothing is left to evict and the shard is over its limit: looks at
+  // up to `segments` segments (round robin) and rebuilds those sized for
+  // many more keys than they hold smaller. False when none was.
+  bool shrink(size_t segments) {
+    if (directory_ == nullptr) return false;
+    bool shrunk = false;
+    for (size_t looked = 0; looked < segments; ++looked) {
+      shrink_cursor_ &= directory_mask();
+      Segment* segment = directory_[shrink_cursor_];
+      // Each segment once: at the directory slot equal to its own low bits.
+      if ((shrink_cursor_ & low_mask(segment->depth)) == shrink_cursor_) {
+        uint16_t groups = groups_for(segment->size);
+        if (groups < segment->groups && rebuild(*segment, groups)) shrunk = true;
       }
-      step();
+      ++shrink_cursor_;
     }
-    return taken > 0;
+    return shrunk;
   }
 
-  // Exchanges the tables (Shard::flush swaps in an empty index and frees the
-  // old tables outside its lock). O(1).
+  // Exchanges the contents (Shard::flush swaps in an empty index and frees
+  // the old segments outside its lock). O(1).
   void swap_tables(HandleIndex& other) noexcept {
-    std::swap(cur_, other.cur_);
-    std::swap(old_, other.old_);
-    std::swap(cursor_, other.cursor_);
+    std::swap(directory_, other.directory_);
+    std::swap(depth_, other.depth_);
+    std::swap(size_, other.size_);
+    std::swap(segments_, other.segments_);
+    std::swap(bytes_, other.bytes_);
+    std::swap(shrink_cursor_, other.shrink_cursor_);
   }
 
-  size_t size() const { return cur_.size + old_.size; }
-  bool rebuilding() const { return old_.ctrl != nullptr; }
-  size_t capacity() const { return cur_.capacity; }
-  // The tables' memory (one control byte and one handle per slot), plus,
-  // when the next rebuild is near (growth_left below capacity / 8), the
-  // same fraction of the table it will allocate.
-  uint64_t charged_bytes() const {
-    uint64_t bytes = table_bytes(cur_.capacity) + table_bytes(old_.capacity);
-    size_t ramp = cur_.capacity / 8;
-    if (old_.ctrl == nullptr && cur_.growth_left < ramp) {
-      bytes += table_bytes(plan(cur_.size, cur_.capacity)) * (ramp - cur_.growth_left) / ramp;
-    }
-    return bytes;
+  size_t size() const { return size_; }
+  size_t segment_count() const { return segments_; }
+  unsigned depth() const { return depth_; }
+  // Every byte the index allocated: segment tables and headers, and the
+  // directory.
+  uint64_t charged_bytes() const { return bytes_; }
+  // The most one insert may add to charged_bytes() once the index has a
+  // segment: a split's two tables and header, and a directory doubling.
+  uint64_t growth_bytes() const {
+    if (directory_ == nullptr) return 0;
+    return 2 * table_bytes(kMaxGroups) + sizeof(Segment) + (sizeof(Segment*) << depth_);
   }
-  // For tests: old-table slots visited by rebuild steps so far.
+  // For tests: slots visited by growth (rehashing) and directory slots
+  // written by splits so far; and pointers copied by the directory's
+  // doublings (a memcpy of 2^depth, once each time the keys double).
   uint64_t work() const { return work_; }
+  uint64_t directory_copies() const { return directory_copies_; }
 
  private:
   static constexpr int8_t kEmpty = -128;
   static constexpr int8_t kDeleted = -2;
-  // A table with capacity 0 probes this group (all empty) and holds nothing.
-  alignas(16) static constexpr int8_t kEmptyGroup[kGroupSize] = {
-      kEmpty, kEmpty, kEmpty, kEmpty, kEmpty, kEmpty, kEmpty, kEmpty,
-      kEmpty, kEmpty, kEmpty, kEmpty, kEmpty, kEmpty, kEmpty, kEmpty};
+  static constexpr size_t kNotFound = SIZE_MAX;
 
-  struct Table {
-    int8_t* ctrl = nullptr;   // capacity bytes (kEmptyGroup for cur_ while unallocated)
-    Handle* slots = nullptr;  // capacity handles, after the control bytes
-    size_t capacity = 0;      // 0 or a power of two >= kGroupSize
-    size_t group_mask = 0;    // groups - 1
-    size_t size = 0;          // live entries
-    size_t growth_left = 0;   // empty slots that may still be filled within the load limit
+  struct Segment {
+    int8_t* ctrl;             // groups * 16 control bytes, then the handles (one allocation)
+    Handle* slots;
+    uint16_t groups;
+    uint16_t size;            // live keys
+    uint16_t growth_left;     // empty slots that may still be filled within the load limit
+    uint8_t depth;            // hash bits (from bit 7) all its keys share
   };
 
-  static uint64_t table_bytes(size_t capacity) { return capacity * (sizeof(Handle) + 1); }
-  static size_t max_load(size_t capacity) { return capacity - capacity / 8; }
+  static size_t slot_count(size_t groups) { return groups * kGroupSize; }
+  static size_t max_load(size_t groups) { return slot_count(groups) - slot_count(groups) / 8; }
+  static size_t table_bytes(size_t groups) { return slot_count(groups) * (1 + sizeof(Handle)); }
+  static size_t low_mask(unsigned bits) { return (size_t{1} << bits) - 1; }
+  size_t directory_mask() const { return low_mask(depth_); }
+  // The smallest rung whose limit leaves a fifth of it free with `keys` in
+  // it (about 0.7 full), so a rebuilt or split segment has room to grow.
+  static uint16_t groups_for(size_t keys) {
+    for (uint16_t groups : kLadder) {
+      if (keys + max_load(groups) / 5 <= max_load(groups)) return groups;
+    }
+    return kLadder.back();
+  }
+  static uint16_t next_rung(uint16_t groups) {
+    for (uint16_t rung : kLadder) {
+      if (rung > groups) return rung;
+    }
+    return groups;
+  }
 
-  // The capacity of a rebuild's table for `live` entries plus `extra`
-  // inserts, from a table of old_capacity slots. It must hold every old
-  // entry and every insert made while the old table is moved: at most one
-  // insert per step, and ceil(old_capacity / kRehashStepSlots) steps move
-  // it all; live / 2 more leaves room to grow (a full table doubles), and
-  // a table mostly of deleted slots is rebuilt the same size or smaller.
-  static size_t plan(size_t live, size_t old_capacity, size_t extra = 0) {
-    size_t need = live + extra + std::max(live / 2, old_capacity / kRehashStepSlots + 1);
-    size_t capacity = kGroupSize;
-    while (max_load(capacity) < need) capacity *= 2;
-    return capacity;
+  Segment* segment_for(size_t hash) const { return directory_[(hash >> 7) & directory_mask()]; }
+  static int8_t h2(size_t hash) { return static_cast<int8_t>(hash & 0x7F); }
+  // The first group probed: the hash's upper bits, remixed (the shard took
+  // the top ones) and scaled to the segment's group count.
+  static size_t first_group(const Segment& segment, size_t hash) {
+    uint64_t mixed = static_cast<uint64_t>(hash) * 0x9E3779B97F4A7C15ull;
+    return static_cast<size_t>(((mixed >> 32) * segment.groups) >> 32);
   }
 
   static uint32_t match_byte(const int8_t* group, int8_t value) {
@@ -230,98 +245,212 @@ class HandleIndex {
     return mask;
 #endif
   }
-  static int8_t h2(size_t hash) { return static_cast<int8_t>(hash & 0x7F); }
-  static size_t first_group(const Table& table, size_t hash) { return (hash >> 7) & table.group_mask; }
 
-  Handle* find_in(Table& table, const KeyRef& key) const {
+  // At most segment.groups (<= kMaxGroups) groups: the limit keeps an
+  // empty slot in the segment, and a probe stops at the first group with one.
+  size_t find_slot(const Segment& segment, const KeyRef& key) const {
     int8_t tag = h2(key.hash);
-    size_t group = first_group(table, key.hash);
-    for (size_t probe = 1;; ++probe) {
-      const int8_t* ctrl = table.ctrl + group * kGroupSize;
+    size_t group = first_group(segment, key.hash);
+    for (size_t probes = 0; probes < segment.groups; ++probes) {
+      const int8_t* ctrl = segment.ctrl + group * kGroupSize;
       for (uint32_t match = match_byte(ctrl, tag); match != 0; match &= match - 1) {
         size_t slot = group * kGroupSize + static_cast<size_t>(std::countr_zero(match));
-        if (key_of_(table.slots[slot]) == key.key) return &table.slots[slot];
+        if (key_of_(segment.slots[slot]) == key.key) return slot;
       }
-      if (match_byte(ctrl, kEmpty) != 0) return nullptr;
-      group = (group + probe) & table.group_mask;
+      if (match_byte(ctrl, kEmpty) != 0) return kNotFound;
+      if (++group == segment.groups) group = 0;
     }
+    return kNotFound;
   }
 
-  // Into the first free slot of the key's probe sequence (the table has
+  // Into the first free slot of the key's probe sequence (the segment has
   // one: growth_left > 0 or a deleted slot).
-  static void place(Table& table, size_t hash, Handle handle) {
-    size_t group = first_group(table, hash);
-    for (size_t probe = 1;; ++probe) {
-      const int8_t* ctrl = table.ctrl + group * kGroupSize;
+  static void place(Segment& segment, size_t hash, Handle handle) {
+    size_t group = first_group(segment, hash);
+    for (size_t probes = 0; probes < segment.groups; ++probes) {
+      const int8_t* ctrl = segment.ctrl + group * kGroupSize;
       if (uint32_t free = match_free(ctrl); free != 0) {
         size_t slot = group * kGroupSize + static_cast<size_t>(std::countr_zero(free));
-        if (table.ctrl[slot] == kEmpty) --table.growth_left;
-        table.ctrl[slot] = h2(hash);
-        table.slots[slot] = handle;
-        ++table.size;
+        if (segment.ctrl[slot] == kEmpty) --segment.growth_left;
+        segment.ctrl[slot] = h2(hash);
+        segment.slots[slot] = handle;
+        ++segment.size;
         return;
       }
-      group = (group + probe) & table.group_mask;
+      if (++group == segment.groups) group = 0;
     }
   }
 
-  static void erase_slot(Table& table, size_t slot) {
-    --table.size;
-    const int8_t* group = table.ctrl + slot / kGroupSize * kGroupSize;
+  static void erase_slot(Segment& segment, size_t slot) {
+    --segment.size;
+    const int8_t* group = segment.ctrl + slot / kGroupSize * kGroupSize;
     // A group with an empty slot ends every probe that reaches it, so no key
     // lies beyond it on a probe through it: this slot may become empty.
     if (match_byte(group, kEmpty) != 0) {
-      table.ctrl[slot] = kEmpty;
-      ++table.growth_left;
+      segment.ctrl[slot] = kEmpty;
+      ++segment.growth_left;
     } else {
-      table.ctrl[slot] = kDeleted;
+      segment.ctrl[slot] = kDeleted;
     }
   }
 
-  // False, with nothing changed, when the allocation fails.
-  bool start_rebuild(size_t extra) {
-    size_t capacity = plan(cur_.size, cur_.capacity, extra);
-    char* memory = static_cast<char*>(calls_.allocate(table_bytes(capacity)));
+  // A table of `groups` groups, all empty, or false.
+  bool allocate_table(Segment& segment, uint16_t groups) {
+    char* memory = static_cast<char*>(calls_.allocate(table_bytes(groups)));
     if (memory == nullptr) return false;
-    old_ = cur_;
-    cursor_ = 0;
-    cur_ = Table{};
-    cur_.ctrl = reinterpret_cast<int8_t*>(memory);
-    cur_.slots = reinterpret_cast<Handle*>(memory + capacity);
-    cur_.capacity = capacity;
-    cur_.group_mask = capacity / kGroupSize - 1;
-    cur_.growth_left = max_load(capacity);
-    std::memset(cur_.ctrl, kEmpty, capacity);
-    release_old_if_empty();
+    segment.ctrl = reinterpret_cast<int8_t*>(memory);
+    segment.slots = reinterpret_cast<Handle*>(memory + slot_count(groups));
+    segment.groups = groups;
+    segment.size = 0;
+    segment.growth_left = static_cast<uint16_t>(max_load(groups));
+    std::memset(segment.ctrl, kEmpty, slot_count(groups));
+    bytes_ += table_bytes(groups);
+    return true;
+  }
+  void free_table(const Segment& segment) {
+    calls_.deallocate(segment.ctrl);
+    bytes_ -= table_bytes(segment.groups);
+  }
+  Segment* new_segment() {
+    auto* segment = static_cast<Segment*>(calls_.allocate(sizeof(Segment)));
+    if (segment != nullptr) bytes_ += sizeof(Segment);
+    return segment;
+  }
+  void free_segment(Segment* segment) {
+    calls_.deallocate(segment);
+    bytes_ -= sizeof(Segment);
+  }
+
+  // The first segment, one group, behind a directory of one.
+  bool start() {
+    directory_ = static_cast<Segment**>(calls_.allocate(sizeof(Segment*)));
+    if (directory_ == nullptr) return false;
+    Segment* segment = new_segment();
+    if (segment == nullptr || !allocate_table(*segment, 1)) {
+      if (segment != nullptr) free_segment(segment);
+      calls_.deallocate(directory_);
+      directory_ = nullptr;
+      return false;
+    }
+    segment->depth = 0;
+    directory_[0] = segment;
+    depth_ = 0;
+    segments_ = 1;
+    bytes_ += sizeof(Segment*);
     return true;
   }
 
-  // Ends the running rebuild within max_steps steps, else false (the rest
-  // stays for later steps). reserve(count) needs at most count + 1: the new
-  // table was planned with room for the old entries plus one insert per
-  // step the move takes (plan()), so while fewer than count inserts are
-  // left of that room, fewer than count steps' slots are left to move.
-  bool finish(size_t max_steps) {
-    for (size_t steps = 0; old_.ctrl != nullptr && steps < max_steps; ++steps) step();
-    return old_.ctrl == nullptr;
+  // Room in a segment at its limit: rebuilt at a size for its keys (most
+  // of its used slots were deleted ones), one rung up, or split.
+  bool grow(Segment* segment, size_t hash) {
+    // At the limit, every used slot is live or deleted.
+    size_t deleted = max_load(segment->groups) - segment->size;
+    if (deleted >= max_load(segment->groups) / 5) {
+      return rebuild(*segment, std::min(groups_for(segment->size + 1), segment->groups));
+    }
+    if (segment->groups < kMaxGroups) return rebuild(*segment, next_rung(segment->groups));
+    return split(segment, hash);
   }
 
-  void release_old_if_empty() {
-    if (old_.ctrl == nullptr || old_.size > 0) return;
-    release(old_);
-    old_ = Table{};
+  // Moves every key of the segment into a new table of `groups` groups.
+  bool rebuild(Segment& segment, uint16_t groups) {
+    Segment old = segment;
+    if (!allocate_table(segment, groups)) {
+      segment = old;
+      return false;
+    }
+    for (size_t slot = 0; slot < slot_count(old.groups); ++slot) {
+      ++work_;
+      if (old.ctrl[slot] < 0) continue;
+      Handle handle = old.slots[slot];
+      place(segment, hash_key(key_of_(handle)), handle);
+    }
+    free_table(old);
+    return true;
   }
 
-  void release(Table& table) {
-    if (table.capacity > 0) calls_.deallocate(table.ctrl);
+  // Splits a full segment by hash bit 7 + depth into itself and a new one,
+  // each sized for its half (the keys' hashes are computed once, on the
+  // stack). The directory doubles first if the segment's depth is its own.
+  bool split(Segment* segment, size_t hash) {
+    if (segment->depth == depth_ && !double_directory()) return false;
+    const unsigned bit = 7 + segment->depth;
+    std::array<uint64_t, kMaxSegmentSlots> hashes;
+    size_t upper = 0;
+    for (size_t slot = 0; slot < slot_count(segment->groups); ++slot) {
+      ++work_;
+      if (segment->ctrl[slot] < 0) continue;
+      hashes[slot] = hash_key(key_of_(segment->slots[slot]));
+      upper += (hashes[slot] >> bit) & 1;
+    }
+    size_t lower = segment->size - upper;
+    Segment* high = new_segment();
+    if (high == nullptr) return false;
+    Segment old = *segment;
+    if (!allocate_table(*high, groups_for(upper))) {
+      free_segment(high);
+      return false;
+    }
+    if (!allocate_table(*segment, groups_for(lower))) {
+      free_table(*high);
+      free_segment(high);
+      *segment = old;
+      return false;
+    }
+    for (size_t slot = 0; slot < slot_count(old.groups); ++slot) {
+      if (old.ctrl[slot] < 0) continue;
+      place((hashes[slot] >> bit) & 1 ? *high : *segment, hashes[slot], old.slots[slot]);
+    }
+    free_table(old);
+    segment->depth = high->depth = static_cast<uint8_t>(old.depth + 1);
+    ++segments_;
+    // Every directory slot of the segment's with the new bit set: 2^(depth
+    // - segment depth - 1) of them, strided.
+    size_t own = (hash >> 7) & low_mask(old.depth);
+    for (size_t i = own | (size_t{1} << old.depth); i <= directory_mask(); i += size_t{1} << (old.depth + 1)) {
+      ++work_;
+      directory_[i] = high;
+    }
+    return true;
+  }
+
+  // Twice the directory, each slot copied: 2^depth pointers.
+  bool double_directory() {
+    if (depth_ == kMaxDepth) return false;
+    size_t count = size_t{1} << depth_;
+    auto* grown = static_cast<Segment**>(calls_.allocate(2 * count * sizeof(Segment*)));
+    if (grown == nullptr) return false;
+    std::memcpy(grown, directory_, count * sizeof(Segment*));
+    std::memcpy(grown + count, directory_, count * sizeof(Segment*));
+    directory_copies_ += count;
+    calls_.deallocate(directory_);
+    directory_ = grown;
+    ++depth_;
+    bytes_ += count * sizeof(Segment*);
+    return true;
+  }
+
+  // Each segment once, at its lowest directory slot; from the top down, so
+  // visit may free the segment (no lower slot names it).
+  template <class Visit>
+  void for_each_segment(Visit visit) {
+    if (directory_ == nullptr) return;
+    for (size_t i = directory_mask() + 1; i-- > 0;) {
+      Segment* segment = directory_[i];
+      if ((i & low_mask(segment->depth)) == i) visit(segment);
+    }
   }
 
   KeyOf key_of_;
   const MemoryCalls& calls_;
-  Table cur_{const_cast<int8_t*>(kEmptyGroup)};
-  Table old_;          // the table being moved out of (ctrl nullptr: no rebuild)
-  size_t cursor_ = 0;  // old_'s next slot to move
+  Segment** directory_ = nullptr;  // 2^depth_ segment pointers
+  unsigned depth_ = 0;
+  size_t size_ = 0;
+  size_t segments_ = 0;
+  uint64_t bytes_ = 0;
+  size_t shrink_cursor_ = 0;
   uint64_t work_ = 0;
+  uint64_t directory_copies_ = 0;
 };
 
 }  // namespace kv

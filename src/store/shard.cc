@@ -43,6 +43,9 @@ void Shard::moved_locked(Handle from, Handle to) {
   Entry& entry = entry_locked(to);
   if (entry.is_batch_chunk()) {
     batch_[entry.older].chunk = to;
+    // A new key's chunk is in the index already (the old chunk still holds the key).
+    Handle* slot = index_.find(make_key(entry.key()));
+    if (slot != nullptr && *slot == from) *slot = to;
     return;
   }
   (entry.newer != kNoHandle ? entry_locked(entry.newer).older : newest_) = to;
@@ -119,10 +122,12 @@ Handle Shard::allocate_locked(size_t size_class) {
     Handle handle = slab_.take(size_class);
     if (handle != kNoHandle) return handle;
     assert(rounds < kMaxAllocateRounds);  // the second take always succeeds
-    // The expiry index's page table grows first, so a page the slab maps
-    // is always one it can track.
-    if (bytes_used_locked() + Slab::kPageSize <= byte_limit_ && expiry_.reserve_pages(slab_.page_count() + 1) &&
-        slab_.map_page()) {
+    // A new page leaves room for the index's next growth (so the index
+    // grows into memory the slab left it, not over the limit). The expiry
+    // index's page table grows first, so a page the slab maps is always
+    // one it can track.
+    if (bytes_used_locked() + Slab::kPageSize + index_.growth_bytes() <= byte_limit_ &&
+        expiry_.reserve_pages(slab_.page_count() + 1) && slab_.map_page()) {
       continue;
     }
     if (!reclaim_locked(size_class)) return kNoHandle;
@@ -157,6 +162,14 @@ bool Shard::reserve_chunk_locked(BatchPut& item, uint32_t index) {
   Entry& entry = entry_locked(chunk);
   entry.newer = Entry::kBatchChunk;
   entry.older = index;
+  // The key now (the value at commit), so the index and compaction can read it.
+  entry.fill(item.key.key, {}, item.expires_at);
+  // A new key takes its index slot now, so commit cannot fail: the slot
+  // names this chunk until then (lookups see it only under this lock).
+  if (index_.find(item.key) == nullptr && !index_.insert(item.key, chunk)) {
+    slab_.release(chunk);
+    return false;
+  }
   item.chunk = chunk;
   return true;
 }
@@ -166,22 +179,15 @@ bool Shard::reserve_locked(std::span<BatchPut> items) {
   protected_ = kNoHandle;
   // Every entry the batch overwrites is protected before anything is evicted.
   for (BatchPut& item : items) touch_locked(item);
-  // The index grows now, not at commit, so it is charged before chunks are
-  // allocated (once committed, the batch's entries cannot be evicted), and
-  // commit's inserts cannot fail.
-  index_pending_ = items.size();
-  bool ok = index_.reserve(index_pending_);
-  if (!ok) {
-    for (BatchPut& item : items) item.chunk = kNoHandle;
-  }
   batch_ = items;
+  bool ok = true;
   for (uint32_t i = 0; i < items.size() && ok; ++i) {
     ok = reserve_chunk_locked(items[i], i);
     if (!ok) {
       for (BatchPut& rest : items.subspan(i)) rest.chunk = kNoHandle;
     }
   }
-  // Then make room for the grown index.
+  // Then make room for the grown index (new keys took their slots).
   if (ok) ok = trim_locked();
   batch_ = {};
   // On success protected_ stays, for commit_locked or cancel_locked.
@@ -190,9 +196,13 @@ bool Shard::reserve_locked(std::span<BatchPut> items) {
 }
 
 void Shard::cancel_locked(std::span<BatchPut> items) {
-  index_pending_ = 0;
   for (BatchPut& item : items) {
-    if (item.chunk != kNoHandle) slab_.release(item.chunk);
+    if (item.chunk != kNoHandle) {
+      // A new key's slot names its reserved chunk: the key goes too.
+      const Handle* slot = index_.find(item.key);
+      if (slot != nullptr && *slot == item.chunk) index_.erase(item.key);
+      slab_.release(item.chunk);
+    }
     item.chunk = kNoHandle;
   }
   trim_locked();
@@ -223,11 +233,8 @@ void Shard::commit_one_locked(const BatchPut& item) {
     // existing key is, if the old one was (same mark, same count).
     entry.set_copy_mark(copy_mark_);
     Handle* slot = index_.find(item.key);
-    if (slot == nullptr) {
-      // Room was reserved (put, reserve_locked): cannot fail.
-      [[maybe_unused]] bool inserted = index_.insert(item.key, handle);
-      assert(inserted);
-    } else {
+    assert(slot != nullptr);  // a new key's slot was taken with its chunk
+    if (*slot != handle) {
       // Replaces an entry in another size class.
       Handle previous = *slot;
       *slot = handle;
@@ -246,7 +253,6 @@ void Shard::commit_one_locked(const BatchPut& item) {
 void Shard::commit_locked(std::span<BatchPut> items) {
   protected_ = kNoHandle;
   for (const BatchPut& item : items) commit_one_locked(item);
-  index_pending_ = 0;
   trim_locked();
   protected_ = kNoHandle;
 }
@@ -263,7 +269,7 @@ bool Shard::trim_locked() {
       // Nothing left to evict. The index may still be sized for entries
       // evicted since it grew (a batch reserves its room before evicting):
       // rebuild it smaller, a bounded part of that once.
-      if (index_shrunk || !index_.shrink(index_pending_, kShrinkSteps)) return false;
+      if (index_shrunk || !index_.shrink(kShrinkSegments)) return false;
       index_shrunk = true;
       continue;
     }
@@ -283,11 +289,6 @@ PutStatus Shard::put_locked(BatchPut& item) {
   protected_ = kNoHandle;
   Handle existing = touch_locked(item);
   bool ok = reserve_chunk_locked(item, 0);
-  // A new key's index slot: with it, the insert below cannot fail.
-  if (ok && existing == kNoHandle && !index_.reserve(1)) {
-    slab_.release(item.chunk);
-    ok = false;
-  }
   if (ok && item.chunk == kNoHandle) {
     // Same chunk size, nothing allocated (so nothing moved): rewrite in place.
     rewrite_locked(existing, item);
@@ -322,7 +323,6 @@ Handle Shard::find_live_locked(const KeyRef& key) {
 bool Shard::get(const KeyRef& key, ValueCopy& out) {
   std::lock_guard lock(mutex_);
   now_ms_ = clock_.now_ms();
-  index_.step();
   Handle handle = find_live_locked(key);
   if (handle == kNoHandle) {
     ++misses_;
@@ -346,7 +346,6 @@ bool Shard::get(const KeyRef& key, absl::FunctionRef<void(std::string_view)> on_
 bool Shard::erase(const KeyRef& key) {
   std::lock_guard lock(mutex_);
   now_ms_ = clock_.now_ms();
-  index_.step();
   const Handle* slot = index_.find(key);
   if (slot == nullptr) return false;
   Handle handle = *slot;
@@ -359,7 +358,6 @@ bool Shard::erase(const KeyRef& key) {
 bool Shard::expiry(const KeyRef& key, uint32_t& expires_at) {
   std::lock_guard lock(mutex_);
   now_ms_ = clock_.now_ms();
-  index_.step();
   const Handle* slot = index_.find(key);
   if (slot == nullptr) return false;
   Handle handle = *slot;
@@ -375,7 +373,6 @@ bool Shard::expiry(const KeyRef& key, uint32_t& expires_at) {
 ExpireStatus Shard::expire(const KeyRef& key, uint32_t expires_at) {
   std::lock_guard lock(mutex_);
   now_ms_ = clock_.now_ms();
-  index_.step();
   Handle handle = find_live_locked(key);  // the newest now
   if (handle == kNoHandle) return ExpireStatus::not_found;
   Entry& entry = entry_locked(handle);
@@ -418,9 +415,7 @@ bool Shard::sweep_expired(size_t max_pages) {
     uint32_t page = expiry_.due_page(now_ms_);
     if (page != Slab::kNoPage) expire_page_locked(page);  // else it rescanned stale pages
   }
-  // An idle shard finishes its index rebuild here.
-  for (size_t steps = 0; steps < kSweepRehashSteps; ++steps) index_.step();
-  return expiry_.may_be_due(now_ms_) || index_.rebuilding();
+  return expiry_.may_be_due(now_ms_);
 }
 
 void Shard::start_walk_locked() {

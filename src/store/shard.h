@@ -53,6 +53,13 @@ struct ShardStats {
 };
 
 class Shard {
+  // The index resolves a handle's key through the slab.
+  struct EntryKey {
+    const Slab* slab;
+    std::string_view operator()(Handle handle) const { return Entry::at(*slab, handle).key(); }
+  };
+  using Index = HandleIndex<EntryKey>;
+
  public:
   Shard(uint64_t byte_limit, const Clock& clock, const MemoryCalls& calls = system_memory_calls());
   Shard(const Shard&) = delete;
@@ -90,9 +97,8 @@ class Shard {
   size_t flush();
   // Removes the expired entries of up to max_pages slab pages, soonest
   // first: at most max_pages * (2 + ExpiryIndex::kRescansPerCall) *
-  // Slab::kMaxChunksPerPage chunk visits under the lock, and moves on an
-  // index rebuild (kSweepRehashSteps steps). Returns whether expired
-  // entries may remain or a rebuild is running (call again soon).
+  // Slab::kMaxChunksPerPage chunk visits under the lock. Returns whether
+  // expired entries may remain (call again soon).
   bool sweep_expired(size_t max_pages);
   ShardStats stats() const;
   // For tests: loop steps taken under the lock so far (every loop in the
@@ -126,22 +132,25 @@ class Shard {
       kReclaimExpiredPages * (ExpiryIndex::kRescansPerCall + 3) * Slab::kMaxChunksPerPage + kMaxEvictionsPerReclaim +
       Slab::kMaxChunksPerPage;
   // Pages one call gives back to get within its limit, each after at most
-  // one reclaim. The index charges its next table ahead, a little per
-  // insert (HandleIndex::charged_bytes), so a put normally needs one; only
-  // a rebuild larger than the one charged ahead (a batch that reserves
-  // more than the planned room) can leave more, which later calls repay.
+  // one reclaim. An insert grows the index by at most one segment's table
+  // (HandleIndex::kMaxSegmentSlots * 5 bytes, under a page), so a put
+  // needs at most one; a batch's inserts may need more, which later calls
+  // repay.
   static constexpr size_t kMaxTrimPages = 8;
-  // Index rebuild steps (HandleIndex::kRehashStepSlots slots each) a call
-  // may take to shrink an index sized for entries since evicted, and that
-  // each sweep call takes, so an idle shard finishes a rebuild.
-  static constexpr size_t kShrinkSteps = 64;
-  static constexpr size_t kSweepRehashSteps = 16;
-  // All the loop steps of one put (or get, erase): one reclaim to allocate,
-  // kMaxTrimPages more to get within the limit, one index rebuild step
-  // (an insert's), and a shrink's steps.
+  // Index segments a call may look at to shrink an index sized for entries
+  // since evicted (each rebuilt with at most kMaxSegmentSlots slots).
+  static constexpr size_t kShrinkSegments = 16;
+  // The index work of one insert: its growth steps, each rehashing one
+  // segment and writing its half of the directory, or doubling the
+  // directory (at most 2^depth slots; depth grows by one each time the
+  // keys double, see HandleIndex::kMaxDepth).
+  static constexpr size_t kMaxInsertSlots = Index::kMaxGrowthsPerInsert * Index::kMaxSegmentSlots;
+  // All the loop steps of one put (or get, erase), the directory's doubling
+  // aside: allocation rounds and one reclaim, kMaxTrimPages more to get
+  // within the limit, one insert, and a shrink's segments.
   static constexpr size_t kMaxPutSteps = kMaxAllocateRounds + kMaxTrimPages +
-                                         (1 + kMaxTrimPages) * kMaxReclaimSteps +
-                                         (2 + kShrinkSteps) * kRehashStepSlots;
+                                         (1 + kMaxTrimPages) * kMaxReclaimSteps + kMaxInsertSlots +
+                                         kShrinkSegments * Index::kMaxSegmentSlots;
 
   // Snapshot walk over the LRU list, oldest to newest, a bounded batch per
   // call, which copies every entry present at copy_start() exactly once
@@ -181,12 +190,6 @@ class Shard {
   void cancel_locked(std::span<BatchPut> items);
 
  private:
-  // The index resolves a handle's key through the slab.
-  struct EntryKey {
-    const Slab* slab;
-    std::string_view operator()(Handle handle) const { return Entry::at(*slab, handle).key(); }
-  };
-  using Index = HandleIndex<EntryKey>;
 
   // The *_locked functions expect mutex_ to be held.
   Entry& entry_locked(Handle handle) const { return Entry::at(slab_, handle); }
@@ -279,7 +282,6 @@ class Shard {
   bool copy_closing_ = false;        // finishing an abandoned walk: marking, not copying
   uint64_t now_ms_ = 0;          // the clock, read once per operation
   std::span<BatchPut> batch_;    // items being reserved (their chunks may move)
-  size_t index_pending_ = 0;     // index slots a reserved batch may still insert
   ExpiryIndex expiry_{slab_};
   uint64_t hits_ = 0, misses_ = 0, evictions_ = 0, expirations_ = 0;
   uint64_t work_steps_ = 0;       // chunks swept, evictions, moves (expiry_ counts its rescans)

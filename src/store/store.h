@@ -41,9 +41,8 @@ class Store {
   // stay. Returns the entries removed.
   size_t flush();
   // Bounded work: removes the expired entries of at most pages_per_shard
-  // slab pages of each shard and advances index rebuilds (see
-  // Shard::sweep_expired). Returns whether expired entries or a rebuild
-  // remain for another call.
+  // slab pages of each shard (see Shard::sweep_expired). Returns whether
+  // expired entries remain for another call.
   bool sweep_expired(size_t pages_per_shard);
   // The sweep's cadence (main.cc runs it between signal waits): every
   // kSweepIntervalMs, or every kSweepBacklogIntervalMs while it says

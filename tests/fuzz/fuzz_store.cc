@@ -16,9 +16,8 @@
 //    including expired-but-unswept entries otherwise).
 //
 // A fill op (when bit 7 of the shard-count byte is set) adds hundreds of fresh small keys (or erases the oldest of
-// them), so the index grows, and is rebuilt from deleted slots, over many
-// calls while the other ops run: lookups, erases and overwrites then meet
-// a rebuild in progress.
+// them), so the index's segments grow, split, and are rebuilt from deleted
+// slots, between the other ops' lookups, erases and overwrites.
 //
 // Layout: 3 header bytes (start time, shard count, small memory limit), then
 // operations, each one opcode byte plus argument bytes.

@@ -31,18 +31,19 @@ struct Fixture {
   const Handle* find(Handle handle) { return index.find(make_key(keys[handle])); }
 };
 
-constexpr size_t kStep = kRehashStepSlots;
+using Index = HandleIndex<Keys>;
 
 }  // namespace
 
-TEST_CASE("index: insert, find, repoint, erase, across many growths") {
+TEST_CASE("index: insert, find, repoint, erase, across many splits") {
   Fixture f;
   const Handle n = 100000;
   for (Handle i = 0; i < n; ++i) {
     Handle h = f.add_key("key:" + std::to_string(i));
-    f.index.insert(make_key(f.keys[h]), h);
+    REQUIRE(f.index.insert(make_key(f.keys[h]), h));
   }
   CHECK(f.index.size() == n);
+  CHECK(f.index.segment_count() > 200);
   for (Handle i = 0; i < n; ++i) {
     const Handle* slot = f.find(i);
     REQUIRE(slot != nullptr);
@@ -59,126 +60,67 @@ TEST_CASE("index: insert, find, repoint, erase, across many growths") {
   for (Handle i = 1; i < n; i += 2) CHECK(f.find(i) != nullptr);
 }
 
-TEST_CASE("index: no call rehashes more than one step's slots, whatever the size (bounded work)") {
+TEST_CASE("index: grows a segment at a time: bounded work per insert, bytes per key flat, no second table") {
   Fixture f;
-  const Handle n = 600000;
+  const Handle n = 1200000;
   f.keys.reserve(n);
-  uint64_t most = 0;
-  size_t rebuilds = 0;
-  bool was_rebuilding = false;
+  uint64_t most = 0, most_rise = 0;
+  double least_per_key = 1e9, most_per_key = 0;
   for (Handle i = 0; i < n; ++i) {
     Handle h = f.add_key("k" + std::to_string(i));
     uint64_t before = f.index.work();
-    f.index.insert(make_key(f.keys[h]), h);
+    uint64_t bytes = f.index.charged_bytes();
+    unsigned depth = f.index.depth();
+    REQUIRE(f.index.insert(make_key(f.keys[h]), h));
+    // The directory's doubling aside (counted apart): 2^depth pointers, 8
+    // bytes each, once per doubling of the keys.
+    uint64_t directory = f.index.depth() > depth ? size_t{1} << depth : 0;
     most = std::max(most, f.index.work() - before);
-    if (f.index.rebuilding() && !was_rebuilding) ++rebuilds;
-    was_rebuilding = f.index.rebuilding();
-    // A rebuild in progress: the key may be in either table, and is found.
-    if (i % 4096 == 0) REQUIRE(f.find(i / 2) != nullptr);
+    if (f.index.charged_bytes() > bytes) {
+      most_rise = std::max(most_rise, f.index.charged_bytes() - bytes - directory * sizeof(void*));
+    }
+    if (i >= 20000 && i % 1000 == 0) {
+      double per_key = static_cast<double>(f.index.charged_bytes()) / f.index.size();
+      least_per_key = std::min(least_per_key, per_key);
+      most_per_key = std::max(most_per_key, per_key);
+    }
+    if (i % 65536 == 0) REQUIRE(f.find(i / 2) != nullptr);
   }
-  MESSAGE("rebuilds: " << rebuilds << ", capacity " << f.index.capacity() << ", most slots moved by one insert " << most);
-  CHECK(rebuilds >= 16);  // 16 slots .. 2^20
-  CHECK(most <= kStep);
-  // Lookups and erases take one step each at most (the shard calls step()
-  // once per call); erasing never rebuilds.
-  for (Handle i = 0; i < n; i += 3) {
-    uint64_t before = f.index.work();
-    f.index.step();
-    CHECK(f.index.erase(make_key(f.keys[i])));
-    most = std::max(most, f.index.work() - before);
-  }
-  CHECK(most <= kStep);
+  MESSAGE("segments " << f.index.segment_count() << ", depth " << f.index.depth() << "; most slots rehashed by one insert "
+          << most << "; largest rise of the index's bytes on one insert " << most_rise << "; bytes a key from 20k to "
+          << n << " keys: " << least_per_key << " .. " << most_per_key);
+  CHECK(most <= Index::kMaxGrowthsPerInsert * Index::kMaxSegmentSlots);
+  // One segment's new tables (a split makes two smaller ones) plus the
+  // directory's doubling: never a whole second table (6+ MB here).
+  CHECK(most_rise <= 2 * Index::kMaxSegmentSlots * 5);
+  CHECK(most_per_key <= 7.6);
+  CHECK(least_per_key >= 5.7);
+  for (Handle i = 0; i < n; i += 7) REQUIRE(f.find(i) != nullptr);
 }
 
 TEST_CASE("index: churn at a constant size reuses deleted slots without growing") {
   Fixture f;
   const Handle live = 50000;
-  for (Handle i = 0; i < live; ++i) f.index.insert(make_key(f.keys.emplace_back("a" + std::to_string(i))), i);
-  size_t capacity = f.index.capacity();
+  for (Handle i = 0; i < live; ++i) REQUIRE(f.index.insert(make_key(f.keys.emplace_back("a" + std::to_string(i))), i));
+  uint64_t bytes = f.index.charged_bytes();
   uint64_t most = 0;
   // Delete the oldest, insert a new one, 8 times over: deleted slots pile
-  // up and are cleared by same-size rebuilds, each a step at a time.
+  // up and are cleared by rebuilding a segment at its size.
   for (Handle i = live; i < 9 * live; ++i) {
     CHECK(f.index.erase(make_key(f.keys[i - live])));
     Handle h = f.add_key("a" + std::to_string(i));
     uint64_t before = f.index.work();
-    f.index.insert(make_key(f.keys[h]), h);
+    REQUIRE(f.index.insert(make_key(f.keys[h]), h));
     most = std::max(most, f.index.work() - before);
   }
   CHECK(f.index.size() == live);
-  CHECK(f.index.capacity() <= 2 * capacity);  // room to grow once, then steady
-  CHECK(most <= kStep);
+  MESSAGE("bytes " << bytes << " then " << f.index.charged_bytes());
+  // Keys leave some segments and crowd others, which split; emptied ones
+  // are rebuilt smaller only at their limit or by shrink(): bounded, not
+  // steady growth.
+  CHECK(f.index.charged_bytes() <= bytes * 3 / 2);
+  CHECK(most <= Index::kMaxGrowthsPerInsert * Index::kMaxSegmentSlots);
   for (Handle i = 8 * live; i < 9 * live; ++i) REQUIRE(f.find(i) != nullptr);
-}
-
-TEST_CASE("index: the next table is charged before it is allocated") {
-  Fixture f;
-  uint64_t most_jump = 0;
-  for (Handle i = 0; i < 400000; ++i) {
-    Handle h = f.add_key("c" + std::to_string(i));
-    uint64_t before = f.index.charged_bytes();
-    f.index.insert(make_key(f.keys[h]), h);
-    uint64_t after = f.index.charged_bytes();
-    if (after > before) most_jump = std::max(most_jump, after - before);
-  }
-  MESSAGE("largest rise of the charge on one insert: " << most_jump << " bytes");
-  // About table / (capacity / 8) = 80 bytes an insert, never a whole table
-  // (a table of 2^20 slots is 5 MiB).
-  CHECK(most_jump <= 1024);
-}
-
-TEST_CASE("index: reserve makes room for a batch without a rebuild during it, finishing a running one within its bound") {
-  Fixture f;
-  std::mt19937_64 rng(7);
-  std::vector<Handle> live;
-  size_t finished = 0;
-  for (int round = 0; round < 600; ++round) {
-    size_t count = 1 + rng() % 1000;
-    bool was_rebuilding = f.index.rebuilding();
-    uint64_t work = f.index.work();
-    // Never false: finish() ends a running rebuild within count + 1 steps
-    // (its bound), so reserve never has to give up.
-    REQUIRE(f.index.reserve(count));
-    CHECK(f.index.work() - work <= (count + 1) * kStep);
-    if (was_rebuilding && !f.index.rebuilding()) ++finished;
-    uint64_t charged = f.index.charged_bytes();
-    size_t capacity = f.index.capacity();
-    bool rebuilding = f.index.rebuilding();
-    for (size_t j = 0; j < count; ++j) {
-      Handle h = f.add_key("b" + std::to_string(f.keys.size()));
-      f.index.insert(make_key(f.keys[h]), h);
-      live.push_back(h);
-    }
-    // The same table, so no allocation and no memory beyond what reserve
-    // charged (the ramp toward the next table aside).
-    CHECK(f.index.capacity() == capacity);
-    CHECK((rebuilding || !f.index.rebuilding()));
-    CHECK(f.index.charged_bytes() <= charged + count * 128);
-    if (round % 3 == 0) {
-      // Erase a random half of what is there.
-      std::shuffle(live.begin(), live.end(), rng);
-      for (size_t j = live.size() / 2; j < live.size(); ++j) REQUIRE(f.index.erase(make_key(f.keys[live[j]])));
-      live.resize(live.size() / 2);
-    }
-    REQUIRE(f.index.size() == live.size());
-  }
-  MESSAGE("reserves that finished a running rebuild: " << finished);
-  for (Handle h : live) REQUIRE(f.find(h) != nullptr);
-  // A reserve larger than the running rebuild's spare room finishes it
-  // first, within the same bound.
-  Fixture g;
-  Handle h = 0;
-  for (; !g.index.rebuilding() || g.index.size() < 50000; ++h) {
-    g.add_key("r" + std::to_string(h));
-    REQUIRE(g.index.insert(make_key(g.keys[h]), h));
-  }
-  uint64_t work = g.index.work();
-  size_t count = g.index.size();
-  REQUIRE(g.index.reserve(count));
-  MESSAGE("reserve(" << count << ") during a rebuild moved " << g.index.work() - work << " slots");
-  CHECK(g.index.work() > work);
-  CHECK(g.index.work() - work <= (count + 1) * kStep);
-  for (Handle i = 0; i < h; ++i) REQUIRE(g.find(i) != nullptr);
 }
 
 namespace {
@@ -193,7 +135,7 @@ const MemoryCalls kFailable{
 };
 }  // namespace
 
-TEST_CASE("index: a table that cannot be allocated fails the insert or reserve, and the index stays whole") {
+TEST_CASE("index: growth that cannot be allocated fails the insert, and the index stays whole") {
   std::vector<std::string> keys;
   HandleIndex<Keys> index{Keys{&keys}, kFailable};
   auto add = [&](const std::string& name) {
@@ -202,44 +144,48 @@ TEST_CASE("index: a table that cannot be allocated fails the insert or reserve, 
   };
   fail_allocate = true;
   Handle first = add("f0");
-  CHECK_FALSE(index.insert(make_key(keys[first]), first));  // not even the first table
-  CHECK_FALSE(index.reserve(1));
+  CHECK_FALSE(index.insert(make_key(keys[first]), first));  // not even the first segment
   CHECK(index.size() == 0);
+  CHECK(index.charged_bytes() == 0);
   fail_allocate = false;
-  Handle n = 0;
-  // Fill the table to its load limit, then fail the next one.
-  for (; index.size() < 14 && index.reserve(1); ++n) {
+  // Insert until the next insert would need to grow or split, across
+  // segments, then fail each kind of growth once.
+  std::mt19937_64 rng(11);
+  size_t failures = 0;
+  for (Handle n = 0; n < 20000; ++n) {
     Handle h = add("g" + std::to_string(n));
-    REQUIRE(index.insert(make_key(keys[h]), h));
+    fail_allocate = rng() % 50 == 0;
+    uint64_t bytes = index.charged_bytes();
+    size_t size = index.size();
+    if (!index.insert(make_key(keys[h]), h)) {
+      ++failures;
+      CHECK(index.size() == size);
+      CHECK(index.charged_bytes() == bytes);
+      CHECK(index.find(make_key(keys[h])) == nullptr);
+      fail_allocate = false;
+      REQUIRE(index.insert(make_key(keys[h]), h));
+    }
   }
-  REQUIRE(index.size() == 14);
-  REQUIRE(index.capacity() == 16);
-  fail_allocate = true;
-  Handle extra = add("extra");
-  CHECK_FALSE(index.reserve(1));
-  CHECK_FALSE(index.insert(make_key(keys[extra]), extra));
-  CHECK(index.find(make_key("extra")) == nullptr);
-  CHECK(index.size() == 14);
-  for (Handle i = 0; i < n; ++i) CHECK(index.find(make_key("g" + std::to_string(i))) != nullptr);
   fail_allocate = false;
-  CHECK(index.insert(make_key(keys[extra]), extra));
-  CHECK(index.size() == 15);
+  MESSAGE("inserts refused for want of memory: " << failures);
+  CHECK(failures > 0);
+  CHECK(index.size() == 20000);
+  for (Handle h = 1; h < keys.size(); ++h) REQUIRE(index.find(make_key(keys[h])) != nullptr);
 }
 
-TEST_CASE("index: shrink rebuilds an index sized for entries since removed") {
+TEST_CASE("index: shrink rebuilds segments sized for keys since removed") {
   Fixture f;
-  for (Handle i = 0; i < 100000; ++i) f.index.insert(make_key(f.keys.emplace_back("s" + std::to_string(i))), i);
-  for (Handle i = 0; i < 99990; ++i) f.index.erase(make_key(f.keys[i]));
+  for (Handle i = 0; i < 100000; ++i) REQUIRE(f.index.insert(make_key(f.keys.emplace_back("s" + std::to_string(i))), i));
+  for (Handle i = 0; i < 99000; ++i) f.index.erase(make_key(f.keys[i]));
   uint64_t big = f.index.charged_bytes();
-  // Bounded: a call may take a few steps; repeated calls finish it.
+  // Bounded: a call looks at a few segments; repeated calls finish it.
   int calls = 0;
-  while (f.index.shrink(0, 64)) ++calls;
-  MESSAGE("shrink calls: " << calls);
+  while (f.index.shrink(16) && calls < 100000) ++calls;
+  MESSAGE("shrink calls: " << calls << ", bytes " << big << " -> " << f.index.charged_bytes());
   CHECK(calls > 1);
-  CHECK(f.index.charged_bytes() < big / 100);
-  CHECK_FALSE(f.index.rebuilding());
-  for (Handle i = 99990; i < 100000; ++i) CHECK(f.find(i) != nullptr);
-  CHECK(f.index.size() == 10);
+  CHECK(f.index.charged_bytes() < big / 4);
+  for (Handle i = 99000; i < 100000; ++i) CHECK(f.find(i) != nullptr);
+  CHECK(f.index.size() == 1000);
 }
 
 TEST_CASE("index: randomised model test against a reference map") {
@@ -250,10 +196,14 @@ TEST_CASE("index: randomised model test against a reference map") {
   std::mt19937_64 rng(seed);
   Fixture f;
   std::unordered_map<std::string, Handle> model;
-  // A small key space, so keys come and go many times; phases of mostly
-  // inserts and mostly erases grow and shrink the index repeatedly.
-  const size_t key_space = 1 + rng() % 20000;
-  for (int op = 0; op < 200000; ++op) {
+  // A key space of up to 200k keys, so keys come and go many times; phases
+  // of mostly inserts and mostly erases grow (hundreds of splits) and
+  // shrink the index repeatedly.
+  const size_t key_space = 1 + rng() % 200000;
+  MESSAGE("seed " << seed << ", key space " << key_space);
+  size_t most_segments = 0;
+  for (int op = 0; op < 600000; ++op) {
+    most_segments = std::max(most_segments, f.index.segment_count());
     bool grow = (op / 25000) % 2 == 0;
     std::string name = "m" + std::to_string(rng() % key_space);
     KeyRef key = make_key(name);
@@ -263,7 +213,7 @@ TEST_CASE("index: randomised model test against a reference map") {
         if (!grow && rng() % 2) break;
         Handle h = f.add_key(name);
         if (it == model.end()) {
-          f.index.insert(key, h);
+          REQUIRE(f.index.insert(key, h));
           model.emplace(name, h);
         } else {
           Handle* slot = f.index.find(key);
@@ -276,36 +226,33 @@ TEST_CASE("index: randomised model test against a reference map") {
       }
       case 3: case 4: {  // erase
         if (grow && rng() % 2) break;
-        f.index.step();
         REQUIRE(f.index.erase(key) == (it != model.end()));
         if (it != model.end()) model.erase(it);
         break;
       }
-      case 5: {  // a batch's reserve, then its inserts
+      case 5: {  // a run of inserts
         size_t count = rng() % 64;
-        f.index.reserve(count);
         for (size_t j = 0; j < count; ++j) {
           std::string other = "m" + std::to_string(rng() % key_space);
           if (model.count(other)) continue;
           Handle h = f.add_key(other);
-          f.index.insert(make_key(other), h);
+          REQUIRE(f.index.insert(make_key(other), h));
           model.emplace(other, h);
         }
         break;
       }
       case 6: {
-        if (rng() % 16 == 0) f.index.shrink(0, rng() % 8);
+        if (rng() % 16 == 0) f.index.shrink(rng() % 8);
         break;
       }
       default: {  // lookup
-        f.index.step();
         const Handle* slot = f.index.find(key);
         REQUIRE((slot != nullptr) == (it != model.end()));
         if (slot != nullptr) REQUIRE(*slot == it->second);
       }
     }
     REQUIRE(f.index.size() == model.size());
-    if (op % 20000 == 0) {
+    if (op % 50000 == 0) {
       for (const auto& [name_, handle] : model) {
         const Handle* slot = f.index.find(make_key(name_));
         REQUIRE(slot != nullptr);
@@ -313,4 +260,6 @@ TEST_CASE("index: randomised model test against a reference map") {
       }
     }
   }
+  MESSAGE("most segments at once: " << most_segments << ", directory depth " << f.index.depth());
+  CHECK(most_segments > 100);  // many splits (the largest key spaces)
 }

@@ -606,17 +606,17 @@ TEST_CASE("bounded work: one call on a large shard does at most a named amount, 
     call();
     return shard.work_steps() - before;
   };
-  // A rewrite into another size class needs a chunk (so reclaims) but no
-  // index slot (so no index growth, and nothing for its trim to give back).
+  // A put of another size class needs a chunk (so reclaims).
   std::string other(180, 'w');
   // What such a put needs is a few pages' worth of steps, whatever the
   // shard's size. Its entries are in at most 4 size classes (key:N with 5
   // to 10 bytes, values of 100 and 180 bytes), of at most `page` chunks a
   // page. Its one reclaim evicts until one of them has a page's worth of
   // free chunks (pigeonhole: at most 4 pages of evictions), then compacts
-  // one page; plus two allocation rounds and one index step.
+  // one page; plus two allocation rounds, and, for a key evicted since (a
+  // new key again), one insert's index growth (kMaxInsertSlots).
   const uint64_t page = Slab::chunks_per_page(Slab::class_for(Entry::size_for(5, 100, false)));
-  const uint64_t put_bound = 4 * page + page + Shard::kMaxAllocateRounds + kRehashStepSlots;
+  const uint64_t put_bound = 4 * page + page + Shard::kMaxAllocateRounds + Shard::kMaxInsertSlots;
   // With expired entries due, the reclaim first frees up to
   // kReclaimExpiredPages pages, each swept and rescanned after at most
   // kRescansPerCall stale rescans.
@@ -660,13 +660,13 @@ TEST_CASE("bounded work: one call on a large shard does at most a named amount, 
   CHECK(shard.stats().entries < static_cast<uint64_t>(n) / 2 + 2000);
 }
 
-TEST_CASE("bounded work: the index grows a step at a time, whatever the shard's size") {
+TEST_CASE("bounded work: the index grows a segment at a time, whatever the shard's size") {
   FakeClock clock;
   Shard shard(uint64_t{1} << 30, clock);
   std::string value(20, 'v');
-  // 600k keys: the index doubles 16 times, the last time to a million
-  // slots. No eviction (the limit is far), so all the work a put
-  // does under the lock is the index's.
+  // 600k keys: the index splits its segments about 2,000 times. No
+  // eviction (the limit is far), so all the work a put does under the
+  // lock is the index's.
   const int n = 600000;
   uint64_t most = 0, total = 0;
   for (int i = 0; i < n; ++i) {
@@ -678,10 +678,10 @@ TEST_CASE("bounded work: the index grows a step at a time, whatever the shard's 
     total += work;
   }
   MESSAGE("index slots rehashed: " << total << " in all, at most " << most << " by one put");
-  CHECK(total > n);  // the growth happened, spread over the puts
-  CHECK(most <= kRehashStepSlots + Shard::kMaxAllocateRounds);  // one rebuild step, and its chunk
+  CHECK(total > n);  // the growth happened, a segment at a time
+  CHECK(most <= Shard::kMaxInsertSlots + Shard::kMaxAllocateRounds);  // one insert's growth, and its chunk
   CHECK(shard.stats().evictions == 0);
-  // Every key is found, during a rebuild and after the sweep finishes it.
+  // Every key is found, before and after the sweep removes the expired half.
   for (int i = 0; i < n; i += 997) CHECK(shard.get(make_key(fmt::format("key:{}", i)), [](std::string_view) {}));
   int sweeps = 0;
   while (shard.sweep_expired(4) && sweeps < 100000) ++sweeps;

@@ -18,13 +18,17 @@ the server's entry count is N, read VmRSS again, stop the instance (by its PID).
 Request bytes are generated before the clock starts, so fill time measures the
 server and the loopback, not Python string formatting.
 
-Prints a markdown table (bytes of RSS per entry = (RSS end - RSS start) / N, payload =
-average key length + value size, overhead = the difference), then kvcache's own
-kvcache_memory_used_bytes and the ratio RSS delta / memory_used.
+Prints a markdown table per fill point (bytes of RSS per entry = (RSS end - RSS start) / N, payload =
+average key length + value size, overhead = the difference; peak/end RSS = VmHWM / VmRSS at
+the end, the growth spike), then kvcache's own kvcache_memory_used_bytes and the ratio RSS
+delta / memory_used; with several fill points, a summary of each system's overhead at each
+and its median.
 
   /usr/bin/python3 tools/bench/density.py                       # 1,000,000 x 128 B
   /usr/bin/python3 tools/bench/density.py --entries 200000 --value-size 32 --systems kvcache
   /usr/bin/python3 tools/bench/density.py --systems kvcache --kvcache-ttl 86400   # with a TTL
+  /usr/bin/python3 tools/bench/density.py --entries 500000,750000,1000000,1400000,2000000 \
+      --systems kvcache,baseline,redis,memcached   # each fill point, and a second kvcache binary
 
 Exit status: 0 ok, 1 a verification failed (or a server died / timed out), 2 usage or
 a server could not be started. Standard library only; loopback only.
@@ -36,6 +40,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import signal
 import socket
 import subprocess
@@ -65,13 +70,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def rss_bytes(pid):
-    """VmRSS of pid in bytes (from /proc/PID/status)."""
+def rss_bytes(pid, field="VmRSS"):
+    """VmRSS (or VmHWM, the peak RSS) of pid in bytes (from /proc/PID/status)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise BenchError(f"no VmRSS for pid {pid}")
+    raise BenchError(f"no {field} for pid {pid}")
 
 
 class Server:
@@ -517,12 +522,12 @@ def verify_sample(system, port, n, value_size, sample=1000, seed=1):
 
 # ---------------------------------------------------------------- one system
 
-def measure(system, args, logdir):
-    n, vs = args.entries, args.value_size
+def measure(system, args, logdir, n):
+    vs = args.value_size
     port = free_port()
     # Build every request before the clock starts.
     t_build = time.monotonic()
-    if system == "kvcache":
+    if system in ("kvcache", "baseline"):
         batch = kvcache_batch_size(n, vs, args.kvcache_ttl)
         chunks, reader = kvcache_chunks(n, vs, batch, args.kvcache_ttl), kvcache_replies
         ttl = f", ttl {args.kvcache_ttl} s" if args.kvcache_ttl else ""
@@ -536,8 +541,9 @@ def measure(system, args, logdir):
     build_s = time.monotonic() - t_build
     sent_bytes = sum(len(ch.data) for ch in chunks)
 
-    if system == "kvcache":
-        srv = start_kvcache(args.kvcache, port, logdir, args.kvcache_memory_limit, threads=args.kvcache_threads)
+    if system in ("kvcache", "baseline"):
+        binary = args.kvcache if system == "kvcache" else args.baseline
+        srv = start_kvcache(binary, port, logdir, args.kvcache_memory_limit, threads=args.kvcache_threads)
     elif system == "redis":
         srv = start_redis(port, logdir)
     else:
@@ -554,13 +560,13 @@ def measure(system, args, logdir):
             res["failures"].append(f"{acked} of {n} entries acknowledged")
         if not srv.alive():
             raise BenchError(f"{system} died during the fill:\n{srv.log_tail()}")
-        bad = verify_sample(system, port, n, vs, sample=args.verify)
+        bad = verify_sample("kvcache" if system == "baseline" else system, port, n, vs, sample=args.verify)
         if bad:
             res["failures"].append(f"{len(bad)} of {min(args.verify, n)} sampled keys wrong, e.g. {bad[:3]}")
         # The server's own view: entry count (and memory accounting).
         c = Conn(port, timeout=10)
         try:
-            if system == "kvcache":
+            if system in ("kvcache", "baseline"):
                 m = kv_metrics(port, c)
                 res["entries"] = int(m.get("kvcache_entries", -1))
                 res["memory_used"] = int(m.get("kvcache_memory_used_bytes", 0))
@@ -584,78 +590,98 @@ def measure(system, args, logdir):
             res["failures"].append(f"server reports {res['entries']} entries, expected {n}")
         time.sleep(0.2)
         res["rss_end"] = rss_bytes(srv.pid)
+        res["rss_peak"] = rss_bytes(srv.pid, "VmHWM")
     finally:
         srv.stop()
     res["build_s"] = build_s
+    res["payload"] = sum(len(key_for(i)) for i in range(n)) / n + vs
     res["sent_mib"] = sent_bytes / MIB
     return res
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--entries", type=int, default=1_000_000)
+    p.add_argument("--entries", default="1000000",
+                   help="entries, or a comma list of fill points each measured on a fresh instance")
     p.add_argument("--value-size", type=int, default=128, help="bytes per value (0..256)")
-    p.add_argument("--systems", default="kvcache,redis,memcached", help="comma list of kvcache,redis,memcached")
+    p.add_argument("--systems", default="kvcache,redis,memcached",
+                   help="comma list of kvcache,baseline,redis,memcached (baseline: --baseline's kvcache binary)")
     p.add_argument("--conns", type=int, default=2, help="parallel keep-alive connections (threads), 1..8")
     p.add_argument("--window", type=int, default=4, help="pipelined chunks in flight per connection")
     p.add_argument("--verify", type=int, default=1000, help="random keys read back per system")
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed for each fill")
     p.add_argument("--kvcache", default=DEFAULT_KVCACHE, help="kvcache binary")
+    p.add_argument("--baseline", default="/work/baseline/build/kvcache", help="a second kvcache binary (system baseline)")
     p.add_argument("--kvcache-threads", type=int, default=2)
     p.add_argument("--kvcache-memory-limit", default="8G")
     p.add_argument("--kvcache-ttl", type=int, default=0,
                    help="seconds of TTL on every kvcache entry (0: none): the price of an expiry")
     args = p.parse_args()
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if not systems or any(s not in ("kvcache", "redis", "memcached") for s in systems):
-        p.error("--systems: kvcache, redis, memcached")
-    if args.entries < 1 or not 0 <= args.value_size <= 256:
+    if not systems or any(s not in ("kvcache", "baseline", "redis", "memcached") for s in systems):
+        p.error("--systems: kvcache, baseline, redis, memcached")
+    try:
+        points = [int(x.replace("_", "")) for x in args.entries.split(",") if x.strip()]
+    except ValueError:
+        p.error("--entries: a number or a comma list of numbers")
+    if not points or min(points) < 1 or not 0 <= args.value_size <= 256:
         p.error("--entries >= 1 and --value-size 0..256")
     if not 1 <= args.conns <= 8 or not 1 <= args.window <= 64 or args.verify < 1:
         p.error("--conns 1..8, --window 1..64, --verify >= 1")
 
-    results = []
     failed = False
-    with tempfile.TemporaryDirectory(prefix="kv-density-") as logdir:
-        for system in systems:
-            print(f"density: {system}: {args.entries} entries x {args.value_size} B ...", file=sys.stderr, flush=True)
-            try:
-                r = measure(system, args, logdir)
-            except RuntimeError as e:  # could not start
-                print(f"density: {system}: {e}", file=sys.stderr)
-                return 2
-            except BenchError as e:
-                print(f"density: {system}: FAILED: {e}", file=sys.stderr)
-                failed = True
-                continue
-            for f in r["failures"]:
-                print(f"density: {system}: FAILED: {f}", file=sys.stderr)
-            failed |= bool(r["failures"])
-            results.append(r)
-            print(f"density: {system}: filled in {r['fill_s']:.2f}s ({r['sent_mib']:.0f} MiB of requests, "
-                  f"built in {r['build_s']:.1f}s), verify {'ok' if not r['failures'] else 'FAILED'}",
-                  file=sys.stderr, flush=True)
+    tables = []
+    for n in points:
+        results = []
+        with tempfile.TemporaryDirectory(prefix="kv-density-") as logdir:
+            for system in systems:
+                print(f"density: {system}: {n} entries x {args.value_size} B ...", file=sys.stderr, flush=True)
+                try:
+                    r = measure(system, args, logdir, n)
+                except RuntimeError as e:  # could not start
+                    print(f"density: {system}: {e}", file=sys.stderr)
+                    return 2
+                except BenchError as e:
+                    print(f"density: {system}: FAILED: {e}", file=sys.stderr)
+                    failed = True
+                    continue
+                for f in r["failures"]:
+                    print(f"density: {system}: FAILED: {f}", file=sys.stderr)
+                failed |= bool(r["failures"])
+                results.append(r)
+                print(f"density: {system}: filled in {r['fill_s']:.2f}s ({r['sent_mib']:.0f} MiB of requests, "
+                      f"built in {r['build_s']:.1f}s), verify {'ok' if not r['failures'] else 'FAILED'}",
+                      file=sys.stderr, flush=True)
+        print_table(args, n, results)
+        tables.append((n, results))
+    if len(points) > 1:
+        print_summary(tables, systems)
+    if failed:
+        print("\nRESULT: FAIL (see stderr)")
+        return 1
+    return 0
 
-    n = args.entries
+
+def print_table(args, n, results):
     avg_key = sum(len(key_for(i)) for i in range(n)) / n
     payload = avg_key + args.value_size
     print(f"\n### Memory density: {n:,} entries, keys key:0..key:{n - 1} (avg {avg_key:.2f} B), "
           f"values {args.value_size} B\n")
     print("| system | entries | RSS start MiB | RSS end MiB | RSS B/entry | payload B/entry "
-          "| overhead B/entry | fill s | entries/s | verify |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+          "| overhead B/entry | peak/end RSS | fill s | entries/s | verify |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for r in results:
         per = (r["rss_end"] - r["rss_start"]) / n
         print(f"| {r['system']} | {n:,} | {r['rss_start'] / MIB:.1f} | {r['rss_end'] / MIB:.1f} | {per:.1f} "
-              f"| {payload:.1f} | {per - payload:.1f} | {r['fill_s']:.2f} | {n / r['fill_s']:,.0f} "
-              f"| {'ok' if not r['failures'] else 'FAIL'} |")
+              f"| {payload:.1f} | {per - payload:.1f} | {r['rss_peak'] / r['rss_end']:.3f} | {r['fill_s']:.2f} "
+              f"| {n / r['fill_s']:,.0f} | {'ok' if not r['failures'] else 'FAIL'} |")
     print()
     for r in results:
         delta = r["rss_end"] - r["rss_start"]
-        if r["system"] == "kvcache":
+        if r["system"] in ("kvcache", "baseline"):
             mu = r.get("memory_used", 0)
             ratio = f"{delta / mu:.3f}" if mu else "n/a"
-            print(f"- kvcache: kvcache_memory_used_bytes = {mu:,} ({mu / n:.1f} B/entry); "
+            print(f"- {r['system']}: kvcache_memory_used_bytes = {mu:,} ({mu / n:.1f} B/entry); "
                   f"RSS delta / memory_used = {ratio}; entries = {r['entries']:,}")
         elif r["system"] == "redis":
             print(f"- redis: used_memory = {r['memory_used']:,} ({r['memory_used'] / n:.1f} B/entry, "
@@ -665,10 +691,27 @@ def main():
                   f"curr_items = {r['entries']:,}; evictions = {r.get('evictions', 0)}")
     print(f"- fill: {', '.join(r['system'] + ': ' + r['detail'] for r in results)}; "
           f"{os.cpu_count()} CPUs, client on the same host")
-    if failed:
-        print("\nRESULT: FAIL (see stderr)")
-        return 1
-    return 0
+
+
+def print_summary(tables, systems):
+    """Overhead B/entry of every system at every fill point, and each one's median."""
+    print("\n### Overhead per entry (B) at each fill point\n")
+    print("| entries | " + " | ".join(systems) + " |")
+    print("| ---: | " + " | ".join("---:" for _ in systems) + " |")
+    per_system = {s: [] for s in systems}
+    for n, results in tables:
+        by = {r["system"]: r for r in results}
+        cells = []
+        for s in systems:
+            if s in by:
+                r = by[s]
+                o = (r["rss_end"] - r["rss_start"]) / n - r["payload"]
+                per_system[s].append(o)
+                cells.append(f"{o:.1f}")
+            else:
+                cells.append("-")
+        print(f"| {n:,} | " + " | ".join(cells) + " |")
+    print("| median | " + " | ".join(f"{statistics.median(v):.1f}" if v else "-" for v in per_system.values()) + " |")
 
 
 if __name__ == "__main__":
