@@ -83,6 +83,8 @@ class HandleIndex {
   static constexpr unsigned kMaxDepth = 22;
   // Growth steps one insert may take (each at most kMaxSegmentSlots slots).
   static constexpr size_t kMaxGrowthsPerInsert = 2;
+  // Freed tables kept for reuse, per size (see free_table).
+  static constexpr size_t kKeptTables = 4;
 
   explicit HandleIndex(KeyOf key_of, const MemoryCalls& calls = system_memory_calls())
       : key_of_(std::move(key_of)), calls_(calls) {}
@@ -92,6 +94,14 @@ class HandleIndex {
       calls_.deallocate(segment);
     });
     calls_.deallocate(directory_);
+    for (char* memory : kept_) {
+      while (memory != nullptr) {
+        char* next;
+        std::memcpy(&next, memory, sizeof next);
+        calls_.deallocate(memory);
+        memory = next;
+      }
+    }
   }
   HandleIndex(const HandleIndex&) = delete;
   HandleIndex& operator=(const HandleIndex&) = delete;
@@ -294,9 +304,22 @@ class HandleIndex {
     }
   }
 
-  // A table of `groups` groups, all empty, or false.
+  static size_t rung_of(uint16_t groups) {
+    return static_cast<size_t>(std::find(kLadder.begin(), kLadder.end(), groups) - kLadder.begin());
+  }
+
+  // A table of `groups` groups, all empty, or false: a kept one of that
+  // size if there is one, else a new allocation.
   bool allocate_table(Segment& segment, uint16_t groups) {
-    char* memory = static_cast<char*>(calls_.allocate(table_bytes(groups)));
+    size_t rung = rung_of(groups);
+    char* memory = kept_[rung];
+    if (memory != nullptr) {
+      std::memcpy(&kept_[rung], memory, sizeof(char*));
+      --kept_count_[rung];
+      bytes_ -= table_bytes(groups);  // counted again below
+    } else {
+      memory = static_cast<char*>(calls_.allocate(table_bytes(groups)));
+    }
     if (memory == nullptr) return false;
     segment.ctrl = reinterpret_cast<int8_t*>(memory);
     segment.slots = reinterpret_cast<Handle*>(memory + slot_count(groups));
@@ -307,7 +330,18 @@ class HandleIndex {
     bytes_ += table_bytes(groups);
     return true;
   }
+  // Keeps up to kKeptTables freed tables of each size for the next growth
+  // to that size (still charged), so growing segments reuse each other's
+  // tables instead of fragmenting the heap; frees the rest.
   void free_table(const Segment& segment) {
+    size_t rung = rung_of(segment.groups);
+    if (kept_count_[rung] < kKeptTables) {
+      char* memory = reinterpret_cast<char*>(segment.ctrl);
+      std::memcpy(memory, &kept_[rung], sizeof(char*));
+      kept_[rung] = memory;
+      ++kept_count_[rung];
+      return;
+    }
     calls_.deallocate(segment.ctrl);
     bytes_ -= table_bytes(segment.groups);
   }
@@ -392,7 +426,8 @@ class HandleIndex {
       return false;
     }
     if (!allocate_table(*segment, groups_for(lower))) {
-      free_table(*high);
+      calls_.deallocate(high->ctrl);
+      bytes_ -= table_bytes(high->groups);
       free_segment(high);
       *segment = old;
       return false;
@@ -449,6 +484,8 @@ class HandleIndex {
   size_t segments_ = 0;
   uint64_t bytes_ = 0;
   size_t shrink_cursor_ = 0;
+  std::array<char*, kLadder.size()> kept_{};  // freed tables by rung, linked through their first bytes
+  std::array<size_t, kLadder.size()> kept_count_{};
   uint64_t work_ = 0;
   uint64_t directory_copies_ = 0;
 };

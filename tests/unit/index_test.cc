@@ -79,7 +79,7 @@ TEST_CASE("index: grows a segment at a time: bounded work per insert, bytes per 
     if (f.index.charged_bytes() > bytes) {
       most_rise = std::max(most_rise, f.index.charged_bytes() - bytes - directory * sizeof(void*));
     }
-    if (i >= 20000 && i % 1000 == 0) {
+    if (i >= 100000 && i % 1000 == 0) {
       double per_key = static_cast<double>(f.index.charged_bytes()) / f.index.size();
       least_per_key = std::min(least_per_key, per_key);
       most_per_key = std::max(most_per_key, per_key);
@@ -87,13 +87,13 @@ TEST_CASE("index: grows a segment at a time: bounded work per insert, bytes per 
     if (i % 65536 == 0) REQUIRE(f.find(i / 2) != nullptr);
   }
   MESSAGE("segments " << f.index.segment_count() << ", depth " << f.index.depth() << "; most slots rehashed by one insert "
-          << most << "; largest rise of the index's bytes on one insert " << most_rise << "; bytes a key from 20k to "
+          << most << "; largest rise of the index's bytes on one insert " << most_rise << "; bytes a key from 100k to "
           << n << " keys: " << least_per_key << " .. " << most_per_key);
   CHECK(most <= Index::kMaxGrowthsPerInsert * Index::kMaxSegmentSlots);
   // One segment's new tables (a split makes two smaller ones) plus the
   // directory's doubling: never a whole second table (6+ MB here).
   CHECK(most_rise <= 2 * Index::kMaxSegmentSlots * 5);
-  CHECK(most_per_key <= 7.6);
+  CHECK(most_per_key <= 7.8);  // with up to kKeptTables freed tables of each size
   CHECK(least_per_key >= 5.7);
   for (Handle i = 0; i < n; i += 7) REQUIRE(f.find(i) != nullptr);
 }
@@ -154,7 +154,7 @@ TEST_CASE("index: growth that cannot be allocated fails the insert, and the inde
   size_t failures = 0;
   for (Handle n = 0; n < 20000; ++n) {
     Handle h = add("g" + std::to_string(n));
-    fail_allocate = rng() % 50 == 0;
+    fail_allocate = rng() % 3 == 0;
     uint64_t bytes = index.charged_bytes();
     size_t size = index.size();
     if (!index.insert(make_key(keys[h]), h)) {
@@ -196,10 +196,10 @@ TEST_CASE("index: randomised model test against a reference map") {
   std::mt19937_64 rng(seed);
   Fixture f;
   std::unordered_map<std::string, Handle> model;
-  // A key space of up to 200k keys, so keys come and go many times; phases
+  // A key space of 50k to 200k keys, so keys come and go many times; phases
   // of mostly inserts and mostly erases grow (hundreds of splits) and
   // shrink the index repeatedly.
-  const size_t key_space = 1 + rng() % 200000;
+  const size_t key_space = 50000 + rng() % 150000;
   MESSAGE("seed " << seed << ", key space " << key_space);
   size_t most_segments = 0;
   for (int op = 0; op < 600000; ++op) {
@@ -261,5 +261,5 @@ TEST_CASE("index: randomised model test against a reference map") {
     }
   }
   MESSAGE("most segments at once: " << most_segments << ", directory depth " << f.index.depth());
-  CHECK(most_segments > 100);  // many splits (the largest key spaces)
+  CHECK(most_segments > 50);  // many splits (segments never merge)
 }

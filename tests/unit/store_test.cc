@@ -193,8 +193,9 @@ TEST_CASE("delete frees memory at once") {
   uint64_t full = store.stats().bytes_used;
   CHECK(full >= 5000 * 200);
   for (int i = 0; i < 5000; ++i) CHECK(store.erase(make_key(fmt::format("k{}", i))));
-  // At most one empty page stays mapped; the index keeps its capacity.
-  CHECK(store.stats().bytes_used <= empty + Slab::kPageSize + 8192 * 5 + 64);
+  // At most one empty page stays mapped; the index keeps its segments
+  // (and a few freed tables for reuse): about 11 bytes a key at this size.
+  CHECK(store.stats().bytes_used <= empty + Slab::kPageSize + 5000 * 12);
   CHECK(store.stats().entries == 0);
 }
 
