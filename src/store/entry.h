@@ -68,7 +68,8 @@ struct Entry {
     key_size_minus_one = static_cast<uint8_t>(key.size() - 1);
     if (expires != 0) std::memcpy(header_end(), &expires, sizeof expires);
     std::memcpy(bytes(), key.data(), key.size());
-    std::memcpy(bytes() + key.size(), value.data(), value.size());
+    // An empty value may have no bytes at all (a reservation writes only the key).
+    if (!value.empty()) std::memcpy(bytes() + key.size(), value.data(), value.size());
   }
 
  private:
