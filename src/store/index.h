@@ -172,6 +172,8 @@ class HandleIndex {
     std::swap(segments_, other.segments_);
     std::swap(bytes_, other.bytes_);
     std::swap(shrink_cursor_, other.shrink_cursor_);
+    std::swap(kept_, other.kept_);
+    std::swap(kept_count_, other.kept_count_);
   }
 
   size_t size() const { return size_; }
