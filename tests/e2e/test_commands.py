@@ -11,7 +11,7 @@ import threading
 import pytest
 import requests
 
-from helpers import NOT_FOUND, OK_PUT, RawConn, SANITIZER_SLOWDOWN, build_request, compact, error_body, get_body, rss_kb, unique
+from helpers import NOT_FOUND, OK_PUT, RawConn, SANITIZER, SANITIZER_SLOWDOWN, build_request, compact, error_body, get_body, rss_kb, unique
 
 MISSING_BODY = error_body("request body is missing")
 TTL_RANGE = "ttl must be an integer between 0 and 2147483647"
@@ -368,8 +368,10 @@ def test_flush_of_2m_keys_serves_other_clients_meanwhile_and_gives_the_memory_ba
         used = metric(c, "kvcache_memory_used_bytes")
         assert used < used_full / 50, (used, used_full)
         rss_after = rss_kb(server.proc.pid)
-        # The pages went back to the kernel, not just out of the accounting.
-        assert rss_after - rss_empty < (rss_full - rss_empty) / 4, (rss_empty, rss_full, rss_after)
+        # The pages went back to the kernel, not just out of the accounting (not
+        # under a sanitizer: its quarantine keeps the freed index tables resident).
+        if not SANITIZER:
+            assert rss_after - rss_empty < (rss_full - rss_empty) / 4, (rss_empty, rss_full, rss_after)
         print(f"flush of {n} keys: {served[0]} requests of other clients served; memory used "
               f"{used_full:.0f} -> {used:.0f} bytes, RSS {rss_empty} -> {rss_full} -> {rss_after} KiB")
         assert c.request("GET", "/get?key=key:12345").status == 404
