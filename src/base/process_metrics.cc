@@ -32,11 +32,31 @@ size_t read_small_file(const char* path, char* buf, size_t size) {
   return used;
 }
 
+}  // namespace
+
+// /proc/stat's btime, read line by line: it follows the intr line, which
+// alone can be tens of KiB on a host with many CPUs.
+uint64_t read_boot_time_seconds(const char* proc_stat) {
+  FILE* file = std::fopen(proc_stat, "re");
+  if (file == nullptr) return 0;
+  uint64_t seconds = 0;
+  char chunk[256];  // a long line comes in several chunks; only a line's first starts with a letter
+  while (std::fgets(chunk, sizeof chunk, file) != nullptr) {
+    if (std::strncmp(chunk, "btime ", 6) == 0) {
+      seconds = std::strtoull(chunk + 6, nullptr, 10);
+      break;
+    }
+  }
+  std::fclose(file);
+  return seconds;
+}
+
+namespace {
+
+// The boot time does not change: read once, at the first scrape.
 uint64_t boot_time_seconds() {
-  char buf[8192];
-  if (read_small_file("/proc/stat", buf, sizeof buf) == 0) return 0;
-  const char* line = std::strstr(buf, "\nbtime ");
-  return line ? std::strtoull(line + 7, nullptr, 10) : 0;
+  static const uint64_t seconds = read_boot_time_seconds("/proc/stat");
+  return seconds;
 }
 
 uint64_t count_open_fds() {

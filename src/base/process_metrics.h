@@ -31,4 +31,7 @@ struct ProcessStats {
 };
 ProcessStats read_process_stats();
 
+// The btime line of a file in /proc/stat's format (0 if it has none).
+uint64_t read_boot_time_seconds(const char* proc_stat);
+
 }  // namespace kv

@@ -132,6 +132,21 @@ TEST_CASE("process metrics: read from /proc/self at the scrape") {
   CHECK(out.find("kvcache_build_info{version=\"") != std::string::npos);
 }
 
+TEST_CASE("process metrics: the boot time is found past an intr line of many KiB") {
+  // A host with many CPUs and devices writes an intr line far longer than a small buffer.
+  char path[] = "/tmp/kvcache-proc-stat-XXXXXX";
+  int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  std::string text = "cpu  1 2 3 4\nintr 123456789";
+  for (int i = 0; i < 20000; ++i) text += " 0";
+  text += "\nctxt 42\nbtime 1765150000\nprocesses 9\n";
+  REQUIRE(write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
+  close(fd);
+  CHECK(read_boot_time_seconds(path) == 1765150000);
+  unlink(path);
+  CHECK(read_boot_time_seconds("/nonexistent/stat") == 0);
+}
+
 TEST_CASE("requests: the series an endpoint answers in normal use exist at zero, the rest appear when counted") {
   WorkerCounters api(kApiMetrics, 1);
   std::string out = render_source(api);
