@@ -8,9 +8,10 @@ build=(meson ninja-build pkg-config g++ cmake libevent-dev libsimdjson-dev libfm
 # debootstrap + systemd-container to boot the unit under a real systemd;
 # openssl (the command) for the TLS tests' certificates and s_client; wrk
 # for the TLS test that drives it over https (the benchmarks need it too);
-# python3-venv for the Python client's offline install test.
+# python3-venv for the Python client's offline install test; fiu-utils
+# (libfiu's fiu-run/fiu-ctrl) for the fault-injection tests.
 test=(python3 python3-pytest python3-requests python3-prometheus-client python3-yaml python3-venv systemd curl haproxy
-  prometheus docker-compose debootstrap systemd-container openssl wrk)
+  prometheus docker-compose debootstrap systemd-container openssl wrk fiu-utils)
 sanitize=(clang libclang-rt-14-dev llvm)
 bench=(nginx-light redis-server memcached python3-locust python3-matplotlib valgrind)
 

@@ -27,6 +27,8 @@ constexpr std::string_view kWrongToken = "WWW-Authenticate: Bearer realm=\"kvcac
 constexpr std::string_view kAllowGet = "Allow: GET, HEAD, OPTIONS\r\n";
 constexpr std::string_view kAllowPost = "Allow: POST, OPTIONS\r\n";
 constexpr std::string_view kAllowServer = "Allow: GET, HEAD, POST, OPTIONS\r\n";
+// A busy snapshot is seconds long: a client that retries at once only gets another 409.
+constexpr std::string_view kRetrySnapshot = "Retry-After: 5\r\n";
 
 }  // namespace
 
@@ -141,9 +143,14 @@ void RequestHandler::message(int code, std::string_view text, ConnectionMode mod
   http::append_json_message(out, code, text, mode, date_, extra_headers);
 }
 
+void RequestHandler::body_error(ConnectionMode mode, std::string& out) {
+  int code = decoder_.error_status();
+  message(code, decoder_.error(), mode, out, code == 503 ? http::kRetryAfter : std::string_view{});
+}
+
 void RequestHandler::body_response(int code, std::string_view content_type, ConnectionMode mode, std::string& out) {
   if (scratch_.size() > body_limit_) {
-    return message(503, "connection buffer memory is short: response too large, retry later", mode, out);
+    return message(503, "connection buffer memory is short: response too large, retry later", mode, out, http::kRetryAfter);
   }
   count(code);
   std::string_view body = scratch_;
@@ -197,10 +204,17 @@ bool RequestHandler::admit(const http::Request& request, std::string_view& body,
   return true;
 }
 
-void RequestHandler::reject(int code, std::string_view text, std::string& out, http::Method method) {
+void RequestHandler::reject(int code, std::string_view text, std::string& out, http::Method method,
+                            std::string_view extra_headers) {
   endpoint_ = nullptr;
   size_t start = out.size();
-  message(code, text, ConnectionMode::close, out);
+  message(code, text, ConnectionMode::close, out, extra_headers);
+  if (method == http::Method::head) http::drop_body(out, start);
+}
+
+void RequestHandler::out_of_memory(std::string& out, size_t start, ConnectionMode mode, http::Method method) {
+  out.resize(start);  // shrinking keeps the capacity: no allocation
+  message(503, "server out of memory: the request could not be served, retry later", mode, out, http::kRetryAfter);
   if (method == http::Method::head) http::drop_body(out, start);
 }
 
@@ -248,7 +262,7 @@ void RequestHandler::options(const http::Request& request, ConnectionMode mode, 
 
 void RequestHandler::put(const http::Request&, std::string_view body, ConnectionMode mode, std::string& out) {
   PutItem item;
-  if (!decoder_.decode_put(body, item)) return message(400, decoder_.error(), mode, out);
+  if (!decoder_.decode_put(body, item)) return body_error(mode, out);
   if (store_.put(make_key(item.key), item.value, item.ttl_seconds) != PutStatus::ok) {
     return message(507, "entry does not fit in the memory limit", mode, out);
   }
@@ -283,13 +297,13 @@ void RequestHandler::get(const http::Request& request, std::string_view, Connect
 
 void RequestHandler::del(const http::Request&, std::string_view body, ConnectionMode mode, std::string& out) {
   std::string_view key;
-  if (!decoder_.decode_key(body, key)) return message(400, decoder_.error(), mode, out);
+  if (!decoder_.decode_key(body, key)) return body_error(mode, out);
   if (!store_.erase(make_key(key))) return message(404, kKeyNotFound, mode, out);
   message(200, "Key deleted.", mode, out);
 }
 
 void RequestHandler::mput(const http::Request&, std::string_view body, ConnectionMode mode, std::string& out) {
-  if (!decoder_.decode_mput(body)) return message(400, decoder_.error(), mode, out);
+  if (!decoder_.decode_mput(body)) return body_error(mode, out);
   batch_.clear();
   for (const PutItem& item : decoder_.items()) batch_.push_back({make_key(item.key), item.value, item.ttl_seconds});
   if (store_.put_batch(batch_) != PutStatus::ok) {
@@ -299,7 +313,7 @@ void RequestHandler::mput(const http::Request&, std::string_view body, Connectio
 }
 
 void RequestHandler::mget(const http::Request&, std::string_view body, ConnectionMode mode, std::string& out) {
-  if (!decoder_.decode_mget(body)) return message(400, decoder_.error(), mode, out);
+  if (!decoder_.decode_mget(body)) return body_error(mode, out);
   scratch_.assign(R"({"status":"OK","values":[)");
   bool first = true;
   for (std::string_view key : decoder_.keys()) {
@@ -344,7 +358,7 @@ void RequestHandler::ttl(const http::Request& request, std::string_view, Connect
 void RequestHandler::expire(const http::Request&, std::string_view body, ConnectionMode mode, std::string& out) {
   std::string_view key;
   uint32_t ttl_seconds = 0;
-  if (!decoder_.decode_expire(body, key, ttl_seconds)) return message(400, decoder_.error(), mode, out);
+  if (!decoder_.decode_expire(body, key, ttl_seconds)) return body_error(mode, out);
   switch (store_.expire(make_key(key), ttl_seconds)) {
     case ExpireStatus::ok: break;
     case ExpireStatus::not_found: return message(404, kKeyNotFound, mode, out);
@@ -383,7 +397,7 @@ void RequestHandler::snapshot(const http::Request&, std::string_view, Connection
       deferred_mode_ = mode;
       return;
     case Snapshotter::Request::busy:
-      return message(409, "A snapshot is already being written.", mode, out);
+      return message(409, "A snapshot is already being written.", mode, out, kRetrySnapshot);
     case Snapshotter::Request::stopping:
       return message(503, "The server is shutting down; it writes a final snapshot before it exits.", mode, out);
   }

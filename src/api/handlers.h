@@ -75,8 +75,9 @@ class RequestHandler final : public http::Handler {
   // replaced by a 503 (the connection buffer budget is spent; see connection.h).
   http::Handled handle(const http::Request& request, std::string_view body, http::ConnectionMode mode,
                        std::string& out, size_t body_limit = SIZE_MAX) override;
-  void reject(int code, std::string_view message, std::string& out,
-              http::Method method = http::Method::other) override;
+  void reject(int code, std::string_view message, std::string& out, http::Method method = http::Method::other,
+              std::string_view extra_headers = {}) override;
+  void out_of_memory(std::string& out, size_t start, http::ConnectionMode mode, http::Method method) override;
   // The one deferred endpoint: POST /snapshot answers when the snapshot is
   // written, without blocking the loop: handle() then returns deferred; wake
   // runs on the snapshot thread when it is done, and the loop then calls
@@ -117,6 +118,8 @@ class RequestHandler final : public http::Handler {
   // Writes a {"status","message"} response and counts it.
   void message(int code, std::string_view text, http::ConnectionMode mode, std::string& out,
                std::string_view extra_headers = {});
+  // Answers a body the decoder refused (400, or 503 when it could not allocate).
+  void body_error(http::ConnectionMode mode, std::string& out);
   // Sends scratch_ as the body, gzip-compressed when the client accepts it and it is large enough.
   void body_response(int code, std::string_view content_type, http::ConnectionMode mode, std::string& out);
 

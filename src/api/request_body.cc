@@ -3,29 +3,53 @@
 #include "http_parser.h"
 #include "validation.h"
 
+#include <new>
+
 #include <fmt/core.h>
 
 namespace kv {
 
 RequestBodyDecoder::RequestBodyDecoder() : parser_(http::kMaxBodyBytes) {
-  // Allocate once up front so no request pays for it.
-  if (parser_.allocate(http::kMaxBodyBytes) != simdjson::SUCCESS) throw std::bad_alloc();
-  items_.reserve(kMaxBatchItems);
-  keys_.reserve(kMaxBatchItems);
+  // Allocate once up front so no request pays for it. Without the memory,
+  // each parse tries again (and answers 503 while it cannot), and the
+  // vectors grow as they fill.
+  prepare();
+  try {
+    items_.reserve(kMaxBatchItems);
+    keys_.reserve(kMaxBatchItems);
+  } catch (const std::bad_alloc&) {
+  }
 }
 
-bool RequestBodyDecoder::fail(std::string message) {
+bool RequestBodyDecoder::prepare() {
+  if (prepared_) return true;
+  if (parser_.allocate(http::kMaxBodyBytes) == simdjson::SUCCESS) return prepared_ = true;
+  // A failed allocate() can leave the parser half built (buffers without
+  // their depth stacks), which simdjson would then use: start again from none.
+  parser_ = simdjson::dom::parser(http::kMaxBodyBytes);
+  return false;
+}
+
+bool RequestBodyDecoder::fail(std::string message, int status) {
   error_ = std::move(message);
+  error_status_ = status;
   return false;
 }
 
 bool RequestBodyDecoder::parse_object(std::string_view body, simdjson::dom::object& object) {
   // No bytes at all (or only whitespace) is a missing body, not bad JSON.
   if (body.find_first_not_of(" \t\r\n") == std::string_view::npos) return fail("request body is missing");
+  constexpr std::string_view kNoMemory = "server out of memory: cannot parse the body, retry later";
+  if (!prepare()) return fail(std::string(kNoMemory), 503);
   simdjson::dom::element root;
   simdjson::error_code error = parser_.parse(body.data(), body.size(), false).get(root);
   // simdjson rejects numbers it cannot represent (beyond 64 bits, 1e999) as it does bad ones.
   if (error == simdjson::NUMBER_ERROR) return fail("malformed or out-of-range number");
+  if (error == simdjson::MEMALLOC) {
+    prepared_ = false;
+    parser_ = simdjson::dom::parser(http::kMaxBodyBytes);
+    return fail(std::string(kNoMemory), 503);
+  }
   if (error != simdjson::SUCCESS) return fail("malformed JSON");
   if (root.get_object().get(object) != simdjson::SUCCESS) return fail("body must be a JSON object");
   return true;

@@ -2,6 +2,9 @@
 
 #include <fmt/chrono.h>
 
+#include <cstdio>
+#include <new>
+
 #include <chrono>
 #include <cstdio>
 
@@ -35,8 +38,13 @@ bool log_enabled(LogLevel level) { return level >= current_level.load(std::memor
 void log_line(LogLevel level, std::string_view message) {
   auto now = std::chrono::time_point_cast<std::chrono::milliseconds>(std::chrono::system_clock::now());
   // One fwrite per line so lines from different threads never interleave.
-  std::string line = fmt::format("{:%Y-%m-%dT%H:%M:%S}Z {} {}\n", now, log_level_name(level), message);
-  std::fwrite(line.data(), 1, line.size(), stderr);
+  try {
+    std::string line = fmt::format("{:%Y-%m-%dT%H:%M:%S}Z {} {}\n", now, log_level_name(level), message);
+    std::fwrite(line.data(), 1, line.size(), stderr);
+  } catch (const std::bad_alloc&) {
+    // Out of memory: the line without its time stamp, in one go of stdio's own buffer.
+    std::fprintf(stderr, "%s %.*s\n", log_level_name(level).data(), static_cast<int>(message.size()), message.data());
+  }
 }
 
 bool LogThrottle::allow(uint64_t now_ms, uint64_t& suppressed) {
@@ -54,5 +62,6 @@ bool LogThrottle::allow_warning(uint64_t& suppressed) {
   return log_enabled(LogLevel::warn) &&
          allow(std::chrono::duration_cast<std::chrono::milliseconds>(now).count(), suppressed);
 }
+void log_dropped(LogLevel level) { log_line(level, "(a log line was dropped: out of memory)"); }
 
 }  // namespace kv

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <new>
 #include <optional>
 #include <string_view>
 
@@ -16,11 +17,20 @@ std::optional<LogLevel> parse_log_level(std::string_view name);
 std::string_view log_level_name(LogLevel level);
 void set_log_level(LogLevel level);
 bool log_enabled(LogLevel level);
+// Never throws: a line that cannot be allocated is written shorter, or dropped
+// (log_dropped says so), so a log call on an allocation-failure path cannot
+// throw std::bad_alloc at its caller.
 void log_line(LogLevel level, std::string_view message);
+void log_dropped(LogLevel level);
 
 template <typename... Args>
 void log(LogLevel level, fmt::format_string<Args...> format, Args&&... args) {
-  if (log_enabled(level)) log_line(level, fmt::format(format, std::forward<Args>(args)...));
+  if (!log_enabled(level)) return;
+  try {
+    log_line(level, fmt::format(format, std::forward<Args>(args)...));
+  } catch (const std::bad_alloc&) {
+    log_dropped(level);
+  }
 }
 
 // At most one log line per interval across all threads; the rest are counted

@@ -33,14 +33,24 @@ class Handler {
   virtual Handled handle(const Request& request, std::string_view body, ConnectionMode mode, std::string& out,
                          size_t body_limit) = 0;
   // Answers a request the HTTP layer rejected (bad framing, timeout,
-  // overload), with "Connection: close". `method`: of the rejected request, if known.
-  virtual void reject(int code, std::string_view message, std::string& out, Method method = Method::other) = 0;
+  // overload), with "Connection: close". `method`: of the rejected request,
+  // if known; `extra_headers`: each ending in "\r\n" (kRetryAfter on an overload 503).
+  virtual void reject(int code, std::string_view message, std::string& out, Method method = Method::other,
+                      std::string_view extra_headers = {}) = 0;
+  // handle() threw std::bad_alloc: replaces what it appended to `out` from
+  // `start` on by a 503 with kRetryAfter, counted under the request's
+  // endpoint. Appends nothing that `out`'s capacity cannot hold without need.
+  virtual void out_of_memory(std::string& out, size_t start, ConnectionMode mode, Method method) = 0;
   // The deferred response is ready: appends it to `out`. Called once for
   // each deferral, even when the client has left (its answer is then dropped).
   virtual void complete_deferred(std::string& out) = 0;
   // Now and then on the loop's thread: gives back what an outsized response grew.
   virtual void trim() = 0;
 };
+
+// On every 503 that a retry may cure (too many connections, connection
+// buffers short, an allocation failed): come back in a second.
+inline constexpr std::string_view kRetryAfter = "Retry-After: 1\r\n";
 
 // Bytes readable after a request body: a JSON parser may read past its end in place.
 constexpr size_t kBodyPadding = 64;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <new>
 #include <cstring>
 #include <iterator>
 #include <utility>
@@ -36,6 +37,10 @@ namespace {
 
 constexpr uint64_t kNanosPerSecond = 1000000000;
 
+// In ConnectionCounters::Memory's order.
+constexpr std::string_view kAllocationStages[] = {"accept", "request", "connection"};
+constexpr MetricLabel kAllocationLabels[] = {label<kAllocationStages>("stage")};
+
 constexpr MetricDecl kConnectionMetricDecls[] = {
     {"kvcache_request_duration_seconds", MetricType::histogram,
      "Time from reading a request to its response being ready, in the server.", {}, kLatencyBuckets, kNanosPerSecond},
@@ -46,6 +51,10 @@ constexpr MetricDecl kConnectionMetricDecls[] = {
      "Idle keep-alive connections closed to make room in the connection buffer budget for a new one."},
     {"kvcache_connections_refused_total", MetricType::counter,
      "New connections closed at accept: the connection buffer budget could not pay for their TLS state."},
+    {"kvcache_allocation_failures_total", MetricType::counter,
+     "Allocations that failed (std::bad_alloc) in the loops, by what gave way: a new connection (closed at accept), "
+     "a request (answered 503), a connection's buffers (closed).",
+     kAllocationLabels},
 };
 constexpr MetricTable kConnectionDecls(kConnectionMetricDecls);
 constexpr size_t kLatencySlot = slot_of(kConnectionDecls, "kvcache_request_duration_seconds");
@@ -55,6 +64,7 @@ constexpr size_t kAcceptedSlot = slot_of(kConnectionDecls, "kvcache_connections_
 constexpr size_t kRejectedSlot = slot_of(kConnectionDecls, "kvcache_connections_rejected_total");
 constexpr size_t kIdleClosedSlot = slot_of(kConnectionDecls, "kvcache_connections_idle_closed_total");
 constexpr size_t kRefusedSlot = slot_of(kConnectionDecls, "kvcache_connections_refused_total");
+constexpr size_t kAllocationSlot = slot_of(kConnectionDecls, "kvcache_allocation_failures_total");
 
 constexpr MetricDecl kConnectionGaugeDecls[] = {
     {"kvcache_connection_buffer_budget_bytes", MetricType::gauge,
@@ -85,6 +95,7 @@ void ConnectionCounters::closed() { row_[kOpenSlot].sub(); }
 void ConnectionCounters::rejected() { row_[kRejectedSlot].add(); }
 void ConnectionCounters::idle_closed() { row_[kIdleClosedSlot].add(); }
 void ConnectionCounters::refused() { row_[kRefusedSlot].add(); }
+void ConnectionCounters::allocation_failed(Memory stage) { row_[kAllocationSlot + static_cast<size_t>(stage)].add(); }
 
 ComputedMetrics connection_gauges(const BufferBudget& buffers, unsigned max_connections) {
   return ComputedMetrics(kConnectionGauges, [&buffers, max_connections](std::span<uint64_t> values) {
@@ -109,7 +120,14 @@ LoopContext::LoopContext(const ConnectionOptions& options, const Clock& clock, B
 
 void LoopContext::deliver_deferred() {
   Connection* c = std::exchange(deferred, nullptr);
-  handler.complete_deferred(output);
+  try {
+    handler.complete_deferred(output);
+  } catch (const std::bad_alloc&) {
+    // The answer could not be written: its client is closed, as any whose buffers cannot grow.
+    output.clear();
+    if (c != nullptr) c->out_of_memory();
+    return;
+  }
   if (c == nullptr) {
     output.clear();  // the client left before its answer
     return;
@@ -128,12 +146,16 @@ bool LoopContext::make_room(size_t bytes) {
 }
 
 void LoopContext::trim() {
-  if (output.capacity() > kOutputKeepCapacity && output.empty()) {
-    std::string usual;
-    usual.reserve(kOutputKeepCapacity);
-    output.swap(usual);
+  try {
+    if (output.capacity() > kOutputKeepCapacity && output.empty()) {
+      std::string usual;
+      usual.reserve(kOutputKeepCapacity);
+      output.swap(usual);
+    }
+    handler.trim();
+  } catch (const std::bad_alloc&) {
+    // The smaller buffer could not be had: keep the larger one until the next try.
   }
-  handler.trim();
 }
 
 Connection::Connection(LoopContext& loop, ConnectionIo& io) : loop_(loop), io_(io) {}
@@ -166,7 +188,7 @@ void Connection::start() {
 
 void Connection::start_rejected() {
   last_active_ = loop_.clock.now();
-  loop_.handler.reject(503, "too many connections", loop_.output);
+  loop_.handler.reject(503, "too many connections", loop_.output, http::Method::other, http::kRetryAfter);
   enter(Phase::closing);
   flush();  // arms the send timeout if the client does not take it at once
   settle();
@@ -191,7 +213,11 @@ void Connection::complete_deferred() {
   if (phase_ != Phase::waiting) return;
   enter(close_after_wait_ ? Phase::closing : Phase::reading);
   close_after_wait_ = false;
-  resume();
+  try {
+    resume();
+  } catch (const std::bad_alloc&) {
+    return out_of_memory();
+  }
   settle();
 }
 
@@ -252,8 +278,18 @@ size_t Connection::output_allowance() const { return loop_.buffers.spent() ? kBu
 
 void Connection::on_readable() {
   if (phase_ == Phase::closed) return;
-  phase_ == Phase::lingering ? discard() : (void)read();
+  try {
+    phase_ == Phase::lingering ? discard() : (void)read();
+  } catch (const std::bad_alloc&) {
+    return out_of_memory();
+  }
   settle();
+}
+
+void Connection::out_of_memory() {
+  loop_.output.clear();  // this connection's unsent part, if any: the loop's buffer keeps its capacity
+  loop_.counters.allocation_failed(ConnectionCounters::Memory::connection);
+  close();
 }
 
 Connection::Next Connection::read() {
@@ -374,7 +410,15 @@ size_t Connection::process(size_t n) {
     http::ConnectionMode mode = !keep_alive    ? http::ConnectionMode::close
                                 : request.http10 ? http::ConnectionMode::keep_alive_explicit
                                                  : http::ConnectionMode::keep_alive;
-    http::Handled handled = loop_.handler.handle(request, frame.body, mode, out, body_limit);
+    size_t response_start = out.size();
+    http::Handled handled = http::Handled::answered;
+    try {
+      handled = loop_.handler.handle(request, frame.body, mode, out, body_limit);
+    } catch (const std::bad_alloc&) {
+      // This request failed, not the server: a 503 in its place, and on to the next.
+      loop_.counters.allocation_failed(ConnectionCounters::Memory::request);
+      loop_.handler.out_of_memory(out, response_start, mode, request.method);
+    }
     pos += frame.consumed;
     if (handled == http::Handled::deferred) {
       // Answered by LoopContext::deliver_deferred when it is ready; the
@@ -459,7 +503,11 @@ void Connection::discard() {
 
 void Connection::on_writable() {
   if (phase_ == Phase::closed) return;
-  resume();
+  try {
+    resume();
+  } catch (const std::bad_alloc&) {
+    return out_of_memory();
+  }
   settle();
 }
 
@@ -474,7 +522,11 @@ void Connection::drain() {
   // Output still queued: resume() calls this again once it is sent.
   if ((phase_ != Phase::reading && phase_ != Phase::starved) || !output_.empty()) return;
   // One look at what the client has sent: a request is answered with "Connection: close".
-  if (input_.empty() && read() == Next::done) return;
+  try {
+    if (input_.empty() && read() == Next::done) return;
+  } catch (const std::bad_alloc&) {
+    return out_of_memory();
+  }
   if (input_.empty() && output_.empty() && !last_queued()) close();
   settle();
 }
@@ -493,7 +545,11 @@ void Connection::schedule() {
 
 void Connection::on_timer() {
   if (phase_ == Phase::closed) return;
-  check_deadlines();
+  try {
+    check_deadlines();
+  } catch (const std::bad_alloc&) {
+    return out_of_memory();
+  }
   settle();
 }
 

@@ -87,6 +87,13 @@ class ConnectionCounters {
   void rejected();     // over --max-connections
   void idle_closed();  // an idle keep-alive connection closed to make room for a new one
   void refused();      // a new connection closed at accept: no room in the buffer budget
+  // std::bad_alloc caught (kvcache_allocation_failures_total), by what gave way.
+  enum class Memory : uint8_t {
+    accept,      // a new connection could not be set up: closed at accept
+    request,     // a request could not be served: answered 503
+    connection,  // a connection's own buffers could not grow: closed
+  };
+  void allocation_failed(Memory stage);
 
  private:
   Counter* row_;
@@ -173,6 +180,9 @@ class Connection {
   void start_rejected();
 
   // Events from the loop. After any of them the connection may be closed().
+  // None throws: a request that fails to allocate is answered 503 (with
+  // Retry-After), a connection whose own buffers cannot grow is closed, and
+  // either is counted; the loop and the other connections go on.
   void on_readable();
   void on_writable();
   void on_timer();
@@ -189,6 +199,9 @@ class Connection {
   // The response it waited for (waiting()) is in the loop's output: send it,
   // then answer what came in behind it.
   void complete_deferred();
+  // std::bad_alloc escaped an event (or the deferred response could not be
+  // written): close, count, give the buffers back.
+  void out_of_memory();
 
   Phase phase() const { return phase_; }
   bool closed() const { return phase_ == Phase::closed; }

@@ -35,6 +35,29 @@ constexpr unsigned char kAlpn[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
 // SSL_CTX_get_tlsext_ticket_keys wants exactly this many bytes (name, HMAC and AES keys).
 constexpr size_t kTicketKeyBytes = 80;
 
+// A plain HTTP request sent to the TLS port is answered in the clear, as
+// nginx answers "The plain HTTP request was sent to HTTPS port", then closed.
+constexpr std::string_view kPlainHttpBody =
+    R"({"status":"ERROR","message":"This port speaks TLS: send the request over https://"})";
+
+void answer_plain_http(int fd) {
+  // What the client sent must be read first: closing with unread bytes
+  // would reset the connection and lose the answer. A request fits in a
+  // few reads; a client that keeps sending is not waited for.
+  char discard[4096];
+  for (int i = 0; i < 16 && ::recv(fd, discard, sizeof discard, MSG_DONTWAIT) > 0; ++i) {
+  }
+  char response[512];
+  int size = std::snprintf(response, sizeof response,
+                           "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                           "Connection: close\r\n\r\n%.*s",
+                           kPlainHttpBody.size(), static_cast<int>(kPlainHttpBody.size()), kPlainHttpBody.data());
+  if (size > 0 && static_cast<size_t>(size) < sizeof response) {
+    (void)::send(fd, response, static_cast<size_t>(size), MSG_NOSIGNAL | MSG_DONTWAIT);
+  }
+  ::shutdown(fd, SHUT_WR);
+}
+
 // The reason of the most recent OpenSSL error ("key values mismatch"), and
 // an empty queue afterwards.
 std::string openssl_error() {
@@ -309,6 +332,8 @@ IoResult TlsStream::handshake(bool& wants_write) {
   }
   switch (ERR_GET_REASON(ERR_peek_error())) {
     case SSL_R_HTTP_REQUEST:
+      answer_plain_http(SSL_get_fd(ssl_));
+      return fail(TlsFailure::plain_http);
     case SSL_R_HTTPS_PROXY_REQUEST:
       return fail(TlsFailure::plain_http);
     case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:

@@ -8,6 +8,7 @@
 
 #include <event2/event.h>
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <netinet/tcp.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -15,6 +16,7 @@
 
 #include <cerrno>
 #include <cmath>
+#include <new>
 #include <cstdint>
 #include <cstring>
 #include <ctime>
@@ -39,6 +41,14 @@ void log_refused(const BufferBudget& buffers) {
         "last such line; see kvcache_connections_refused_total)",
         buffers.used() >> 20, buffers.limit() >> 20, suppressed);
   });
+}
+
+void log_no_memory() {
+  static LogThrottle throttle(1000);
+  uint64_t suppressed = 0;
+  if (!throttle.allow_warning(suppressed)) return;
+  log(LogLevel::error, "accept: no memory for a new connection; closed it ({} more since the last such line; see "
+      "kvcache_allocation_failures_total)", suppressed);
 }
 
 }  // namespace
@@ -169,15 +179,23 @@ void Worker::accept_pending() {
     bool over_limit = open_connections_.fetch_add(1, std::memory_order_relaxed) >= options_.max_connections;
     int on = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
-    Transport* io;
-    if (tls_ == nullptr) {
-      io = new SocketIo(loop_, base_, fd, *this);
-    } else if (SSL* ssl = tls_->new_ssl(fd); ssl != nullptr) {
-      io = new TlsIo(loop_, base_, fd, *this, ssl, tls_->metrics());
-    } else {
-      log(LogLevel::error, "tls: cannot allocate a connection's TLS state; closing it");
+    Transport* io = nullptr;
+    SSL* ssl = nullptr;
+    try {
+      if (tls_ == nullptr) {
+        io = new SocketIo(loop_, base_, fd, *this);
+      } else if (ssl = tls_->new_ssl(fd); ssl != nullptr) {
+        io = new TlsIo(loop_, base_, fd, *this, ssl, tls_->metrics());
+      }
+    } catch (const std::bad_alloc&) {
+      if (ssl != nullptr) SSL_free(ssl);
+    }
+    if (io == nullptr) {
+      // No memory for the connection (or its TLS state): close it, count it, keep serving.
+      log_no_memory();
       ::close(fd);
       open_connections_.fetch_sub(1, std::memory_order_relaxed);
+      counters_.allocation_failed(ConnectionCounters::Memory::accept);
       continue;
     }
     io->rejected = over_limit;

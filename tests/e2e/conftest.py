@@ -17,12 +17,12 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def start_server(tmp_path):
-    """Factory: start_server(*flags, env=None, pass_port=True, port=None).
+    """Factory: start_server(*flags, env=None, pass_port=True, port=None, wait=True, wrap=()).
     Servers still running at teardown get SIGTERM and must exit 0."""
     started = []
 
-    def factory(*flags, env=None, pass_port=True, port=None, wait=True):
-        srv = launch(tmp_path, flags, env=env, port=port, pass_port=pass_port, wait=wait)
+    def factory(*flags, env=None, pass_port=True, port=None, wait=True, wrap=()):
+        srv = launch(tmp_path, flags, env=env, port=port, pass_port=pass_port, wait=wait, wrap=wrap)
         started.append(srv)
         return srv
 

@@ -186,8 +186,9 @@ def wait_healthy(port, proc, timeout=STARTUP_TIMEOUT, tls=None):
     return False
 
 
-def launch(tmp_dir, flags=(), env=None, port=None, pass_port=True, wait=True):
-    """Start kvcache; returns a Server. Fails the test if it never gets healthy."""
+def launch(tmp_dir, flags=(), env=None, port=None, pass_port=True, wait=True, wrap=()):
+    """Start kvcache; returns a Server. Fails the test if it never gets healthy.
+    `wrap`: a command that execs the server (fiu-run -x), keeping its PID."""
     require_binary()
     port = port or free_port()
     args = ["--bind", "127.0.0.1"]
@@ -199,7 +200,7 @@ def launch(tmp_dir, flags=(), env=None, port=None, pass_port=True, wait=True):
     stderr_path = Path(tmp_dir) / f"kvcache-{port}-{uuid.uuid4().hex[:6]}.stderr"
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
-            [KVCACHE_BIN] + args,
+            [*wrap, KVCACHE_BIN] + args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,

@@ -272,6 +272,7 @@ def test_max_connections_rejects_the_sixth_with_503(start_server):
             r = extra.read_response(timeout=3)
             assert r.status == 503, r
             assert r.body == error_body("too many connections")
+            assert r.header("Retry-After") == "1", r  # RFC 9110 10.2.3: when to try again
             assert (r.header("Connection") or "").lower() == "close"
             assert r.header("Content-Type") == "application/json"
             assert extra.wait_closed(3)

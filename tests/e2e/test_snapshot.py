@@ -144,10 +144,13 @@ def test_two_snapshots_at_once_get_one_409_and_the_loop_keeps_serving(start_serv
         with RawConn(server.port, timeout=60) as a, RawConn(server.port, timeout=60) as b:
             a.send(request)
             b.send(request)
-            codes = sorted([a.read_response().status, b.read_response().status])
+            responses = sorted([a.read_response(), b.read_response()], key=lambda r: r.status)
+            codes = [r.status for r in responses]
         if codes != [200, 200]:  # [200, 200]: the first one finished before the second came
             break
     assert codes == [200, 409]
+    # A busy snapshot lasts seconds: the 409 says when to come back.
+    assert responses[1].header("Retry-After") == "5", responses[1]
 
 
 def test_requests_pipelined_behind_a_snapshot_are_answered_in_order(start_server, tmp_path):

@@ -177,6 +177,31 @@ def test_tls_plain_http_is_closed_quickly_and_logged_once_a_second(tls_server, c
     assert requests.get(f"{tls_server.url}/health", verify=str(certs / "ca.pem"), timeout=5).status_code == 200
 
 
+def test_tls_plain_http_gets_a_400_saying_the_port_speaks_tls(tls_server, certs):
+    """As nginx answers "The plain HTTP request was sent to HTTPS port": a
+    client that forgot https:// learns why, instead of an empty reply."""
+    for request in (b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+                    b"POST /put HTTP/1.1\r\nHost: x\r\nContent-Length: 23\r\n\r\n" + compact({"key": "k", "value": "v"})):
+        with RawConn(tls_server.port, timeout=5) as c:
+            c.send(request)
+            r = c.read_response(timeout=5.0 * SANITIZER_SLOWDOWN)
+            assert r.status == 400, r
+            assert r.header("Content-Type") == "application/json"
+            assert (r.header("Connection") or "").lower() == "close"
+            assert r.json()["status"] == "ERROR"
+            assert "TLS" in r.json()["message"] and "https://" in r.json()["message"], r.body
+            assert c.wait_closed(5.0 * SANITIZER_SLOWDOWN)
+    # curl, as a user would try it.
+    curl = shutil.which("curl")
+    if curl:
+        out = subprocess.run([curl, "-s", "-w", "\n%{http_code}", f"http://127.0.0.1:{tls_server.port}/health"],
+                             capture_output=True, text=True, timeout=10)
+        body, code = out.stdout.rsplit("\n", 1)
+        assert code == "400", out
+        assert "speaks TLS" in body, out
+    assert requests.get(f"{tls_server.url}/health", verify=str(certs / "ca.pem"), timeout=5).status_code == 200
+
+
 def metric_value(srv, certs, series):
     text = requests.get(f"{srv.url}/metrics", verify=str(certs / "ca.pem"), timeout=5).text
     for line in text.splitlines():

@@ -329,6 +329,23 @@ TEST_CASE("buffer budget spent: a partial request stays unread in the socket; it
   CHECK(f.buffers.used() == f.connection.charged());
 }
 
+TEST_CASE("buffer budget spent: a response over the floor is a 503 with Retry-After, the connection kept") {
+  Fixture f(1 << 20);
+  std::string keys;
+  for (int i = 0; i < 200; ++i) {
+    std::string key = "big" + std::to_string(i);
+    REQUIRE(f.store.put(make_key(key), std::string(200, 'v'), 0) == PutStatus::ok);
+    keys += (i == 0 ? "\"" : ",\"") + key + "\"";
+  }
+  std::string body = "{\"keys\":[" + keys + "]}";
+  f.buffers.recharge(0, f.buffers.limit());  // other connections hold it all
+  f.send("POST /mget HTTP/1.1\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+  CHECK(f.io.sent.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+  CHECK(f.io.sent.find("Retry-After: 1\r\n") != std::string::npos);
+  CHECK(!f.io.closed);
+  f.buffers.recharge(f.buffers.limit(), 0);
+}
+
 TEST_CASE("after an outsized response, trim() gives the loop's buffers back") {
   Fixture f;
   std::string value(256, '\x01');  // 6 bytes each once JSON-escaped
@@ -559,8 +576,12 @@ struct ScriptedHandler final : http::Handler {
                                                : "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
     return http::Handled::answered;
   }
-  void reject(int code, std::string_view, std::string& out, http::Method) override {
+  void reject(int code, std::string_view, std::string& out, http::Method, std::string_view) override {
     out += "HTTP/1.1 " + std::to_string(code) + " No\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+  }
+  void out_of_memory(std::string& out, size_t start, http::ConnectionMode, http::Method) override {
+    out.resize(start);
+    out += "HTTP/1.1 503 No\r\nContent-Length: 0\r\n\r\n";
   }
   void complete_deferred(std::string& out) override { out += "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ndeferred"; }
   void trim() override {}

@@ -936,8 +936,14 @@ TEST_CASE("Snapshotter::load: memory running out at any allocation stops the sta
         break;
       }
       ++failed_runs;
-      REQUIRE_FALSE(loaded);
       REQUIRE(read_file(setup.config.path) == bad);  // left as it is
+      if (loaded) {
+        // What failed was a log line's formatting (the last allocations of a
+        // load): log() writes the line shorter instead of throwing, and the
+        // load is whole.
+        CHECK(store.stats().entries == expected);
+        continue;
+      }
     }
     CHECK(failed_runs > 5);
   }
