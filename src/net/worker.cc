@@ -97,20 +97,33 @@ Result<void> Worker::listen() {
   return {};
 }
 
+// A wake-up is never lost: the flag is set before the eventfd is written, and
+// the loop's tick looks at the flags too, so a write that fails (EINTR,
+// ENOMEM, an injected fault) only delays the wake-up to the next tick.
 void Worker::wake_deferred() {
+  deferred_ready_.store(true, std::memory_order_release);
   uint64_t one = 1;
-  if (write(wake_fd_, &one, sizeof one) < 0) log(LogLevel::error, "worker {}: cannot signal a deferred response", index_);
+  if (write(wake_fd_, &one, sizeof one) < 0) {
+    log(LogLevel::warn, "worker {}: cannot signal a deferred response ({}); the loop's tick will find it", index_,
+        std::strerror(errno));
+  }
 }
 
 void Worker::run() { event_base_dispatch(base_); }
 
 void Worker::stop() {
+  stop_requested_.store(true, std::memory_order_release);
   uint64_t one = 1;
-  if (write(stop_fd_, &one, sizeof one) < 0) log(LogLevel::error, "worker {}: cannot signal stop", index_);
+  if (write(stop_fd_, &one, sizeof one) < 0) {
+    log(LogLevel::warn, "worker {}: cannot signal stop ({}); the loop's tick will find it", index_,
+        std::strerror(errno));
+  }
 }
 
 void Worker::on_stop(int, short, void* arg) {
   auto& self = *static_cast<Worker*>(arg);
+  if (self.loop_.draining) return;  // the tick found the request first (or the eventfd came late)
+  event_del(self.stop_event_);
   self.loop_.draining = true;
   // Take what is already queued on the listener, then stop accepting.
   self.accept_pending();
@@ -134,14 +147,23 @@ void Worker::on_wake(int fd, short, void* arg) {
   auto& self = *static_cast<Worker*>(arg);
   uint64_t count;
   (void)read(fd, &count, sizeof count);
-  self.loop_.deliver_deferred();
-  self.reap();
+  self.take_wake_ups();
+}
+
+void Worker::take_wake_ups() {
+  // Exactly once each, whether the eventfd or the tick sees the flag first.
+  if (deferred_ready_.exchange(false, std::memory_order_acquire)) {
+    loop_.deliver_deferred();
+    reap();
+  }
+  if (stop_requested_.load(std::memory_order_acquire) && !loop_.draining) on_stop(-1, 0, this);
 }
 
 void Worker::on_tick(int, short, void* arg) {
   auto& self = *static_cast<Worker*>(arg);
   self.date_.refresh();
   self.loop_.trim();
+  self.take_wake_ups();
 }
 
 void Worker::on_accept(int, short, void* arg) {

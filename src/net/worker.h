@@ -67,6 +67,9 @@ class Worker final : private TransportOwner {
   // frees it once the event that closed it is handled.
   void retire(Transport& io) override;
   void reap() override;
+  // Delivers a deferred response that is ready and begins a requested stop
+  // (from the eventfds' events and from the tick).
+  void take_wake_ups();
 
   const unsigned index_;
   const WorkerOptions& options_;
@@ -78,6 +81,10 @@ class Worker final : private TransportOwner {
   int listen_fd_ = -1;
   int stop_fd_ = -1;  // eventfd written by stop()
   int wake_fd_ = -1;  // eventfd written by wake_deferred()
+  // Set before each eventfd is written, and looked at by the tick as well:
+  // a failed eventfd write delays a wake-up by one tick, never loses it.
+  std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> deferred_ready_{false};
   event* accept_event_ = nullptr;
   event* stop_event_ = nullptr;
   event* wake_event_ = nullptr;
