@@ -205,8 +205,12 @@ bool RequestHandler::admit(const http::Request& request, std::string_view& body,
 }
 
 void RequestHandler::reject(int code, std::string_view text, std::string& out, http::Method method,
-                            std::string_view extra_headers) {
+                            std::string_view extra_headers, std::string_view target) {
   endpoint_ = nullptr;
+  std::string_view path = target.substr(0, target.find('?'));
+  for (const Endpoint& candidate : kEndpoints) {
+    if (!path.empty() && candidate.path == path) endpoint_ = &candidate;
+  }
   size_t start = out.size();
   message(code, text, ConnectionMode::close, out, extra_headers);
   if (method == http::Method::head) http::drop_body(out, start);

@@ -76,7 +76,7 @@ class RequestHandler final : public http::Handler {
   http::Handled handle(const http::Request& request, std::string_view body, http::ConnectionMode mode,
                        std::string& out, size_t body_limit = SIZE_MAX) override;
   void reject(int code, std::string_view message, std::string& out, http::Method method = http::Method::other,
-              std::string_view extra_headers = {}) override;
+              std::string_view extra_headers = {}, std::string_view target = {}) override;
   void out_of_memory(std::string& out, size_t start, http::ConnectionMode mode, http::Method method) override;
   // The one deferred endpoint: POST /snapshot answers when the snapshot is
   // written, without blocking the loop: handle() then returns deferred; wake

@@ -34,9 +34,11 @@ class Handler {
                          size_t body_limit) = 0;
   // Answers a request the HTTP layer rejected (bad framing, timeout,
   // overload), with "Connection: close". `method`: of the rejected request,
-  // if known; `extra_headers`: each ending in "\r\n" (kRetryAfter on an overload 503).
+  // if known; `extra_headers`: each ending in "\r\n" (kRetryAfter on an overload 503);
+  // `target`: of the rejected request when its request line was read (a 408
+  // on a slow body), so that it is counted under its endpoint.
   virtual void reject(int code, std::string_view message, std::string& out, Method method = Method::other,
-                      std::string_view extra_headers = {}) = 0;
+                      std::string_view extra_headers = {}, std::string_view target = {}) = 0;
   // handle() threw std::bad_alloc: replaces what it appended to `out` from
   // `start` on by a 503 with kRetryAfter, counted under the request's
   // endpoint. Appends nothing that `out`'s capacity cannot hold without need.

@@ -40,6 +40,9 @@ constexpr uint64_t kNanosPerSecond = 1000000000;
 // In ConnectionCounters::Memory's order.
 constexpr std::string_view kAllocationStages[] = {"accept", "request", "connection"};
 constexpr MetricLabel kAllocationLabels[] = {label<kAllocationStages>("stage")};
+// In ConnectionCounters::Timeout's order.
+constexpr std::string_view kTimeoutKinds[] = {"read", "idle", "send", "handshake"};
+constexpr MetricLabel kTimeoutLabels[] = {label<kTimeoutKinds>("kind")};
 
 constexpr MetricDecl kConnectionMetricDecls[] = {
     {"kvcache_request_duration_seconds", MetricType::histogram,
@@ -55,6 +58,10 @@ constexpr MetricDecl kConnectionMetricDecls[] = {
      "Allocations that failed (std::bad_alloc) in the loops, by what gave way: a new connection (closed at accept), "
      "a request (answered 503), a connection's buffers (closed).",
      kAllocationLabels},
+    {"kvcache_timeouts_total", MetricType::counter,
+     "Deadlines that ended a wait, by kind: read (a request not complete within --read-timeout: 408), idle "
+     "(--idle-timeout), send (a client that took nothing for --send-timeout), handshake (a TLS handshake).",
+     kTimeoutLabels},
 };
 constexpr MetricTable kConnectionDecls(kConnectionMetricDecls);
 constexpr size_t kLatencySlot = slot_of(kConnectionDecls, "kvcache_request_duration_seconds");
@@ -65,6 +72,7 @@ constexpr size_t kRejectedSlot = slot_of(kConnectionDecls, "kvcache_connections_
 constexpr size_t kIdleClosedSlot = slot_of(kConnectionDecls, "kvcache_connections_idle_closed_total");
 constexpr size_t kRefusedSlot = slot_of(kConnectionDecls, "kvcache_connections_refused_total");
 constexpr size_t kAllocationSlot = slot_of(kConnectionDecls, "kvcache_allocation_failures_total");
+constexpr size_t kTimeoutSlot = slot_of(kConnectionDecls, "kvcache_timeouts_total");
 
 constexpr MetricDecl kConnectionGaugeDecls[] = {
     {"kvcache_connection_buffer_budget_bytes", MetricType::gauge,
@@ -96,6 +104,7 @@ void ConnectionCounters::rejected() { row_[kRejectedSlot].add(); }
 void ConnectionCounters::idle_closed() { row_[kIdleClosedSlot].add(); }
 void ConnectionCounters::refused() { row_[kRefusedSlot].add(); }
 void ConnectionCounters::allocation_failed(Memory stage) { row_[kAllocationSlot + static_cast<size_t>(stage)].add(); }
+void ConnectionCounters::timed_out(Timeout kind) { row_[kTimeoutSlot + static_cast<size_t>(kind)].add(); }
 
 ComputedMetrics connection_gauges(const BufferBudget& buffers, unsigned max_connections) {
   return ComputedMetrics(kConnectionGauges, [&buffers, max_connections](std::span<uint64_t> values) {
@@ -561,10 +570,12 @@ void Connection::check_deadlines() {
   if (phase_ == Phase::lingering || (!output_.empty() && now >= last_sent_ + loop_.options.send_timeout)) {
     // Lingered long enough, or the client took nothing for --send-timeout:
     // what it holds goes back to the buffer budget.
+    if (phase_ != Phase::lingering) loop_.counters.timed_out(ConnectionCounters::Timeout::send);
     return close();
   }
   if (request_started_ != 0 && now >= request_started_ + loop_.options.read_timeout) {
-    loop_.handler.reject(408, "request timeout", loop_.output);
+    loop_.counters.timed_out(ConnectionCounters::Timeout::read);
+    loop_.handler.reject(408, "request timeout", loop_.output, http::Method::other, {}, partial_target());
     close_after();
     input_.clear();
     request_started_ = 0;
@@ -572,7 +583,19 @@ void Connection::check_deadlines() {
     if (flush() == Next::serve) schedule();
     return;
   }
+  loop_.counters.timed_out(ConnectionCounters::Timeout::idle);
   close();  // idle
+}
+
+std::string_view Connection::partial_target() const {
+  std::string_view in = input_;
+  std::string_view line = in.substr(0, in.find('\n'));
+  if (line.size() == in.size()) return {};  // no whole request line yet
+  size_t start = line.find(' ');
+  if (start == std::string_view::npos) return {};
+  size_t end = line.find(' ', start + 1);
+  if (end == std::string_view::npos) return {};
+  return line.substr(start + 1, end - start - 1);
 }
 
 }  // namespace kv

@@ -94,6 +94,14 @@ class ConnectionCounters {
     connection,  // a connection's own buffers could not grow: closed
   };
   void allocation_failed(Memory stage);
+  // A deadline that ended a wait (kvcache_timeouts_total), by kind.
+  enum class Timeout : uint8_t {
+    read,       // a request not complete within --read-timeout: 408
+    idle,       // a keep-alive connection idle for --idle-timeout: closed
+    send,       // a client that took nothing for --send-timeout: closed
+    handshake,  // a TLS handshake not done within its deadline: closed
+  };
+  void timed_out(Timeout kind);
 
  private:
   Counter* row_;
@@ -263,6 +271,9 @@ class Connection {
   void check_deadlines();
   void set_reading(bool on);
   void set_writing(bool on);
+  // The target of the partial request carried over, once its request line is
+  // whole (the 408 is then counted under its endpoint); empty before that.
+  std::string_view partial_target() const;
   // Copies the carried-over input to the front of the read buffer; returns its size.
   size_t load_input();
 

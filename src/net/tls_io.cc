@@ -8,6 +8,7 @@ namespace kv {
 
 TlsIo::TlsIo(LoopContext& loop, event_base* base, int fd, TransportOwner& owner, SSL* ssl, TlsMetrics& metrics)
     : clock_(loop.clock),
+      counters_(loop.counters),
       owner_(owner),
       events_(base, fd, *this, owner),
       stream_(ssl, metrics),
@@ -44,6 +45,7 @@ void TlsIo::on_socket_timer() {
   if (!stream_.handshake_done() && clock_.now() >= handshake_deadline_) {
     // Counted (and logged) as an incomplete handshake when the connection closes.
     stream_.handshake_timed_out();
+    counters_.timed_out(ConnectionCounters::Timeout::handshake);
     return connection_.close();
   }
   // The connection's own deadline (or the handshake's, met since): it re-arms.

@@ -51,6 +51,7 @@ class TlsIo final : public Transport, private SocketEvents::Handler {
   void poll();
 
   const Clock& clock_;
+  ConnectionCounters& counters_;  // the loop's: a handshake timed out
   TransportOwner& owner_;
   SocketEvents events_;
   TlsStream stream_;

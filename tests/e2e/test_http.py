@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import requests
 
 from helpers import (
     OK_HEALTH,
@@ -601,6 +602,23 @@ def test_read_timeout_applies_to_a_stalled_body(start_server):
         r = c.read_response(timeout=3)
         assert r.status == 408 and r.body == error_body("request timeout")
         assert c.wait_closed(2)
+    # Counted under /put (its request line was read), and as a read timeout.
+    text = requests.get(f"{srv.url}/metrics", timeout=5).text
+    assert 'kvcache_requests_total{endpoint="put",code="408"} 1\n' in text, text
+    assert 'kvcache_timeouts_total{kind="read"} 1\n' in text, text
+
+
+def test_timeouts_are_counted_by_kind(start_server):
+    srv = start_server("--read-timeout", "0.5", "--idle-timeout", "1")
+    with RawConn(srv.port) as idle, RawConn(srv.port) as slow:
+        assert idle.request("GET", "/health").status == 200
+        slow.send(b"GET /health HTTP/1.1\r\nHo")
+        assert slow.read_response(timeout=3).status == 408
+        assert idle.wait_closed(3.5)
+    text = requests.get(f"{srv.url}/metrics", timeout=5).text
+    for kind, least in (("read", 1), ("idle", 1), ("send", 0), ("handshake", 0)):
+        line = next(l for l in text.splitlines() if l.startswith(f'kvcache_timeouts_total{{kind="{kind}"}} '))
+        assert float(line.split()[-1]) >= least, line
 
 
 def test_idle_keep_alive_is_not_cut_by_read_timeout(start_server):

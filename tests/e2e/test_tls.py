@@ -236,6 +236,7 @@ def test_tls_stalled_handshake_bound_by_read_timeout(start_server, certs):
         c.close()
     assert time.monotonic() - started >= 0.9
     assert metric_value(srv, certs, 'kvcache_tls_handshake_failures_total{reason="incomplete"}') >= 2
+    assert metric_value(srv, certs, 'kvcache_timeouts_total{kind="handshake"}') >= 2
 
 
 def test_tls_renegotiation_attempt_refused(tls_server, certs):

@@ -50,6 +50,11 @@ struct Fixture : TestLoop {
     pump(connection, io);
   }
   void advance(double seconds) { testing::advance(connection, io, clock, seconds); }
+  std::string metrics_text() {
+    std::string out;
+    metrics.render(out);
+    return out;
+  }
 
   FakeIo io;
   Connection connection;
@@ -190,6 +195,30 @@ TEST_CASE("read timeout: a stalled partial request gets a 408, then the connecti
   CHECK(count(f.io.sent, "HTTP/1.1 408 Request Timeout") == 1);
   CHECK(f.io.sent.find("Connection: close") != std::string::npos);
   CHECK(f.connection.lingering());
+  CHECK(f.metrics_text().find("kvcache_timeouts_total{kind=\"read\"} 1\n") != std::string::npos);
+}
+
+TEST_CASE("read timeout: a slow body is counted under its endpoint once the request line was read") {
+  SUBCASE("the request line was read: counted under /put") {
+    Fixture f;
+    f.send("POST /put HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n{\"key\":");
+    f.advance(f.config.read_timeout + 0.1);
+    CHECK(count(f.io.sent, "HTTP/1.1 408 Request Timeout") == 1);
+    CHECK(f.metrics_text().find("kvcache_requests_total{endpoint=\"put\",code=\"408\"} 1\n") != std::string::npos);
+  }
+  SUBCASE("a query string is not part of the endpoint") {
+    Fixture f;
+    f.send("GET /get?key=k HTTP/1.1\r\nHo");
+    f.advance(f.config.read_timeout + 0.1);
+    CHECK(f.metrics_text().find("kvcache_requests_total{endpoint=\"get\",code=\"408\"} 1\n") != std::string::npos);
+  }
+  SUBCASE("the request line is not whole: counted as other") {
+    Fixture f;
+    f.send("POST /pu");
+    f.advance(f.config.read_timeout + 0.1);
+    CHECK(count(f.io.sent, "HTTP/1.1 408 Request Timeout") == 1);
+    CHECK(f.metrics_text().find("kvcache_requests_total{endpoint=\"other\",code=\"408\"} 1\n") != std::string::npos);
+  }
 }
 
 TEST_CASE("send timeout: a client that takes nothing is dropped and its output returned to the budget") {
@@ -207,6 +236,7 @@ TEST_CASE("send timeout: a client that takes nothing is dropped and its output r
   f.advance(2);
   CHECK(f.io.closed);
   CHECK(f.buffers.used() == 0);
+  CHECK(f.metrics_text().find("kvcache_timeouts_total{kind=\"send\"} 1\n") != std::string::npos);
 }
 
 TEST_CASE("idle timeout: a keep-alive connection with nothing to do is closed") {
@@ -219,6 +249,8 @@ TEST_CASE("idle timeout: a keep-alive connection with nothing to do is closed") 
   CHECK(!f.io.closed);
   f.advance(2);
   CHECK(f.io.closed);
+  CHECK(f.metrics_text().find("kvcache_timeouts_total{kind=\"idle\"} 1\n") != std::string::npos);
+  CHECK(f.metrics_text().find("kvcache_timeouts_total{kind=\"read\"} 0\n") != std::string::npos);
 }
 
 TEST_CASE("errors from the socket close the connection and give its buffers back") {
@@ -576,7 +608,7 @@ struct ScriptedHandler final : http::Handler {
                                                : "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
     return http::Handled::answered;
   }
-  void reject(int code, std::string_view, std::string& out, http::Method, std::string_view) override {
+  void reject(int code, std::string_view, std::string& out, http::Method, std::string_view, std::string_view) override {
     out += "HTTP/1.1 " + std::to_string(code) + " No\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
   }
   void out_of_memory(std::string& out, size_t start, http::ConnectionMode, http::Method) override {
