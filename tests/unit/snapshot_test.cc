@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -119,6 +120,31 @@ std::optional<std::string> lookup(Store& store, std::string_view key) {
   store.get(make_key(key), [&](std::string_view v) { value = std::string(v); });
   return value;
 }
+
+// Counts the done() callbacks a snapshot thread runs, and waits for them.
+class Completions {
+ public:
+  std::function<void()> callback() {
+    return [this] {
+      std::lock_guard lock(mutex_);
+      ++count_;
+      cv_.notify_all();
+    };
+  }
+  bool wait_for(int count) {
+    std::unique_lock lock(mutex_);
+    return cv_.wait_for(lock, std::chrono::seconds(60), [&] { return count_ >= count; });
+  }
+  int count() {
+    std::lock_guard lock(mutex_);
+    return count_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  int count_ = 0;
+};
 
 }  // namespace
 
@@ -584,32 +610,21 @@ TEST_CASE("Snapshotter: one requester at a time, until it has collected its own 
   Snapshotter snapshots(store, setup.config, 1);
   REQUIRE(snapshots.load());
   snapshots.start();
-  std::mutex mutex;
-  std::condition_variable cv;
-  int done = 0;
-  auto on_done = [&] {
-    std::lock_guard lock(mutex);
-    ++done;
-    cv.notify_all();
-  };
-  auto wait_done = [&](int count) {
-    std::unique_lock lock(mutex);
-    return cv.wait_for(lock, std::chrono::seconds(60), [&] { return done >= count; });
-  };
+  Completions completions;
   for (int round = 1; round <= 3; ++round) {
     REQUIRE(store.put(make_key(fmt::format("k{}", round)), "v", 0) == PutStatus::ok);
-    REQUIRE(snapshots.request(on_done) == Snapshotter::Request::accepted);
-    CHECK(snapshots.request(on_done) == Snapshotter::Request::busy);
-    REQUIRE(wait_done(round));
+    REQUIRE(snapshots.request(completions.callback()) == Snapshotter::Request::accepted);
+    CHECK(snapshots.request(completions.callback()) == Snapshotter::Request::busy);
+    REQUIRE(completions.wait_for(round));
     // Written, but not collected: still busy, and no other done() runs.
-    CHECK(snapshots.request(on_done) == Snapshotter::Request::busy);
+    CHECK(snapshots.request(completions.callback()) == Snapshotter::Request::busy);
     SnapshotResult result = snapshots.collect();
     CHECK(result.ok);
     CHECK(result.entries == static_cast<uint64_t>(round));
   }
   snapshots.stop();
-  CHECK(snapshots.request(on_done) == Snapshotter::Request::stopping);
-  CHECK(done == 3);
+  CHECK(snapshots.request(completions.callback()) == Snapshotter::Request::stopping);
+  CHECK(completions.count() == 3);
 }
 
 TEST_CASE("Snapshotter: a request accepted as it stops is answered, as abandoned") {
@@ -869,24 +884,13 @@ TEST_CASE("Snapshotter: a snapshot that runs out of memory is answered as failed
   Snapshotter snapshots(setup.store, setup.config, 1);
   REQUIRE(snapshots.load());
   snapshots.start();
-  std::mutex mutex;
-  std::condition_variable cv;
-  int done = 0;
-  auto on_done = [&] {
-    std::lock_guard lock(mutex);
-    ++done;
-    cv.notify_all();
-  };
-  auto wait_done = [&](int count) {
-    std::unique_lock lock(mutex);
-    return cv.wait_for(lock, std::chrono::seconds(60), [&] { return done >= count; });
-  };
+  Completions completions;
   // Every allocation of the snapshot thread fails from now on; this thread's do not.
   failing_alloc::exempt = true;
   {
     failing_alloc::Armed armed(0, true);
-    REQUIRE(snapshots.request(on_done) == Snapshotter::Request::accepted);
-    REQUIRE(wait_done(1));
+    REQUIRE(snapshots.request(completions.callback()) == Snapshotter::Request::accepted);
+    REQUIRE(completions.wait_for(1));
     CHECK(armed.failures() > 0);
   }
   failing_alloc::exempt = false;
@@ -896,8 +900,8 @@ TEST_CASE("Snapshotter: a snapshot that runs out of memory is answered as failed
   CHECK(snapshots.metrics()[snapshot_slot::kFailures].get() == 1);
   CHECK_FALSE(std::ifstream(setup.config.path).good());
   CHECK_FALSE(std::ifstream(setup.config.path + ".tmp").good());
-  REQUIRE(snapshots.request(on_done) == Snapshotter::Request::accepted);
-  REQUIRE(wait_done(2));
+  REQUIRE(snapshots.request(completions.callback()) == Snapshotter::Request::accepted);
+  REQUIRE(completions.wait_for(2));
   result = snapshots.collect();
   CHECK(result.ok);
   CHECK(result.entries == 500);
